@@ -1,0 +1,3 @@
+//! terway-node: the node service that ties config, cloud, ledger and datapath together.
+
+pub mod config_check;
