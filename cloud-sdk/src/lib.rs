@@ -1,0 +1,23 @@
+//! terway-cloud: the signed Alibaba Cloud ECS/VPC OpenAPI client, the
+//! instance metadata client, credentials, and (feature `emulator`) an API
+//! emulator strict enough to reject what the real cloud rejects.
+//!
+//! [`CloudClient`] is the entry type: `client.call(&AssignPrivateIpAddresses { .. })`.
+
+pub mod api;
+mod client;
+pub mod credentials;
+mod error;
+pub mod metadata;
+pub mod ratelimit;
+pub mod signature;
+pub mod utc;
+
+
+pub use client::{
+    new_client_token, normalize_endpoint, ActionStats, ClientOptions, CloudClient, DEFAULT_RETRY, ENV_ECS_ENDPOINT,
+    ENV_VPC_ENDPOINT, LATENCY_BUCKETS,
+};
+pub use credentials::{CredentialProvider, Credentials};
+pub use error::{classify, CloudError, ErrorClass};
+pub use metadata::{EniMetadata, InstanceIdentity, MetadataClient};
