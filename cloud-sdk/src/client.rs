@@ -300,7 +300,8 @@ impl CloudClient {
                 action: A::NAME.into(),
                 status,
                 code: err.code,
-                message: err.message,
+                // SignatureDoesNotMatch echoes the string to sign, which holds the STS token.
+                message: redact(&err.message, creds.security_token.as_ref().map(|t| t.expose())),
                 request_id: if err.request_id.is_empty() { header_request_id } else { err.request_id },
             }),
             _ => Err(CloudError::Decode {
@@ -381,6 +382,14 @@ pub fn new_client_token() -> String {
         "{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-4{:01x}{:02x}-{:01x}{:01x}{:02x}-{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}",
         b[0], b[1], b[2], b[3], b[4], b[5], b[6] & 0x0f, b[7], 8 | (b[8] & 0x3), b[8] >> 4, b[9], b[10], b[11], b[12], b[13], b[14], b[15]
     )
+}
+
+/// `text` with `secret` (raw, encoded once or twice) replaced by `<redacted>`.
+fn redact(text: &str, secret: Option<&str>) -> String {
+    let Some(secret) = secret.filter(|s| !s.is_empty()) else { return text.to_owned() };
+    let once = signature::percent_encode(secret);
+    let twice = signature::percent_encode(&once);
+    text.replace(&twice, "<redacted>").replace(&once, "<redacted>").replace(secret, "<redacted>")
 }
 
 /// A transport error without its URL: a GET URL carries the signature and

@@ -13,6 +13,9 @@ pub mod ratelimit;
 pub mod signature;
 pub mod utc;
 
+#[cfg(feature = "emulator")]
+pub mod emulator;
+
 
 pub use client::{
     new_client_token, normalize_endpoint, ActionStats, ClientOptions, CloudClient, DEFAULT_RETRY, ENV_ECS_ENDPOINT,

@@ -56,6 +56,19 @@ impl RateLimiter {
         }
     }
 
+    /// Takes a token of `action` if one is there now (no queueing).
+    pub fn try_take(&self, action: &str) -> bool {
+        if self.reserve(action).is_zero() {
+            return true;
+        }
+        // give the reservation back: the caller is refused, not queued
+        let mut buckets = self.buckets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(b) = buckets.get_mut(action) {
+            b.tokens += 1.0;
+        }
+        false
+    }
+
     /// Waits for a token of `action`; returns the time waited.
     pub async fn acquire(&self, action: &str) -> Duration {
         let wait = self.reserve(action);
