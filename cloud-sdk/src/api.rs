@@ -160,7 +160,11 @@ impl NetworkInterfaceSet {
     }
 
     pub fn tag(&self, key: &str) -> Option<&str> {
-        self.tags.items.iter().find(|t| t.tag_key == key).map(|t| t.tag_value.as_str())
+        self.tags
+            .items
+            .iter()
+            .find(|t| t.tag_key == key)
+            .map(|t| t.tag_value.as_str())
     }
 }
 
@@ -200,7 +204,11 @@ impl Action for CreateNetworkInterface {
         put(p, "RegionId", &self.region_id);
         put(p, "VSwitchId", &self.vswitch_id);
         put_list(p, "SecurityGroupIds", &self.security_group_ids);
-        put_opt(p, "SecondaryPrivateIpAddressCount", self.secondary_private_ip_address_count);
+        put_opt(
+            p,
+            "SecondaryPrivateIpAddressCount",
+            self.secondary_private_ip_address_count,
+        );
         put_tags(p, &self.tags);
         put_opt(p, "ResourceGroupId", self.resource_group_id.as_ref());
         put_opt(p, "NetworkInterfaceName", self.network_interface_name.as_ref());
@@ -320,7 +328,11 @@ impl Action for AssignPrivateIpAddresses {
     fn params(&self, p: &mut Params) {
         put(p, "RegionId", &self.region_id);
         put(p, "NetworkInterfaceId", &self.network_interface_id);
-        put_opt(p, "SecondaryPrivateIpAddressCount", self.secondary_private_ip_address_count);
+        put_opt(
+            p,
+            "SecondaryPrivateIpAddressCount",
+            self.secondary_private_ip_address_count,
+        );
         put_list(p, "PrivateIpAddress", &self.private_ip_addresses);
     }
     fn client_token(&self) -> Option<&str> {
@@ -601,8 +613,12 @@ mod tests {
         assert_eq!(keys[2], "Tag.10.Key");
 
         let mut p = Params::new();
-        DescribeInstances { region_id: "r".into(), instance_ids: vec!["i-1".into(), "i-2".into()], ..Default::default() }
-            .params(&mut p);
+        DescribeInstances {
+            region_id: "r".into(),
+            instance_ids: vec!["i-1".into(), "i-2".into()],
+            ..Default::default()
+        }
+        .params(&mut p);
         assert_eq!(p["InstanceIds"], r#"["i-1","i-2"]"#);
     }
 
@@ -624,7 +640,13 @@ mod tests {
         let eni = &r.network_interface_sets.items[0];
         assert_eq!(eni.vswitch_id, "vsw-1");
         assert_eq!(eni.kind, "Secondary");
-        assert_eq!(eni.ipv4_addresses(), ["192.168.0.5".parse::<Ipv4Addr>().unwrap(), "192.168.0.9".parse().unwrap()]);
+        assert_eq!(
+            eni.ipv4_addresses(),
+            [
+                "192.168.0.5".parse::<Ipv4Addr>().unwrap(),
+                "192.168.0.9".parse().unwrap()
+            ]
+        );
         assert_eq!(eni.tag("creator"), Some("terway"));
         assert_eq!(eni.attachment.device_index, 1);
     }

@@ -16,7 +16,8 @@ pub const ENV_ECS_ENDPOINT: &str = "TERWAY_ECS_ENDPOINT";
 pub const ENV_VPC_ENDPOINT: &str = "TERWAY_VPC_ENDPOINT";
 
 /// rustls needs a process-wide crypto provider; ring builds fast and has no C++.
-pub(crate) fn install_crypto_provider() {
+/// Call before building any other reqwest client in the process.
+pub fn install_crypto_provider() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         // Err means another provider is installed already, which is fine.
@@ -156,8 +157,19 @@ impl CloudClient {
             .no_proxy()
             .build()
             .map_err(|e| CloudError::Config(format!("HTTP client: {e}")))?;
-        let limiter = RateLimiter::new(options.rate_limits.clone(), terway_config::defaults::DEFAULT_RATE_LIMIT_PER_MINUTE);
-        Ok(Self { inner: Arc::new(Inner { http, options, credentials, limiter, stats: Mutex::new(BTreeMap::new()) }) })
+        let limiter = RateLimiter::new(
+            options.rate_limits.clone(),
+            terway_config::defaults::DEFAULT_RATE_LIMIT_PER_MINUTE,
+        );
+        Ok(Self {
+            inner: Arc::new(Inner {
+                http,
+                options,
+                credentials,
+                limiter,
+                stats: Mutex::new(BTreeMap::new()),
+            }),
+        })
     }
 
     pub fn region_id(&self) -> &str {
@@ -214,8 +226,13 @@ impl CloudClient {
                     return Ok(resp);
                 }
                 Err(e) => {
-                    self.record(A::NAME, |s| *s.errors.entry(e.metric_code().to_owned()).or_default() += 1);
-                    let expired_token = matches!(e.code(), Some("InvalidSecurityToken.Expired" | "InvalidSecurityToken.Expire"));
+                    self.record(A::NAME, |s| {
+                        *s.errors.entry(e.metric_code().to_owned()).or_default() += 1
+                    });
+                    let expired_token = matches!(
+                        e.code(),
+                        Some("InvalidSecurityToken.Expired" | "InvalidSecurityToken.Expire")
+                    );
                     if expired_token && !refreshed_credentials {
                         refreshed_credentials = true;
                         self.inner.credentials.invalidate().await;
@@ -258,7 +275,11 @@ impl CloudClient {
             Product::Ecs => &self.inner.options.ecs_endpoint,
             Product::Vpc => &self.inner.options.vpc_endpoint,
         };
-        let encoded = format!("{}&Signature={}", signature::canonical_query(&params), signature::percent_encode(&sig));
+        let encoded = format!(
+            "{}&Signature={}",
+            signature::canonical_query(&params),
+            signature::percent_encode(&sig)
+        );
         let request = if A::POST {
             self.inner
                 .http
@@ -282,8 +303,12 @@ impl CloudClient {
             }
         };
         let status = response.status().as_u16();
-        let header_request_id =
-            response.headers().get("x-acs-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+        let header_request_id = response
+            .headers()
+            .get("x-acs-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
         let body = response.text().await.map_err(|e| transport_error(A::NAME, e));
         self.observe_latency(A::NAME, started);
         let body = body?;
@@ -302,12 +327,19 @@ impl CloudClient {
                 code: err.code,
                 // SignatureDoesNotMatch echoes the string to sign, which holds the STS token.
                 message: redact(&err.message, creds.security_token.as_ref().map(|t| t.expose())),
-                request_id: if err.request_id.is_empty() { header_request_id } else { err.request_id },
+                request_id: if err.request_id.is_empty() {
+                    header_request_id
+                } else {
+                    err.request_id
+                },
             }),
             _ => Err(CloudError::Decode {
                 action: A::NAME.into(),
                 status,
-                message: format!("error body without a Code: {}", body.chars().take(200).collect::<String>()),
+                message: format!(
+                    "error body without a Code: {}",
+                    body.chars().take(200).collect::<String>()
+                ),
                 request_id: header_request_id,
             }),
         }
@@ -362,16 +394,21 @@ impl CloudClient {
     /// The quotas of one instance type.
     pub async fn instance_type(&self, instance_type: &str) -> Result<InstanceType, CloudError> {
         let resp = self
-            .call(&DescribeInstanceTypes { instance_types: vec![instance_type.to_owned()], ..Default::default() })
+            .call(&DescribeInstanceTypes {
+                instance_types: vec![instance_type.to_owned()],
+                ..Default::default()
+            })
             .await?;
-        resp.instance_types.items.into_iter().find(|t| t.instance_type_id == instance_type).ok_or_else(|| {
-            CloudError::Decode {
+        resp.instance_types
+            .items
+            .into_iter()
+            .find(|t| t.instance_type_id == instance_type)
+            .ok_or_else(|| CloudError::Decode {
                 action: DescribeInstanceTypes::NAME.into(),
                 status: 200,
                 message: format!("instance type {instance_type:?} is not in the answer"),
                 request_id: resp.request_id.clone(),
-            }
-        })
+            })
     }
 }
 
@@ -380,16 +417,36 @@ pub fn new_client_token() -> String {
     let b: [u8; 16] = rand::random();
     format!(
         "{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-4{:01x}{:02x}-{:01x}{:01x}{:02x}-{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}",
-        b[0], b[1], b[2], b[3], b[4], b[5], b[6] & 0x0f, b[7], 8 | (b[8] & 0x3), b[8] >> 4, b[9], b[10], b[11], b[12], b[13], b[14], b[15]
+        b[0],
+        b[1],
+        b[2],
+        b[3],
+        b[4],
+        b[5],
+        b[6] & 0x0f,
+        b[7],
+        8 | (b[8] & 0x3),
+        b[8] >> 4,
+        b[9],
+        b[10],
+        b[11],
+        b[12],
+        b[13],
+        b[14],
+        b[15]
     )
 }
 
 /// `text` with `secret` (raw, encoded once or twice) replaced by `<redacted>`.
 fn redact(text: &str, secret: Option<&str>) -> String {
-    let Some(secret) = secret.filter(|s| !s.is_empty()) else { return text.to_owned() };
+    let Some(secret) = secret.filter(|s| !s.is_empty()) else {
+        return text.to_owned();
+    };
     let once = signature::percent_encode(secret);
     let twice = signature::percent_encode(&once);
-    text.replace(&twice, "<redacted>").replace(&once, "<redacted>").replace(secret, "<redacted>")
+    text.replace(&twice, "<redacted>")
+        .replace(&once, "<redacted>")
+        .replace(secret, "<redacted>")
 }
 
 /// A transport error without its URL: a GET URL carries the signature and
@@ -404,5 +461,9 @@ fn transport_error(action: &str, e: reqwest::Error) -> CloudError {
         message.push_str(&s.to_string());
         source = s.source();
     }
-    CloudError::Transport { action: action.into(), message, timeout }
+    CloudError::Transport {
+        action: action.into(),
+        message,
+        timeout,
+    }
 }

@@ -26,7 +26,10 @@ pub struct Credentials {
 #[derive(Debug)]
 enum Source {
     Fixed(Credentials),
-    RamRole { metadata: Arc<MetadataClient>, role: Option<String> },
+    RamRole {
+        metadata: Arc<MetadataClient>,
+        role: Option<String>,
+    },
 }
 
 /// Hands out valid credentials, refreshing RAM-role credentials before they expire.
@@ -42,7 +45,11 @@ const DEFAULT_REFRESH_MARGIN: Duration = Duration::from_secs(15 * 60);
 
 impl CredentialProvider {
     pub fn fixed(credentials: Credentials) -> Self {
-        Self { source: Source::Fixed(credentials), cached: Mutex::new(None), refresh_margin: DEFAULT_REFRESH_MARGIN }
+        Self {
+            source: Source::Fixed(credentials),
+            cached: Mutex::new(None),
+            refresh_margin: DEFAULT_REFRESH_MARGIN,
+        }
     }
 
     pub fn static_keys(access_key_id: impl Into<String>, access_key_secret: Secret) -> Self {
@@ -58,7 +65,10 @@ impl CredentialProvider {
     pub fn from_env() -> Option<Self> {
         let id = std::env::var(ENV_ACCESS_KEY_ID).ok().filter(|s| !s.is_empty())?;
         let secret = std::env::var(ENV_ACCESS_KEY_SECRET).ok().filter(|s| !s.is_empty())?;
-        let token = std::env::var(ENV_SECURITY_TOKEN).ok().filter(|s| !s.is_empty()).map(Secret::new);
+        let token = std::env::var(ENV_SECURITY_TOKEN)
+            .ok()
+            .filter(|s| !s.is_empty())
+            .map(Secret::new);
         Some(Self::fixed(Credentials {
             access_key_id: id,
             access_key_secret: Secret::new(secret),
@@ -105,7 +115,9 @@ impl CredentialProvider {
         };
         let mut cached = self.cached.lock().await;
         if let Some(c) = cached.as_ref() {
-            let fresh = c.expiration.is_none_or(|exp| SystemTime::now() + self.refresh_margin < exp);
+            let fresh = c
+                .expiration
+                .is_none_or(|exp| SystemTime::now() + self.refresh_margin < exp);
             if fresh {
                 return Ok(c.clone());
             }
@@ -145,10 +157,15 @@ fn parse_role_document(doc: &str) -> Result<Credentials, CloudError> {
     let d: RoleDocument = serde_json::from_str(doc)
         .map_err(|e| CloudError::Credentials(format!("RAM role document is not the expected JSON: {e}")))?;
     if d.code != "Success" {
-        return Err(CloudError::Credentials(format!("RAM role document has Code {:?}, not \"Success\"", d.code)));
+        return Err(CloudError::Credentials(format!(
+            "RAM role document has Code {:?}, not \"Success\"",
+            d.code
+        )));
     }
     if d.access_key_id.is_empty() || d.access_key_secret.is_empty() || d.security_token.is_empty() {
-        return Err(CloudError::Credentials("RAM role document lacks AccessKeyId, AccessKeySecret or SecurityToken".into()));
+        return Err(CloudError::Credentials(
+            "RAM role document lacks AccessKeyId, AccessKeySecret or SecurityToken".into(),
+        ));
     }
     let expiration = crate::utc::parse(&d.expiration)
         .ok_or_else(|| CloudError::Credentials(format!("RAM role document has a bad Expiration {:?}", d.expiration)))?;
@@ -172,10 +189,16 @@ mod tests {
         .unwrap();
         assert_eq!(c.access_key_id, "STS.x");
         let shown = format!("{c:?}");
-        assert!(!shown.contains("SECRET-VALUE-1") && !shown.contains("TOKEN-VALUE-2"), "{shown}");
+        assert!(
+            !shown.contains("SECRET-VALUE-1") && !shown.contains("TOKEN-VALUE-2"),
+            "{shown}"
+        );
         let bad = parse_role_document(r#"{"Code":"Failed"}"#).unwrap_err().to_string();
         assert!(bad.contains("Failed"));
-        assert!(parse_role_document(r#"{"Code":"Success","AccessKeyId":"a","AccessKeySecret":"b","SecurityToken":"c","Expiration":"soon"}"#).is_err());
+        assert!(parse_role_document(
+            r#"{"Code":"Success","AccessKeyId":"a","AccessKeySecret":"b","SecurityToken":"c","Expiration":"soon"}"#
+        )
+        .is_err());
     }
 
     #[tokio::test]

@@ -21,19 +21,38 @@ pub enum ErrorClass {
 pub enum CloudError {
     /// The API answered with an error.
     #[error("{action} failed: {code} (HTTP {status}): {message} [RequestId: {request_id}]")]
-    Api { action: String, status: u16, code: String, message: String, request_id: String },
+    Api {
+        action: String,
+        status: u16,
+        code: String,
+        message: String,
+        request_id: String,
+    },
     /// No usable answer reached us (connect, reset, timeout).
     #[error("{action} failed: {message}")]
-    Transport { action: String, message: String, timeout: bool },
+    Transport {
+        action: String,
+        message: String,
+        timeout: bool,
+    },
     /// An answer that does not have the documented shape.
     #[error("{action}: unexpected response (HTTP {status}): {message} [RequestId: {request_id}]")]
-    Decode { action: String, status: u16, message: String, request_id: String },
+    Decode {
+        action: String,
+        status: u16,
+        message: String,
+        request_id: String,
+    },
     /// Credentials could not be had (missing, or the metadata service refused).
     #[error("credentials: {0}")]
     Credentials(String),
     /// The metadata service failed.
     #[error("metadata {path}: {message}")]
-    Metadata { path: String, status: Option<u16>, message: String },
+    Metadata {
+        path: String,
+        status: Option<u16>,
+        message: String,
+    },
     /// Bad client settings (endpoint, region).
     #[error("client configuration: {0}")]
     Config(String),
@@ -58,8 +77,16 @@ const INSTANCE_QUOTA: &[&str] = &[
     "MaxEniPrivateIpsCountExceeded",
     "InvalidOperation.Ipv4CountExceeded",
 ];
-const GONE: &[&str] = &["InvalidEniId.NotFound", "InvalidIp.IpUnassigned", "InvalidEcsId.NotFound"];
-const RELEASE_ACTIONS: &[&str] = &["UnassignPrivateIpAddresses", "DetachNetworkInterface", "DeleteNetworkInterface"];
+const GONE: &[&str] = &[
+    "InvalidEniId.NotFound",
+    "InvalidIp.IpUnassigned",
+    "InvalidEcsId.NotFound",
+];
+const RELEASE_ACTIONS: &[&str] = &[
+    "UnassignPrivateIpAddresses",
+    "DetachNetworkInterface",
+    "DeleteNetworkInterface",
+];
 
 /// Classifies an API error of `action`.
 pub fn classify(action: &str, status: u16, code: &str) -> ErrorClass {
@@ -81,7 +108,9 @@ pub fn classify(action: &str, status: u16, code: &str) -> ErrorClass {
 impl CloudError {
     pub fn class(&self) -> ErrorClass {
         match self {
-            Self::Api { action, status, code, .. } => classify(action, *status, code),
+            Self::Api {
+                action, status, code, ..
+            } => classify(action, *status, code),
             Self::Transport { .. } => ErrorClass::Retryable,
             Self::Decode { status, .. } if *status >= 500 => ErrorClass::Retryable,
             Self::Metadata { status, .. } if status.is_none_or(|s| s >= 500) => ErrorClass::Retryable,
@@ -136,24 +165,76 @@ mod tests {
 
     #[test]
     fn classes() {
-        for code in ["Throttling", "Throttling.User", "Throttling.Api", "ServiceUnavailable", "InternalError", "InvalidOperation.Conflict", "Operation.Conflict"] {
-            assert_eq!(classify("AssignPrivateIpAddresses", 400, code), ErrorClass::Retryable, "{code}");
+        for code in [
+            "Throttling",
+            "Throttling.User",
+            "Throttling.Api",
+            "ServiceUnavailable",
+            "InternalError",
+            "InvalidOperation.Conflict",
+            "Operation.Conflict",
+        ] {
+            assert_eq!(
+                classify("AssignPrivateIpAddresses", 400, code),
+                ErrorClass::Retryable,
+                "{code}"
+            );
         }
         assert_eq!(classify("X", 502, "BadGateway"), ErrorClass::Retryable);
-        assert_eq!(classify("CreateNetworkInterface", 403, "InvalidVSwitchId.IpNotEnough"), ErrorClass::VSwitchExhausted);
-        assert_eq!(classify("AssignPrivateIpAddresses", 403, "QuotaExceeded.PrivateIpAddress"), ErrorClass::VSwitchExhausted);
-        for code in ["EniPerInstanceLimitExceeded", "MaxEniPrivateIpsCountExceeded", "InvalidOperation.Ipv4CountExceeded"] {
-            assert_eq!(classify("AttachNetworkInterface", 403, code), ErrorClass::InstanceQuota, "{code}");
+        assert_eq!(
+            classify("CreateNetworkInterface", 403, "InvalidVSwitchId.IpNotEnough"),
+            ErrorClass::VSwitchExhausted
+        );
+        assert_eq!(
+            classify("AssignPrivateIpAddresses", 403, "QuotaExceeded.PrivateIpAddress"),
+            ErrorClass::VSwitchExhausted
+        );
+        for code in [
+            "EniPerInstanceLimitExceeded",
+            "MaxEniPrivateIpsCountExceeded",
+            "InvalidOperation.Ipv4CountExceeded",
+        ] {
+            assert_eq!(
+                classify("AttachNetworkInterface", 403, code),
+                ErrorClass::InstanceQuota,
+                "{code}"
+            );
         }
-        assert_eq!(classify("UnassignPrivateIpAddresses", 403, "InvalidIp.IpUnassigned"), ErrorClass::AlreadyDone);
-        assert_eq!(classify("DeleteNetworkInterface", 404, "InvalidEniId.NotFound"), ErrorClass::AlreadyDone);
-        assert_eq!(classify("DetachNetworkInterface", 404, "InvalidEcsId.NotFound"), ErrorClass::AlreadyDone);
+        assert_eq!(
+            classify("UnassignPrivateIpAddresses", 403, "InvalidIp.IpUnassigned"),
+            ErrorClass::AlreadyDone
+        );
+        assert_eq!(
+            classify("DeleteNetworkInterface", 404, "InvalidEniId.NotFound"),
+            ErrorClass::AlreadyDone
+        );
+        assert_eq!(
+            classify("DetachNetworkInterface", 404, "InvalidEcsId.NotFound"),
+            ErrorClass::AlreadyDone
+        );
         // the same code outside a release path is not "done"
-        assert_eq!(classify("AssignPrivateIpAddresses", 404, "InvalidEniId.NotFound"), ErrorClass::Fatal);
-        for code in ["SignatureDoesNotMatch", "InvalidAccessKeyId.NotFound", "Forbidden.RAM", "IncorrectInstanceStatus", "SomethingNew"] {
-            assert_eq!(classify("CreateNetworkInterface", 400, code), ErrorClass::Fatal, "{code}");
+        assert_eq!(
+            classify("AssignPrivateIpAddresses", 404, "InvalidEniId.NotFound"),
+            ErrorClass::Fatal
+        );
+        for code in [
+            "SignatureDoesNotMatch",
+            "InvalidAccessKeyId.NotFound",
+            "Forbidden.RAM",
+            "IncorrectInstanceStatus",
+            "SomethingNew",
+        ] {
+            assert_eq!(
+                classify("CreateNetworkInterface", 400, code),
+                ErrorClass::Fatal,
+                "{code}"
+            );
         }
-        let t = CloudError::Transport { action: "X".into(), message: "timeout".into(), timeout: true };
+        let t = CloudError::Transport {
+            action: "X".into(),
+            message: "timeout".into(),
+            timeout: true,
+        };
         assert!(t.is_retryable());
         assert_eq!(t.metric_code(), "Timeout");
     }

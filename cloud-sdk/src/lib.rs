@@ -16,10 +16,9 @@ pub mod utc;
 #[cfg(feature = "emulator")]
 pub mod emulator;
 
-
 pub use client::{
-    new_client_token, normalize_endpoint, ActionStats, ClientOptions, CloudClient, DEFAULT_RETRY, ENV_ECS_ENDPOINT,
-    ENV_VPC_ENDPOINT, LATENCY_BUCKETS,
+    install_crypto_provider, new_client_token, normalize_endpoint, ActionStats, ClientOptions, CloudClient,
+    DEFAULT_RETRY, ENV_ECS_ENDPOINT, ENV_VPC_ENDPOINT, LATENCY_BUCKETS,
 };
 pub use credentials::{CredentialProvider, Credentials};
 pub use error::{classify, CloudError, ErrorClass};

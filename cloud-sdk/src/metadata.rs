@@ -52,7 +52,12 @@ impl MetadataClient {
             .no_proxy()
             .build()
             .map_err(|e| CloudError::Config(format!("metadata HTTP client: {e}")))?;
-        Ok(Self { base: base.trim_end_matches('/').to_owned(), http, attempts: 3, token: Mutex::new(None) })
+        Ok(Self {
+            base: base.trim_end_matches('/').to_owned(),
+            http,
+            attempts: 3,
+            token: Mutex::new(None),
+        })
     }
 
     /// How many times a path is tried on transport errors and 5xx (default 3).
@@ -95,7 +100,11 @@ impl MetadataClient {
     /// fresh token after a 401.
     pub async fn get(&self, path: &str) -> Result<String, CloudError> {
         let url = format!("{}/latest/meta-data/{}", self.base, path.trim_start_matches('/'));
-        let err = |status: Option<u16>, message: String| CloudError::Metadata { path: path.to_owned(), status, message };
+        let err = |status: Option<u16>, message: String| CloudError::Metadata {
+            path: path.to_owned(),
+            status,
+            message,
+        };
         let mut last = err(None, "not attempted".into());
         let mut refreshed_token = false;
         let mut attempt = 0;
@@ -154,7 +163,11 @@ impl MetadataClient {
     /// MACs of the attached ENIs.
     pub async fn macs(&self) -> Result<Vec<String>, CloudError> {
         let text = self.get("network/interfaces/macs/").await?;
-        Ok(text.lines().map(|l| l.trim().trim_end_matches('/').to_owned()).filter(|l| !l.is_empty()).collect())
+        Ok(text
+            .lines()
+            .map(|l| l.trim().trim_end_matches('/').to_owned())
+            .filter(|l| !l.is_empty())
+            .collect())
     }
 
     pub async fn eni(&self, mac: &str) -> Result<EniMetadata, CloudError> {
@@ -162,7 +175,11 @@ impl MetadataClient {
         let ips_path = p("private-ipv4s");
         let ips_text = self.get(&ips_path).await?;
         let private_ipv4s: Vec<Ipv4Addr> = serde_json::from_str::<Vec<String>>(&ips_text)
-            .map_err(|e| CloudError::Metadata { path: ips_path.clone(), status: Some(200), message: e.to_string() })?
+            .map_err(|e| CloudError::Metadata {
+                path: ips_path.clone(),
+                status: Some(200),
+                message: e.to_string(),
+            })?
             .iter()
             .filter_map(|s| s.parse().ok())
             .collect();

@@ -23,12 +23,19 @@ pub struct RateLimiter {
 
 impl RateLimiter {
     pub fn new(per_minute: BTreeMap<String, u32>, default_per_minute: u32) -> Self {
-        Self { per_minute, default_per_minute, buckets: Mutex::new(HashMap::new()) }
+        Self {
+            per_minute,
+            default_per_minute,
+            buckets: Mutex::new(HashMap::new()),
+        }
     }
 
     /// The limiter with the built-in table.
     pub fn with_defaults() -> Self {
-        let table = terway_config::defaults::RATE_LIMITS_PER_MINUTE.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect();
+        let table = terway_config::defaults::RATE_LIMITS_PER_MINUTE
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), *v))
+            .collect();
         Self::new(table, terway_config::defaults::DEFAULT_RATE_LIMIT_PER_MINUTE)
     }
 
@@ -36,7 +43,13 @@ impl RateLimiter {
     /// using it. Reservations queue (tokens go negative), so waiters are served
     /// in order and the long-run rate never exceeds the limit.
     pub fn reserve(&self, action: &str) -> Duration {
-        let limit = f64::from(self.per_minute.get(action).copied().unwrap_or(self.default_per_minute).max(1));
+        let limit = f64::from(
+            self.per_minute
+                .get(action)
+                .copied()
+                .unwrap_or(self.default_per_minute)
+                .max(1),
+        );
         let mut buckets = self.buckets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let now = Instant::now();
         let bucket = buckets.entry(action.to_owned()).or_insert_with(|| Bucket {
@@ -74,7 +87,11 @@ impl RateLimiter {
         let wait = self.reserve(action);
         if !wait.is_zero() {
             if wait > Duration::from_secs(5) {
-                tracing::warn!(action, wait_ms = wait.as_millis() as u64, "client-side rate limit: long wait");
+                tracing::warn!(
+                    action,
+                    wait_ms = wait.as_millis() as u64,
+                    "client-side rate limit: long wait"
+                );
             }
             tokio::time::sleep(wait).await;
         }
@@ -95,8 +112,14 @@ mod tests {
         // 60/min = one a second once the burst is spent; the next waits ~1 s, the one after ~2 s
         let w1 = limiter.reserve("A");
         let w2 = limiter.reserve("A");
-        assert!(w1 > Duration::from_millis(900) && w1 <= Duration::from_secs(1), "{w1:?}");
-        assert!(w2 > Duration::from_millis(1900) && w2 <= Duration::from_secs(2), "{w2:?}");
+        assert!(
+            w1 > Duration::from_millis(900) && w1 <= Duration::from_secs(1),
+            "{w1:?}"
+        );
+        assert!(
+            w2 > Duration::from_millis(1900) && w2 <= Duration::from_secs(2),
+            "{w2:?}"
+        );
         // other actions have their own bucket
         assert_eq!(limiter.reserve("B"), Duration::ZERO);
     }

@@ -35,7 +35,9 @@ pub fn percent_decode(s: &str, plus_is_space: bool) -> Result<String, String> {
     while i < bytes.len() {
         match bytes[i] {
             b'%' => {
-                let hex = bytes.get(i + 1..i + 3).ok_or_else(|| format!("truncated escape in {s:?}"))?;
+                let hex = bytes
+                    .get(i + 1..i + 3)
+                    .ok_or_else(|| format!("truncated escape in {s:?}"))?;
                 let hex = std::str::from_utf8(hex).map_err(|_| format!("bad escape in {s:?}"))?;
                 out.push(u8::from_str_radix(hex, 16).map_err(|_| format!("bad escape %{hex} in {s:?}"))?);
                 i += 3;
@@ -79,7 +81,11 @@ pub fn canonical_query(params: &Params) -> String {
 
 /// `METHOD&%2F&percentEncode(canonical query)`.
 pub fn string_to_sign(method: &str, params: &Params) -> String {
-    format!("{method}&{}&{}", percent_encode("/"), percent_encode(&canonical_query(params)))
+    format!(
+        "{method}&{}&{}",
+        percent_encode("/"),
+        percent_encode(&canonical_query(params))
+    )
 }
 
 /// `Base64(HMAC-SHA1(secret + "&", string_to_sign))`.
@@ -134,17 +140,26 @@ mod tests {
         );
         assert_eq!(sign("testsecret", &sts), "OLeaidS1JvxuMvnyHOwuJ+uX5qY=");
         // on the wire the signature itself is encoded once more
-        assert_eq!(percent_encode("OLeaidS1JvxuMvnyHOwuJ+uX5qY="), "OLeaidS1JvxuMvnyHOwuJ%2BuX5qY%3D");
+        assert_eq!(
+            percent_encode("OLeaidS1JvxuMvnyHOwuJ+uX5qY="),
+            "OLeaidS1JvxuMvnyHOwuJ%2BuX5qY%3D"
+        );
     }
 
     #[test]
     fn documented_vector_r2_and_its_traps() {
         // The older spelling `TimeStamp` sorts after `SignatureVersion` too and gives CT9X0….
-        assert_eq!(signature("GET", &r1_params("TimeStamp"), "testsecret"), "CT9X0VtwR86fNWSnsc6v8YGOjuE=");
+        assert_eq!(
+            signature("GET", &r1_params("TimeStamp"), "testsecret"),
+            "CT9X0VtwR86fNWSnsc6v8YGOjuE="
+        );
         // The docs' typo — a literal `&` instead of `%26` — gives other values, which we must not produce.
         let literal_amp = |key: &str| {
             let q = canonical_query(&r1_params(key));
-            sign("testsecret", &format!("GET&%2F&{}", percent_encode(&q).replace("%26", "&")))
+            sign(
+                "testsecret",
+                &format!("GET&%2F&{}", percent_encode(&q).replace("%26", "&")),
+            )
         };
         assert_eq!(literal_amp("TimeStamp"), "LZ5DVzNj95387UDL70u7+18AwWY=");
         assert_eq!(literal_amp("Timestamp"), "VyBL52idtt+oImX0NZC+2ngk15Q=");
@@ -187,7 +202,10 @@ mod tests {
         for k in ["Tag.2.Key", "Tag.10.Key", "tag", "Tag.1.Value", "Action"] {
             p.insert(k.into(), "v".into());
         }
-        assert_eq!(canonical_query(&p), "Action=v&Tag.1.Value=v&Tag.10.Key=v&Tag.2.Key=v&tag=v");
+        assert_eq!(
+            canonical_query(&p),
+            "Action=v&Tag.1.Value=v&Tag.10.Key=v&Tag.2.Key=v&tag=v"
+        );
     }
 
     #[test]

@@ -8,7 +8,12 @@ pub fn format(t: SystemTime) -> String {
     let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     let (y, m, d) = civil_from_days(days);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, (rem % 3600) / 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
 }
 
 pub fn now() -> String {
@@ -69,7 +74,10 @@ mod tests {
         assert_eq!(format(t), "2016-02-23T12:46:24Z");
         assert_eq!(parse("2016-02-23T12:46:24Z"), Some(t));
         assert_eq!(format(UNIX_EPOCH), "1970-01-01T00:00:00Z");
-        assert_eq!(parse("2024-02-29T23:59:59Z").map(format).as_deref(), Some("2024-02-29T23:59:59Z"));
+        assert_eq!(
+            parse("2024-02-29T23:59:59Z").map(format).as_deref(),
+            Some("2024-02-29T23:59:59Z")
+        );
         assert!(parse("2024-13-01T00:00:00Z").is_none());
         assert!(parse("yesterday").is_none());
         assert!(parse("2024-01-01 00:00:00").is_none());

@@ -15,7 +15,12 @@ const LARGE: &str = "vsw-large0000000001";
 const SMALL: &str = "vsw-small0000000001";
 
 fn fast_retry() -> BackoffSpec {
-    BackoffSpec { duration: Duration::from_millis(20), steps: 5, cap: Some(Duration::from_millis(200)), ..DEFAULT_RETRY }
+    BackoffSpec {
+        duration: Duration::from_millis(20),
+        steps: 5,
+        cap: Some(Duration::from_millis(200)),
+        ..DEFAULT_RETRY
+    }
 }
 
 fn client_with(em: &Emulator, creds: CredentialProvider) -> CloudClient {
@@ -26,7 +31,10 @@ fn client_with(em: &Emulator, creds: CredentialProvider) -> CloudClient {
 }
 
 fn client(em: &Emulator) -> CloudClient {
-    client_with(em, CredentialProvider::static_keys(DEFAULT_ACCESS_KEY_ID, Secret::new(DEFAULT_ACCESS_KEY_SECRET)))
+    client_with(
+        em,
+        CredentialProvider::static_keys(DEFAULT_ACCESS_KEY_ID, Secret::new(DEFAULT_ACCESS_KEY_SECRET)),
+    )
 }
 
 fn create(vswitch: &str) -> CreateNetworkInterface {
@@ -49,11 +57,18 @@ fn assign(eni: &str, n: u32) -> AssignPrivateIpAddresses {
 }
 
 fn attach(eni: &str) -> AttachNetworkInterface {
-    AttachNetworkInterface { region_id: REGION.into(), instance_id: DEFAULT_INSTANCE_ID.into(), network_interface_id: eni.into() }
+    AttachNetworkInterface {
+        region_id: REGION.into(),
+        instance_id: DEFAULT_INSTANCE_ID.into(),
+        network_interface_id: eni.into(),
+    }
 }
 
 fn vswitches() -> DescribeVSwitches {
-    DescribeVSwitches { region_id: REGION.into(), ..Default::default() }
+    DescribeVSwitches {
+        region_id: REGION.into(),
+        ..Default::default()
+    }
 }
 
 async fn describe_eni(c: &CloudClient, id: &str) -> NetworkInterfaceSet {
@@ -65,7 +80,11 @@ async fn describe_eni(c: &CloudClient, id: &str) -> NetworkInterfaceSet {
         })
         .await
         .unwrap();
-    r.network_interface_sets.items.into_iter().next().expect("the ENI is listed")
+    r.network_interface_sets
+        .items
+        .into_iter()
+        .next()
+        .expect("the ENI is listed")
 }
 
 async fn wait_status(c: &CloudClient, id: &str, status: &str) {
@@ -79,7 +98,13 @@ async fn wait_status(c: &CloudClient, id: &str, status: &str) {
 }
 
 async fn free_in(c: &CloudClient, vswitch: &str) -> u64 {
-    let r = c.call(&DescribeVSwitches { vswitch_id: Some(vswitch.into()), ..vswitches() }).await.unwrap();
+    let r = c
+        .call(&DescribeVSwitches {
+            vswitch_id: Some(vswitch.into()),
+            ..vswitches()
+        })
+        .await
+        .unwrap();
     r.vswitches.items[0].available_ip_address_count
 }
 
@@ -93,7 +118,10 @@ async fn every_action_round_trip() {
     let c = client(&em);
 
     let types = c
-        .call(&DescribeInstanceTypes { instance_types: vec!["ecs.g6.2xlarge".into()], ..Default::default() })
+        .call(&DescribeInstanceTypes {
+            instance_types: vec!["ecs.g6.2xlarge".into()],
+            ..Default::default()
+        })
         .await
         .unwrap();
     let t = &types.instance_types.items[0];
@@ -116,8 +144,13 @@ async fn every_action_round_trip() {
     let free_before = free_in(&c, LARGE).await;
     assert_eq!(free_before, 4096 - 4, "a /20 less the 4 reserved addresses");
 
-    let created =
-        c.call(&CreateNetworkInterface { secondary_private_ip_address_count: Some(1), ..create(LARGE) }).await.unwrap();
+    let created = c
+        .call(&CreateNetworkInterface {
+            secondary_private_ip_address_count: Some(1),
+            ..create(LARGE)
+        })
+        .await
+        .unwrap();
     let eni = created.eni;
     let id = eni.network_interface_id.clone();
     assert!(id.starts_with("eni-"));
@@ -146,12 +179,22 @@ async fn every_action_round_trip() {
     assert_eq!(again.code(), Some("InvalidIp.IpUnassigned"));
     assert_eq!(again.class(), ErrorClass::AlreadyDone);
 
-    let delete = DeleteNetworkInterface { region_id: REGION.into(), network_interface_id: id.clone() };
+    let delete = DeleteNetworkInterface {
+        region_id: REGION.into(),
+        network_interface_id: id.clone(),
+    };
     let busy = c.call(&delete).await.unwrap_err();
-    assert_eq!(busy.code(), Some("InvalidOperation.InvalidEniState"), "delete while attached is refused");
+    assert_eq!(
+        busy.code(),
+        Some("InvalidOperation.InvalidEniState"),
+        "delete while attached is refused"
+    );
 
-    let detach =
-        DetachNetworkInterface { region_id: REGION.into(), instance_id: DEFAULT_INSTANCE_ID.into(), network_interface_id: id.clone() };
+    let detach = DetachNetworkInterface {
+        region_id: REGION.into(),
+        instance_id: DEFAULT_INSTANCE_ID.into(),
+        network_interface_id: id.clone(),
+    };
     c.call(&detach).await.unwrap();
     wait_status(&c, &id, "Available").await;
     c.call(&delete).await.unwrap();
@@ -170,7 +213,13 @@ async fn every_action_round_trip() {
         .await
         .unwrap();
     let primary_id = primary.network_interface_sets.items[0].network_interface_id.clone();
-    let e = c.call(&DetachNetworkInterface { network_interface_id: primary_id, ..detach }).await.unwrap_err();
+    let e = c
+        .call(&DetachNetworkInterface {
+            network_interface_id: primary_id,
+            ..detach
+        })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Some("InvalidOperation.DetachPrimaryEniNotAllowed"));
 }
 
@@ -181,7 +230,11 @@ async fn paging_over_several_pages() {
     for _ in 0..25 {
         c.call(&create(LARGE)).await.unwrap();
     }
-    let req = DescribeNetworkInterfaces { region_id: REGION.into(), max_results: Some(10), ..Default::default() };
+    let req = DescribeNetworkInterfaces {
+        region_id: REGION.into(),
+        max_results: Some(10),
+        ..Default::default()
+    };
     let first = c.call(&req).await.unwrap();
     assert_eq!(first.network_interface_sets.items.len(), 10);
     assert!(!first.next_token.is_empty());
@@ -191,7 +244,13 @@ async fn paging_over_several_pages() {
     assert_eq!(ids.len(), 26, "no ENI twice across pages");
     assert!(c.stats()["DescribeNetworkInterfaces"].calls >= 4);
 
-    let vsw = c.describe_vswitches_all(DescribeVSwitches { page_size: Some(1), ..vswitches() }).await.unwrap();
+    let vsw = c
+        .describe_vswitches_all(DescribeVSwitches {
+            page_size: Some(1),
+            ..vswitches()
+        })
+        .await
+        .unwrap();
     assert_eq!(vsw.len(), 3);
     assert!(c.stats()["DescribeVSwitches"].calls >= 3);
 
@@ -211,14 +270,23 @@ async fn vswitch_exhaustion_and_quotas() {
     let em = Emulator::start(Scenario::default()).await.unwrap();
     let c = client(&em);
     // the /28 has 16 − 4 = 12 usable addresses
-    let eni =
-        c.call(&CreateNetworkInterface { secondary_private_ip_address_count: Some(9), ..create(SMALL) }).await.unwrap().eni;
+    let eni = c
+        .call(&CreateNetworkInterface {
+            secondary_private_ip_address_count: Some(9),
+            ..create(SMALL)
+        })
+        .await
+        .unwrap()
+        .eni;
     let e = c.call(&assign(&eni.network_interface_id, 3)).await.unwrap_err();
     assert_eq!(e.code(), Some("InvalidVSwitchId.IpNotEnough"));
     assert_eq!(e.class(), ErrorClass::VSwitchExhausted);
     assert!(e.to_string().contains(SMALL), "{e}");
     c.call(&assign(&eni.network_interface_id, 2)).await.unwrap();
-    assert_eq!(c.call(&create(SMALL)).await.unwrap_err().class(), ErrorClass::VSwitchExhausted);
+    assert_eq!(
+        c.call(&create(SMALL)).await.unwrap_err().class(),
+        ErrorClass::VSwitchExhausted
+    );
 
     // per-ENI IP quota: 10 addresses on an attached ecs.g6.2xlarge ENI
     let id = c.call(&create(LARGE)).await.unwrap().eni.network_interface_id;
@@ -242,7 +310,10 @@ async fn vswitch_exhaustion_and_quotas() {
 
 #[tokio::test]
 async fn throttling_then_success_after_backoff() {
-    let scenario = Scenario { rate_limits: [("DescribeVSwitches".to_owned(), 120)].into(), ..Scenario::default() };
+    let scenario = Scenario {
+        rate_limits: [("DescribeVSwitches".to_owned(), 120)].into(),
+        ..Scenario::default()
+    };
     let em = Emulator::start(scenario).await.unwrap();
     let mut opts = ClientOptions::for_region(REGION, false).with_endpoint(&em.url());
     // let the emulator do the throttling
@@ -269,7 +340,10 @@ async fn throttling_then_success_after_backoff() {
 #[tokio::test]
 async fn no_retry_on_signature_mismatch() {
     let em = Emulator::start(Scenario::default()).await.unwrap();
-    let c = client_with(&em, CredentialProvider::static_keys(DEFAULT_ACCESS_KEY_ID, Secret::new("wrong-secret-value")));
+    let c = client_with(
+        &em,
+        CredentialProvider::static_keys(DEFAULT_ACCESS_KEY_ID, Secret::new("wrong-secret-value")),
+    );
     let e = c.call(&vswitches()).await.unwrap_err();
     assert_eq!(e.code(), Some("SignatureDoesNotMatch"));
     assert_eq!(e.class(), ErrorClass::Fatal);
@@ -288,21 +362,39 @@ async fn dropped_assign_response_assigns_once() {
     let em = Emulator::start(Scenario::default()).await.unwrap();
     let c = client(&em);
     let id = c.call(&create(LARGE)).await.unwrap().eni.network_interface_id;
-    em.set_faults(Faults { drop_count: 1, actions: vec!["AssignPrivateIpAddresses".into()], ..Faults::default() });
+    em.set_faults(Faults {
+        drop_count: 1,
+        actions: vec!["AssignPrivateIpAddresses".into()],
+        ..Faults::default()
+    });
     let r = c.call(&assign(&id, 2)).await.unwrap();
     let s = &c.stats()["AssignPrivateIpAddresses"];
     assert_eq!(s.attempts, 2, "the first answer was lost: {s:?}");
     let listed = describe_eni(&c, &id).await;
-    assert_eq!(listed.ipv4_addresses().len(), 3, "primary + 2: the retry did not assign again");
+    assert_eq!(
+        listed.ipv4_addresses().len(),
+        3,
+        "primary + 2: the retry did not assign again"
+    );
     let mut got = r.addresses();
     got.sort();
     let mut on_eni: Vec<Ipv4Addr> = listed.ipv4_addresses()[1..].to_vec();
     on_eni.sort();
-    assert_eq!(got, on_eni, "the replayed answer names the addresses the first attempt assigned");
+    assert_eq!(
+        got, on_eni,
+        "the replayed answer names the addresses the first attempt assigned"
+    );
 
     // a caller-chosen token (as recorded in an intent) replays across separate calls too
-    em.set_faults(Faults { drop_count: 5, actions: vec!["AssignPrivateIpAddresses".into()], ..Faults::default() });
-    let req = AssignPrivateIpAddresses { client_token: Some(new_client_token()), ..assign(&id, 1) };
+    em.set_faults(Faults {
+        drop_count: 5,
+        actions: vec!["AssignPrivateIpAddresses".into()],
+        ..Faults::default()
+    });
+    let req = AssignPrivateIpAddresses {
+        client_token: Some(new_client_token()),
+        ..assign(&id, 1)
+    };
     assert!(c.call(&req).await.unwrap_err().is_retryable());
     em.set_faults(Faults::default());
     assert_eq!(c.call(&req).await.unwrap().addresses().len(), 1);
@@ -314,21 +406,35 @@ async fn dropped_create_response_creates_one_eni() {
     let em = Emulator::start(Scenario::default()).await.unwrap();
     let c = client(&em);
     let before = eni_count(&em);
-    em.set_faults(Faults { drop_count: 1, actions: vec!["CreateNetworkInterface".into()], ..Faults::default() });
+    em.set_faults(Faults {
+        drop_count: 1,
+        actions: vec!["CreateNetworkInterface".into()],
+        ..Faults::default()
+    });
     c.call(&create(LARGE)).await.unwrap();
     assert_eq!(c.stats()["CreateNetworkInterface"].attempts, 2);
     assert_eq!(eni_count(&em), before + 1, "exactly one ENI");
-    assert_eq!(em.calls()["CreateNetworkInterface"]["Success"], 2, "the second answer came from the token record");
+    assert_eq!(
+        em.calls()["CreateNetworkInterface"]["Success"],
+        2,
+        "the second answer came from the token record"
+    );
 }
 
 #[tokio::test]
 async fn server_errors_are_retried() {
     let em = Emulator::start(Scenario::default()).await.unwrap();
     let mut opts = ClientOptions::for_region(REGION, false).with_endpoint(&em.url());
-    opts.retry = BackoffSpec { steps: 10, ..fast_retry() };
+    opts.retry = BackoffSpec {
+        steps: 10,
+        ..fast_retry()
+    };
     let creds = CredentialProvider::static_keys(DEFAULT_ACCESS_KEY_ID, Secret::new(DEFAULT_ACCESS_KEY_SECRET));
     let c = CloudClient::new(opts, Arc::new(creds)).unwrap();
-    em.set_faults(Faults { error_rate: 0.3, ..Faults::default() });
+    em.set_faults(Faults {
+        error_rate: 0.3,
+        ..Faults::default()
+    });
     for _ in 0..20 {
         c.call(&vswitches()).await.unwrap();
     }
@@ -339,8 +445,16 @@ async fn server_errors_are_retried() {
 
 #[tokio::test]
 async fn ram_role_credentials_refresh_on_expiry() {
-    let role = RamRoleSpec { name: "TestRole".into(), ttl_seconds: 2 };
-    let em = Emulator::start(Scenario { ram_role: Some(role), ..Scenario::default() }).await.unwrap();
+    let role = RamRoleSpec {
+        name: "TestRole".into(),
+        ttl_seconds: 2,
+    };
+    let em = Emulator::start(Scenario {
+        ram_role: Some(role),
+        ..Scenario::default()
+    })
+    .await
+    .unwrap();
     let metadata = Arc::new(MetadataClient::new(&em.url(), Duration::from_secs(2)).unwrap());
     let provider =
         Arc::new(CredentialProvider::ram_role(metadata, None).with_refresh_margin(Duration::from_millis(200)));
@@ -358,23 +472,43 @@ async fn ram_role_credentials_refresh_on_expiry() {
 
     // expired STS credentials are refused by the cloud
     let stale = client_with(&em, CredentialProvider::fixed(first.clone()));
-    assert_eq!(stale.call(&vswitches()).await.unwrap_err().code(), Some("InvalidSecurityToken.Expired"));
+    assert_eq!(
+        stale.call(&vswitches()).await.unwrap_err().code(),
+        Some("InvalidSecurityToken.Expired")
+    );
 
     // the STS token never shows in an error, even where the cloud echoes it
-    let wrong = Credentials { access_key_secret: Secret::new("not-it"), ..second.clone() };
-    let e = client_with(&em, CredentialProvider::fixed(wrong)).call(&vswitches()).await.unwrap_err();
+    let wrong = Credentials {
+        access_key_secret: Secret::new("not-it"),
+        ..second.clone()
+    };
+    let e = client_with(&em, CredentialProvider::fixed(wrong))
+        .call(&vswitches())
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Some("SignatureDoesNotMatch"));
     let token = second.security_token.as_ref().unwrap().expose().to_owned();
     let text = format!("{e} {e:?}");
     assert!(!text.contains(&token), "{text}");
-    assert!(!text.contains(&terway_cloud::signature::percent_encode(&token)), "{text}");
+    assert!(
+        !text.contains(&terway_cloud::signature::percent_encode(&token)),
+        "{text}"
+    );
     assert!(text.contains("<redacted>"), "{text}");
 }
 
 #[tokio::test]
 async fn imdsv2_token_flow() {
-    let em = Emulator::start(Scenario { metadata_tokens_required: true, ..Scenario::default() }).await.unwrap();
-    let plain = reqwest::get(format!("{}/latest/meta-data/instance-id", em.url())).await.unwrap();
+    let em = Emulator::start(Scenario {
+        metadata_tokens_required: true,
+        ..Scenario::default()
+    })
+    .await
+    .unwrap();
+    install_crypto_provider();
+    let plain = reqwest::get(format!("{}/latest/meta-data/instance-id", em.url()))
+        .await
+        .unwrap();
     assert_eq!(plain.status().as_u16(), 401, "without a token the service refuses");
 
     let md = MetadataClient::new(&em.url(), Duration::from_secs(2)).unwrap();
@@ -393,8 +527,14 @@ async fn imdsv2_token_flow() {
 
     // metadata reflects attached ENIs and their addresses
     let c = client(&em);
-    let new =
-        c.call(&CreateNetworkInterface { secondary_private_ip_address_count: Some(2), ..create(LARGE) }).await.unwrap().eni;
+    let new = c
+        .call(&CreateNetworkInterface {
+            secondary_private_ip_address_count: Some(2),
+            ..create(LARGE)
+        })
+        .await
+        .unwrap()
+        .eni;
     c.call(&attach(&new.network_interface_id)).await.unwrap();
     wait_status(&c, &new.network_interface_id, "InUse").await;
     assert_eq!(md.macs().await.unwrap().len(), 2);
@@ -403,7 +543,10 @@ async fn imdsv2_token_flow() {
     assert_eq!(m.private_ipv4s.len(), 3);
     assert_eq!(m.gateway, "192.168.31.253".parse::<Ipv4Addr>().unwrap());
 
-    assert!(matches!(md.get("no/such/path").await, Err(CloudError::Metadata { status: Some(404), .. })));
+    assert!(matches!(
+        md.get("no/such/path").await,
+        Err(CloudError::Metadata { status: Some(404), .. })
+    ));
     let bad = reqwest::Client::new()
         .put(format!("{}/latest/api/token", em.url()))
         .header("X-aliyun-ecs-metadata-token-ttl-seconds", "99999")
@@ -416,8 +559,13 @@ async fn imdsv2_token_flow() {
 #[tokio::test]
 async fn metadata_unavailable_is_an_error_not_a_hang() {
     let em = Emulator::start(Scenario::default()).await.unwrap();
-    em.set_faults(Faults { metadata_unavailable: true, ..Faults::default() });
-    let md = MetadataClient::new(&em.url(), Duration::from_secs(1)).unwrap().with_attempts(2);
+    em.set_faults(Faults {
+        metadata_unavailable: true,
+        ..Faults::default()
+    });
+    let md = MetadataClient::new(&em.url(), Duration::from_secs(1))
+        .unwrap()
+        .with_attempts(2);
     let e = md.identity().await.unwrap_err();
     assert!(matches!(e, CloudError::Metadata { status: Some(503), .. }), "{e}");
 }
@@ -426,7 +574,10 @@ async fn metadata_unavailable_is_an_error_not_a_hang() {
 async fn describe_lag_hides_fresh_changes() {
     let em = Emulator::start(Scenario::default()).await.unwrap();
     let c = client(&em);
-    em.set_faults(Faults { describe_lag_ms: 400, ..Faults::default() });
+    em.set_faults(Faults {
+        describe_lag_ms: 400,
+        ..Faults::default()
+    });
     let id = c.call(&create(LARGE)).await.unwrap().eni.network_interface_id;
     let r = c
         .call(&DescribeNetworkInterfaces {
@@ -439,4 +590,57 @@ async fn describe_lag_hides_fresh_changes() {
     assert!(r.network_interface_sets.items.is_empty(), "not visible yet");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(describe_eni(&c, &id).await.network_interface_id, id);
+}
+
+/// A writer that keeps what tracing writes, to search it for secrets.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn secrets_never_reach_logs() {
+    let captured = Captured::default();
+    let sink = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || sink.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let em = Emulator::start(Scenario::default()).await.unwrap();
+    let metadata = Arc::new(MetadataClient::new(&em.url(), Duration::from_secs(2)).unwrap());
+    let provider = Arc::new(CredentialProvider::ram_role(metadata, None));
+    let mut opts = ClientOptions::for_region(REGION, false).with_endpoint(&em.url());
+    opts.retry = fast_retry();
+    let c = CloudClient::new(opts, provider.clone()).unwrap();
+    em.set_faults(Faults { error_rate: 0.5, ..Faults::default() });
+    for _ in 0..5 {
+        let _ = c.call(&vswitches()).await;
+    }
+    em.set_faults(Faults::default());
+    let creds = provider.get().await.unwrap();
+    // a failing call with a wrong secret, whose error echoes the signed string
+    let wrong = Credentials { access_key_secret: Secret::new("wrong-secret-for-logs"), ..creds.clone() };
+    let e = client_with(&em, CredentialProvider::fixed(wrong)).call(&vswitches()).await.unwrap_err();
+    tracing::error!(error = %e, debug = ?e, "logged like the daemon logs errors");
+    tracing::info!(credentials = ?creds, provider = ?provider, "logged like a careless caller would");
+
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(logs.contains("RAM role credentials refreshed"), "the capture works: {logs}");
+    let secret = creds.access_key_secret.expose();
+    let token = creds.security_token.as_ref().unwrap().expose();
+    for s in [secret, token, "wrong-secret-for-logs", DEFAULT_ACCESS_KEY_SECRET] {
+        assert!(!logs.contains(s), "{s} leaked into the logs");
+        assert!(!logs.contains(&terway_cloud::signature::percent_encode(s)), "{s} leaked (encoded)");
+    }
 }

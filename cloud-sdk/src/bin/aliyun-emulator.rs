@@ -37,12 +37,15 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt().with_env_filter(
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-    ).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .init();
     let args = Args::parse();
     let mut scenario = match &args.scenario {
-        Some(path) => match std::fs::read_to_string(path).map_err(|e| e.to_string()).and_then(|t| Scenario::from_json(&t)) {
+        Some(path) => match std::fs::read_to_string(path)
+            .map_err(|e| e.to_string())
+            .and_then(|t| Scenario::from_json(&t))
+        {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("error: scenario {}: {e}", path.display());
@@ -52,9 +55,15 @@ async fn main() -> std::process::ExitCode {
         None => Scenario::default(),
     };
     if let (Some(id), Some(secret)) = (args.access_key_id, args.access_key_secret) {
-        scenario.credentials = vec![AccessKeySpec { access_key_id: id, access_key_secret: secret }];
+        scenario.credentials = vec![AccessKeySpec {
+            access_key_id: id,
+            access_key_secret: secret,
+        }];
     }
-    let key_id = scenario.credentials.first().map_or(DEFAULT_ACCESS_KEY_ID.to_owned(), |c| c.access_key_id.clone());
+    let key_id = scenario
+        .credentials
+        .first()
+        .map_or(DEFAULT_ACCESS_KEY_ID.to_owned(), |c| c.access_key_id.clone());
     let emulator = match Emulator::bind(args.listen, scenario).await {
         Ok(e) => e,
         Err(e) => {

@@ -40,7 +40,9 @@ impl Emulator {
 
     pub async fn bind(addr: SocketAddr, scenario: Scenario) -> Result<Self, String> {
         let shared = Arc::new(Shared::new(&scenario)?);
-        let listener = TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         let (shutdown, rx) = watch::channel(false);
         tokio::spawn(serve(listener, shared.clone(), rx.clone()));
@@ -147,7 +149,10 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Rece
             let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                 let app = app.clone();
                 async move {
-                    let resp = app.oneshot(req.map(axum::body::Body::new)).await.unwrap_or_else(|e| match e {});
+                    let resp = app
+                        .oneshot(req.map(axum::body::Body::new))
+                        .await
+                        .unwrap_or_else(|e| match e {});
                     if resp.headers().contains_key(DROP_HEADER) {
                         Err(std::io::Error::other("response dropped by fault injection"))
                     } else {

@@ -102,7 +102,12 @@ pub struct Delays {
 
 impl Default for Delays {
     fn default() -> Self {
-        Self { create_ms: 0, attach_ms: 200, detach_ms: 200, delete_ms: 0 }
+        Self {
+            create_ms: 0,
+            attach_ms: 200,
+            detach_ms: 200,
+            delete_ms: 0,
+        }
     }
 }
 
@@ -129,7 +134,11 @@ pub struct Faults {
 
 impl Default for Scenario {
     fn default() -> Self {
-        let vsw = |id: &str, cidr: &str| VSwitchSpec { id: id.into(), zone_id: DEFAULT_ZONE.into(), cidr: cidr.into() };
+        let vsw = |id: &str, cidr: &str| VSwitchSpec {
+            id: id.into(),
+            zone_id: DEFAULT_ZONE.into(),
+            cidr: cidr.into(),
+        };
         Self {
             region_id: DEFAULT_REGION.into(),
             vpc_id: "vpc-emulated00000001".into(),
@@ -144,9 +153,27 @@ impl Default for Scenario {
             security_groups: vec![DEFAULT_SECURITY_GROUP.into()],
             // ecs.g6.2xlarge: 8 vCPU, 4 ENIs of 10 IPv4 addresses each
             instance_types: vec![
-                InstanceTypeSpec { id: "ecs.g6.2xlarge".into(), eni_quantity: 4, ipv4_per_eni: 10, ipv6_per_eni: 10, eni_total_quantity: Some(4) },
-                InstanceTypeSpec { id: "ecs.g6.8xlarge".into(), eni_quantity: 8, ipv4_per_eni: 20, ipv6_per_eni: 20, eni_total_quantity: Some(8) },
-                InstanceTypeSpec { id: "ecs.g6.large".into(), eni_quantity: 2, ipv4_per_eni: 6, ipv6_per_eni: 1, eni_total_quantity: Some(2) },
+                InstanceTypeSpec {
+                    id: "ecs.g6.2xlarge".into(),
+                    eni_quantity: 4,
+                    ipv4_per_eni: 10,
+                    ipv6_per_eni: 10,
+                    eni_total_quantity: Some(4),
+                },
+                InstanceTypeSpec {
+                    id: "ecs.g6.8xlarge".into(),
+                    eni_quantity: 8,
+                    ipv4_per_eni: 20,
+                    ipv6_per_eni: 20,
+                    eni_total_quantity: Some(8),
+                },
+                InstanceTypeSpec {
+                    id: "ecs.g6.large".into(),
+                    eni_quantity: 2,
+                    ipv4_per_eni: 6,
+                    ipv6_per_eni: 1,
+                    eni_total_quantity: Some(2),
+                },
             ],
             instances: vec![InstanceSpec {
                 id: DEFAULT_INSTANCE_ID.into(),
@@ -159,7 +186,10 @@ impl Default for Scenario {
                 access_key_id: DEFAULT_ACCESS_KEY_ID.into(),
                 access_key_secret: DEFAULT_ACCESS_KEY_SECRET.into(),
             }],
-            ram_role: Some(RamRoleSpec { name: "TerwayEmulatedRole".into(), ttl_seconds: 3600 }),
+            ram_role: Some(RamRoleSpec {
+                name: "TerwayEmulatedRole".into(),
+                ttl_seconds: 3600,
+            }),
             metadata_instance: None,
             metadata_tokens_required: false,
             delays: Delays::default(),

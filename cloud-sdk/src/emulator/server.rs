@@ -48,7 +48,9 @@ pub(crate) struct Shared {
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared").field("metadata_instance", &self.metadata_instance).finish_non_exhaustive()
+        f.debug_struct("Shared")
+            .field("metadata_instance", &self.metadata_instance)
+            .finish_non_exhaustive()
     }
 }
 
@@ -67,7 +69,16 @@ impl Shared {
         let access_keys = s
             .credentials
             .iter()
-            .map(|c| (c.access_key_id.clone(), AccessKey { secret: c.access_key_secret.clone(), security_token: None, expires: None }))
+            .map(|c| {
+                (
+                    c.access_key_id.clone(),
+                    AccessKey {
+                        secret: c.access_key_secret.clone(),
+                        security_token: None,
+                        expires: None,
+                    },
+                )
+            })
             .collect();
         Ok(Self {
             world: Mutex::new(world),
@@ -108,7 +119,11 @@ impl Shared {
     }
 
     fn count(&self, action: &str, code: &str) {
-        *lock(&self.calls).entry(action.to_owned()).or_default().entry(code.to_owned()).or_default() += 1;
+        *lock(&self.calls)
+            .entry(action.to_owned())
+            .or_default()
+            .entry(code.to_owned())
+            .or_default() += 1;
     }
 }
 
@@ -145,7 +160,11 @@ async fn rpc(State(s): State<Arc<Shared>>, method: Method, uri: Uri, headers: He
     let request_id = new_request_id();
     let fail = |e: ApiError| error_response(e.status, &request_id, &e.code, &e.message);
     if method != Method::GET && method != Method::POST {
-        return fail(ApiError::new(405, "UnsupportedHTTPMethod", format!("HTTP method {method} is not supported.")));
+        return fail(ApiError::new(
+            405,
+            "UnsupportedHTTPMethod",
+            format!("HTTP method {method} is not supported."),
+        ));
     }
     let mut params = match signature::parse_query(uri.query().unwrap_or(""), false) {
         Ok(p) => p,
@@ -157,7 +176,11 @@ async fn rpc(State(s): State<Arc<Shared>>, method: Method, uri: Uri, headers: He
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
         if !is_form {
-            return fail(ApiError::new(400, "InvalidParameter", "a POST body must be application/x-www-form-urlencoded"));
+            return fail(ApiError::new(
+                400,
+                "InvalidParameter",
+                "a POST body must be application/x-www-form-urlencoded",
+            ));
         }
         let text = String::from_utf8_lossy(&body);
         match signature::parse_query(&text, true) {
@@ -168,7 +191,11 @@ async fn rpc(State(s): State<Arc<Shared>>, method: Method, uri: Uri, headers: He
     let action = params.get("Action").cloned().unwrap_or_default();
     let latency = {
         let f = lock(&s.faults);
-        f.latency_ms.get(&action).or_else(|| f.latency_ms.get("*")).copied().unwrap_or(0)
+        f.latency_ms
+            .get(&action)
+            .or_else(|| f.latency_ms.get("*"))
+            .copied()
+            .unwrap_or(0)
     };
     if latency > 0 {
         tokio::time::sleep(Duration::from_millis(latency)).await;
@@ -184,7 +211,8 @@ async fn rpc(State(s): State<Arc<Shared>>, method: Method, uri: Uri, headers: He
             }
             let mut resp = (StatusCode::OK, [("x-acs-request-id", request_id.clone())], Json(body)).into_response();
             if drop {
-                resp.headers_mut().insert(DROP_HEADER, axum::http::HeaderValue::from_static("1"));
+                resp.headers_mut()
+                    .insert(DROP_HEADER, axum::http::HeaderValue::from_static("1"));
             }
             resp
         }
@@ -197,43 +225,101 @@ async fn rpc(State(s): State<Arc<Shared>>, method: Method, uri: Uri, headers: He
 
 /// Verifies the request, injects faults, runs the action. `Ok((body, drop))`.
 fn handle(s: &Shared, method: &str, p: &Params, action: &str) -> Result<(Value, bool), ApiError> {
-    for name in ["Action", "Version", "AccessKeyId", "Signature", "SignatureMethod", "SignatureVersion", "SignatureNonce", "Timestamp"] {
+    for name in [
+        "Action",
+        "Version",
+        "AccessKeyId",
+        "Signature",
+        "SignatureMethod",
+        "SignatureVersion",
+        "SignatureNonce",
+        "Timestamp",
+    ] {
         if p.get(name).is_none_or(|v| v.is_empty()) {
             return Err(ApiError::missing(name));
         }
     }
     if p["SignatureMethod"] != "HMAC-SHA1" {
-        return Err(ApiError::invalid("SignatureMethod", &p["SignatureMethod"], "only HMAC-SHA1 is supported"));
+        return Err(ApiError::invalid(
+            "SignatureMethod",
+            &p["SignatureMethod"],
+            "only HMAC-SHA1 is supported",
+        ));
     }
     if p["SignatureVersion"] != "1.0" {
-        return Err(ApiError::invalid("SignatureVersion", &p["SignatureVersion"], "only 1.0 is supported"));
+        return Err(ApiError::invalid(
+            "SignatureVersion",
+            &p["SignatureVersion"],
+            "only 1.0 is supported",
+        ));
     }
-    let expected_version = if action == "DescribeVSwitches" { "2016-04-28" } else { "2014-05-26" };
+    let expected_version = if action == "DescribeVSwitches" {
+        "2016-04-28"
+    } else {
+        "2014-05-26"
+    };
     if p["Version"] != expected_version {
-        return Err(ApiError::new(400, "InvalidVersion", format!("Specified parameter Version {:?} is not valid for {action}.", p["Version"])));
+        return Err(ApiError::new(
+            400,
+            "InvalidVersion",
+            format!(
+                "Specified parameter Version {:?} is not valid for {action}.",
+                p["Version"]
+            ),
+        ));
     }
     let access_key_id = &p["AccessKeyId"];
-    let key = lock(&s.access_keys).get(access_key_id).cloned().ok_or_else(|| {
-        ApiError::new(404, "InvalidAccessKeyId.NotFound", "Specified access key is not found.")
+    let key = lock(&s.access_keys)
+        .get(access_key_id)
+        .cloned()
+        .ok_or_else(|| ApiError::new(404, "InvalidAccessKeyId.NotFound", "Specified access key is not found."))?;
+    let timestamp = crate::utc::parse(&p["Timestamp"]).ok_or_else(|| {
+        ApiError::new(
+            400,
+            "InvalidTimeStamp.Format",
+            format!(
+                "Specified time stamp {:?} is not in the yyyy-MM-ddTHH:mm:ssZ format.",
+                p["Timestamp"]
+            ),
+        )
     })?;
-    let timestamp = crate::utc::parse(&p["Timestamp"])
-        .ok_or_else(|| ApiError::new(400, "InvalidTimeStamp.Format", format!("Specified time stamp {:?} is not in the yyyy-MM-ddTHH:mm:ssZ format.", p["Timestamp"])))?;
     let now = SystemTime::now();
     let skew = now.duration_since(timestamp).unwrap_or_else(|e| e.duration());
     if skew > TIMESTAMP_SKEW {
-        return Err(ApiError::new(400, "InvalidTimeStamp.Expired", format!("Specified time stamp or date value is expired (server time {}).", crate::utc::format(now))));
+        return Err(ApiError::new(
+            400,
+            "InvalidTimeStamp.Expired",
+            format!(
+                "Specified time stamp or date value is expired (server time {}).",
+                crate::utc::format(now)
+            ),
+        ));
     }
     let string_to_sign = signature::string_to_sign(method, p);
     let expected = signature::sign(&key.secret, &string_to_sign);
     if !signature::signatures_match(&expected, &p["Signature"]) {
-        return Err(ApiError::new(400, "SignatureDoesNotMatch", format!("Specified signature is not matched with our calculation. server string to sign is:{string_to_sign}")));
+        return Err(ApiError::new(
+            400,
+            "SignatureDoesNotMatch",
+            format!(
+                "Specified signature is not matched with our calculation. server string to sign is:{string_to_sign}"
+            ),
+        ));
     }
     if let Some(token) = &key.security_token {
         if p.get("SecurityToken") != Some(token) {
-            return Err(ApiError::new(400, "InvalidSecurityToken.Mismatch", "The SecurityToken does not belong to this AccessKeyId."));
+            return Err(ApiError::new(
+                400,
+                "InvalidSecurityToken.Mismatch",
+                "The SecurityToken does not belong to this AccessKeyId.",
+            ));
         }
         if key.expires.is_some_and(|exp| exp <= now) {
-            return Err(ApiError::new(400, "InvalidSecurityToken.Expired", "Specified SecurityToken is expired."));
+            return Err(ApiError::new(
+                400,
+                "InvalidSecurityToken.Expired",
+                "Specified SecurityToken is expired.",
+            ));
         }
     }
     {
@@ -243,25 +329,48 @@ fn handle(s: &Shared, method: &str, p: &Params, action: &str) -> Result<(Value, 
             nonces.retain(|_, at| now.duration_since(*at) < NONCE_WINDOW);
         }
         let nonce = p["SignatureNonce"].clone();
-        if nonces.get(&nonce).is_some_and(|at| now.duration_since(*at) < NONCE_WINDOW) {
-            return Err(ApiError::new(400, "SignatureNonceUsed", "Specified signature nonce was used already."));
+        if nonces
+            .get(&nonce)
+            .is_some_and(|at| now.duration_since(*at) < NONCE_WINDOW)
+        {
+            return Err(ApiError::new(
+                400,
+                "SignatureNonceUsed",
+                "Specified signature nonce was used already.",
+            ));
         }
         nonces.insert(nonce, now);
     }
     if let Some(limiter) = &s.limiter {
         if !limiter.try_take(action) {
-            return Err(ApiError::new(400, "Throttling", "Request was denied due to request throttling."));
+            return Err(ApiError::new(
+                400,
+                "Throttling",
+                "Request was denied due to request throttling.",
+            ));
         }
     }
     let (error_rate, drop_rate, applies) = {
         let f = lock(&s.faults);
-        (f.error_rate, f.drop_rate, f.actions.is_empty() || f.actions.iter().any(|a| a == action))
+        (
+            f.error_rate,
+            f.drop_rate,
+            f.actions.is_empty() || f.actions.iter().any(|a| a == action),
+        )
     };
     if applies && error_rate > 0.0 && rand::random::<f64>() < error_rate {
         return Err(if rand::random::<bool>() {
-            ApiError::new(503, "ServiceUnavailable", "The request has failed due to a temporary failure of the server.")
+            ApiError::new(
+                503,
+                "ServiceUnavailable",
+                "The request has failed due to a temporary failure of the server.",
+            )
         } else {
-            ApiError::new(500, "InternalError", "The request processing has failed due to some unknown error, exception or failure.")
+            ApiError::new(
+                500,
+                "InternalError",
+                "The request processing has failed due to some unknown error, exception or failure.",
+            )
         });
     }
     let body = lock(&s.world).dispatch(action, p, Instant::now())?;
@@ -295,7 +404,11 @@ async fn metadata_token(State(s): State<Arc<Shared>>, method: Method, headers: H
         .and_then(|v| v.parse::<u64>().ok())
         .filter(|t| (1..=21_600).contains(t));
     let Some(ttl) = ttl else {
-        return (StatusCode::BAD_REQUEST, "X-aliyun-ecs-metadata-token-ttl-seconds must be 1..21600").into_response();
+        return (
+            StatusCode::BAD_REQUEST,
+            "X-aliyun-ecs-metadata-token-ttl-seconds must be 1..21600",
+        )
+            .into_response();
     };
     let token = format!("emu-md-{}", crate::client::new_client_token());
     lock(&s.metadata_tokens).insert(token.clone(), Instant::now() + Duration::from_secs(ttl));
@@ -312,7 +425,9 @@ async fn metadata(State(s): State<Arc<Shared>>, Path(path): Path<String>, header
     }
     match headers.get("x-aliyun-ecs-metadata-token").and_then(|v| v.to_str().ok()) {
         Some(token) => {
-            let valid = lock(&s.metadata_tokens).get(token).is_some_and(|exp| *exp > Instant::now());
+            let valid = lock(&s.metadata_tokens)
+                .get(token)
+                .is_some_and(|exp| *exp > Instant::now());
             if !valid {
                 return (StatusCode::UNAUTHORIZED, "invalid or expired metadata token").into_response();
             }
@@ -352,9 +467,13 @@ fn metadata_value(s: &Shared, path: &str) -> Option<String> {
         "private-ipv4" => Some(primary.primary_ip.to_string()),
         "mac" => Some(primary.mac.clone()),
         "network-type" => Some("vpc".into()),
-        "network/interfaces/macs" => {
-            Some(w.attached_enis(&instance.id).iter().map(|e| format!("{}/", e.mac)).collect::<Vec<_>>().join("\n"))
-        }
+        "network/interfaces/macs" => Some(
+            w.attached_enis(&instance.id)
+                .iter()
+                .map(|e| format!("{}/", e.mac))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        ),
         _ => None,
     };
     if simple.is_some() {
@@ -367,8 +486,18 @@ fn metadata_value(s: &Shared, path: &str) -> Option<String> {
     let v = w.vswitches.get(&eni.vswitch_id)?;
     match leaf {
         "" => Some(
-            ["network-interface-id", "primary-ip-address", "netmask", "gateway", "vswitch-id", "vswitch-cidr-block", "vpc-id", "vpc-cidr-block", "private-ipv4s"]
-                .join("\n"),
+            [
+                "network-interface-id",
+                "primary-ip-address",
+                "netmask",
+                "gateway",
+                "vswitch-id",
+                "vswitch-cidr-block",
+                "vpc-id",
+                "vpc-cidr-block",
+                "private-ipv4s",
+            ]
+            .join("\n"),
         ),
         "network-interface-id" => Some(eni.id.clone()),
         "primary-ip-address" => Some(eni.primary_ip.to_string()),
@@ -379,8 +508,10 @@ fn metadata_value(s: &Shared, path: &str) -> Option<String> {
         "vpc-id" => Some(w.vpc_id.clone()),
         "vpc-cidr-block" => Some(w.vpc_cidr.clone()),
         "private-ipv4s" => {
-            let ips: Vec<String> =
-                std::iter::once(eni.primary_ip).chain(eni.secondary_ips.iter().copied()).map(|ip| ip.to_string()).collect();
+            let ips: Vec<String> = std::iter::once(eni.primary_ip)
+                .chain(eni.secondary_ips.iter().copied())
+                .map(|ip| ip.to_string())
+                .collect();
             serde_json::to_string(&ips).ok()
         }
         _ => None,
@@ -393,7 +524,10 @@ fn issue_role_credentials(s: &Shared, role: &RamRoleSpec) -> String {
     let ttl = Duration::from_secs(role.ttl_seconds.max(1));
     let now = SystemTime::now();
     let mut issued = lock(&s.issued_role_key);
-    let reuse = issued.as_ref().filter(|(_, exp)| exp.duration_since(now).is_ok_and(|left| left > ttl / 2)).cloned();
+    let reuse = issued
+        .as_ref()
+        .filter(|(_, exp)| exp.duration_since(now).is_ok_and(|left| left > ttl / 2))
+        .cloned();
     let keys = lock(&s.access_keys);
     let (id, key) = match reuse.and_then(|(id, _)| keys.get(&id).cloned().map(|k| (id, k))) {
         Some(found) => found,

@@ -22,19 +22,39 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: u16, code: &str, message: impl Into<String>) -> Self {
-        Self { status, code: code.into(), message: message.into() }
+        Self {
+            status,
+            code: code.into(),
+            message: message.into(),
+        }
     }
     pub fn missing(name: &str) -> Self {
-        Self::new(400, "MissingParameter", format!("The input parameter \"{name}\" that is mandatory for processing this request is not supplied."))
+        Self::new(
+            400,
+            "MissingParameter",
+            format!("The input parameter \"{name}\" that is mandatory for processing this request is not supplied."),
+        )
     }
     pub fn invalid(name: &str, value: &str, why: &str) -> Self {
-        Self::new(400, "InvalidParameter", format!("The specified parameter \"{name}\" ({value:?}) is not valid: {why}."))
+        Self::new(
+            400,
+            "InvalidParameter",
+            format!("The specified parameter \"{name}\" ({value:?}) is not valid: {why}."),
+        )
     }
     fn eni_not_found(id: &str) -> Self {
-        Self::new(404, "InvalidEniId.NotFound", format!("The specified NetworkInterfaceId {id:?} does not exist."))
+        Self::new(
+            404,
+            "InvalidEniId.NotFound",
+            format!("The specified NetworkInterfaceId {id:?} does not exist."),
+        )
     }
     fn eni_state(id: &str, status: EniStatus, op: &str) -> Self {
-        Self::new(400, "InvalidOperation.InvalidEniState", format!("The ENI {id} is {status:?}; {op} is not allowed in this state."))
+        Self::new(
+            400,
+            "InvalidOperation.InvalidEniState",
+            format!("The ENI {id} is {status:?}; {op} is not allowed in this state."),
+        )
     }
 }
 
@@ -75,8 +95,18 @@ pub struct Eni {
 /// An ENI that became InUse or Available on an instance, for hot-plug hooks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum AttachmentEvent {
-    Attached { eni_id: String, mac: String, instance_id: String, gateway: Ipv4Addr, vswitch_cidr: String },
-    Detached { eni_id: String, mac: String, instance_id: String },
+    Attached {
+        eni_id: String,
+        mac: String,
+        instance_id: String,
+        gateway: Ipv4Addr,
+        vswitch_cidr: String,
+    },
+    Detached {
+        eni_id: String,
+        mac: String,
+        instance_id: String,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -95,7 +125,13 @@ impl VSwitchState {
             return Err(format!("vSwitch {id}: {cidr} is smaller than a /29"));
         }
         let first = u32::from(net.network()) + 1;
-        Ok(Self { id: id.into(), zone_id: zone_id.into(), net: net.trunc(), used: BTreeSet::new(), cursor: first })
+        Ok(Self {
+            id: id.into(),
+            zone_id: zone_id.into(),
+            net: net.trunc(),
+            used: BTreeSet::new(),
+            cursor: first,
+        })
     }
 
     /// The cloud keeps the first address and the last three of every vSwitch.
@@ -141,10 +177,18 @@ impl VSwitchState {
         let n = u32::from(ip);
         let (first, last) = self.usable();
         if n < first || n > last {
-            return Err(ApiError::new(403, "InvalidVSwitchId.IpInvalid", format!("{ip} is not a usable address of {} ({})", self.id, self.net)));
+            return Err(ApiError::new(
+                403,
+                "InvalidVSwitchId.IpInvalid",
+                format!("{ip} is not a usable address of {} ({})", self.id, self.net),
+            ));
         }
         if !self.used.insert(n) {
-            return Err(ApiError::new(400, "InvalidPrivateIpAddress.Duplicated", format!("{ip} is already in use.")));
+            return Err(ApiError::new(
+                400,
+                "InvalidPrivateIpAddress.Duplicated",
+                format!("{ip} is already in use."),
+            ));
         }
         Ok(())
     }
@@ -218,27 +262,44 @@ impl World {
             }
             let zone = w.vswitches.get(&i.vswitch_id).map(|v| v.zone_id.clone());
             if zone.as_deref() != Some(i.zone_id.as_str()) {
-                return Err(format!("instance {}: vSwitch {} is not in zone {}", i.id, i.vswitch_id, i.zone_id));
+                return Err(format!(
+                    "instance {}: vSwitch {} is not in zone {}",
+                    i.id, i.vswitch_id, i.zone_id
+                ));
             }
             let eni = w
-                .new_eni(&i.vswitch_id, i.security_groups.clone(), Vec::new(), 0, String::new(), String::new(), String::new())
+                .new_eni(
+                    &i.vswitch_id,
+                    i.security_groups.clone(),
+                    Vec::new(),
+                    0,
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                )
                 .map_err(|e| e.message)?;
             let eni_id = eni.id.clone();
-            w.enis.insert(eni_id.clone(), Eni {
-                status: EniStatus::InUse,
-                primary: true,
-                instance_id: Some(i.id.clone()),
-                device_index: Some(0),
-                ..eni
-            });
-            w.instances.insert(i.id.clone(), InstanceState {
-                id: i.id.clone(),
-                zone_id: i.zone_id.clone(),
-                instance_type: i.instance_type.clone(),
-                vswitch_id: i.vswitch_id.clone(),
-                security_groups: i.security_groups.clone(),
-                primary_eni: eni_id,
-            });
+            w.enis.insert(
+                eni_id.clone(),
+                Eni {
+                    status: EniStatus::InUse,
+                    primary: true,
+                    instance_id: Some(i.id.clone()),
+                    device_index: Some(0),
+                    ..eni
+                },
+            );
+            w.instances.insert(
+                i.id.clone(),
+                InstanceState {
+                    id: i.id.clone(),
+                    zone_id: i.zone_id.clone(),
+                    instance_type: i.instance_type.clone(),
+                    vswitch_id: i.vswitch_id.clone(),
+                    security_groups: i.security_groups.clone(),
+                    primary_eni: eni_id,
+                },
+            );
         }
         Ok(w)
     }
@@ -248,7 +309,11 @@ impl World {
             return Err(format!("vSwitch {id} exists already"));
         }
         let v = VSwitchState::new(id, zone_id, cidr)?;
-        if let Some(other) = self.vswitches.values().find(|o| o.net.contains(&v.net) || v.net.contains(&o.net)) {
+        if let Some(other) = self
+            .vswitches
+            .values()
+            .find(|o| o.net.contains(&v.net) || v.net.contains(&o.net))
+        {
             return Err(format!("vSwitch {id} ({cidr}) overlaps {} ({})", other.id, other.net));
         }
         self.vswitches.insert(id.into(), v);
@@ -271,18 +336,30 @@ impl World {
         description: String,
         resource_group_id: String,
     ) -> Result<Eni> {
-        let vsw = self
-            .vswitches
-            .get_mut(vswitch_id)
-            .ok_or_else(|| ApiError::new(404, "InvalidVSwitchId.NotFound", format!("The specified VSwitchId {vswitch_id:?} does not exist.")))?;
+        let vsw = self.vswitches.get_mut(vswitch_id).ok_or_else(|| {
+            ApiError::new(
+                404,
+                "InvalidVSwitchId.NotFound",
+                format!("The specified VSwitchId {vswitch_id:?} does not exist."),
+            )
+        })?;
         let zone_id = vsw.zone_id.clone();
         let ips = vsw.allocate(1 + secondary).ok_or_else(|| {
-            ApiError::new(403, "InvalidVSwitchId.IpNotEnough", format!("The specified VSwitch \"{vswitch_id}\" has not enough IpAddress."))
+            ApiError::new(
+                403,
+                "InvalidVSwitchId.IpNotEnough",
+                format!("The specified VSwitch \"{vswitch_id}\" has not enough IpAddress."),
+            )
         })?;
         let n = self.next();
         Ok(Eni {
             id: format!("eni-emu{n:013x}"),
-            mac: format!("00:16:3e:{:02x}:{:02x}:{:02x}", (n >> 16) & 0xff, (n >> 8) & 0xff, n & 0xff),
+            mac: format!(
+                "00:16:3e:{:02x}:{:02x}:{:02x}",
+                (n >> 16) & 0xff,
+                (n >> 8) & 0xff,
+                n & 0xff
+            ),
             vswitch_id: vswitch_id.into(),
             zone_id,
             status: EniStatus::Available,
@@ -303,8 +380,12 @@ impl World {
 
     /// Applies the ENI state changes that are due.
     pub fn advance(&mut self, now: Instant) {
-        let due: Vec<String> =
-            self.enis.values().filter(|e| e.pending.is_some_and(|(_, at)| at <= now)).map(|e| e.id.clone()).collect();
+        let due: Vec<String> = self
+            .enis
+            .values()
+            .filter(|e| e.pending.is_some_and(|(_, at)| at <= now))
+            .map(|e| e.id.clone())
+            .collect();
         if due.is_empty() {
             return;
         }
@@ -314,7 +395,8 @@ impl World {
             match next {
                 EniStatus::InUse => {
                     eni.status = EniStatus::InUse;
-                    if let (Some(instance_id), Some(v)) = (eni.instance_id.clone(), self.vswitches.get(&eni.vswitch_id)) {
+                    if let (Some(instance_id), Some(v)) = (eni.instance_id.clone(), self.vswitches.get(&eni.vswitch_id))
+                    {
                         self.events.push(AttachmentEvent::Attached {
                             eni_id: id.clone(),
                             mac: eni.mac.clone(),
@@ -327,7 +409,11 @@ impl World {
                 EniStatus::Available => {
                     if eni.status == EniStatus::Detaching {
                         if let Some(instance_id) = eni.instance_id.take() {
-                            self.events.push(AttachmentEvent::Detached { eni_id: id.clone(), mac: eni.mac.clone(), instance_id });
+                            self.events.push(AttachmentEvent::Detached {
+                                eni_id: id.clone(),
+                                mac: eni.mac.clone(),
+                                instance_id,
+                            });
                         }
                         eni.device_index = None;
                     }
@@ -386,7 +472,11 @@ impl World {
     fn check_region(&self, p: &Params) -> Result<()> {
         let region = required(p, "RegionId")?;
         if region != self.region_id {
-            return Err(ApiError::new(404, "InvalidRegionId.NotFound", format!("The specified RegionId {region:?} does not exist.")));
+            return Err(ApiError::new(
+                404,
+                "InvalidRegionId.NotFound",
+                format!("The specified RegionId {region:?} does not exist."),
+            ));
         }
         Ok(())
     }
@@ -403,7 +493,11 @@ impl World {
             let fingerprint = fingerprint(p);
             if let Some(rec) = self.client_tokens.get(&(action.to_owned(), token.clone())) {
                 if rec.fingerprint != fingerprint {
-                    return Err(ApiError::new(400, "IdempotentParameterMismatch", "The request uses the same client token as a previous, but non-identical request."));
+                    return Err(ApiError::new(
+                        400,
+                        "IdempotentParameterMismatch",
+                        "The request uses the same client token as a previous, but non-identical request.",
+                    ));
                 }
                 return rec.answer.clone();
             }
@@ -419,7 +513,11 @@ impl World {
             "DescribeInstanceTypes" => self.describe_instance_types(p),
             "DescribeInstances" => self.describe_instances(p),
             "DescribeVSwitches" => self.describe_vswitches(p),
-            other => Err(ApiError::new(404, "InvalidAction.NotFound", format!("Specified api {other:?} is not found, please check your url and method."))),
+            other => Err(ApiError::new(
+                404,
+                "InvalidAction.NotFound",
+                format!("Specified api {other:?} is not found, please check your url and method."),
+            )),
         };
         if answer.is_ok() && !action.starts_with("Describe") {
             self.snapshot(now);
@@ -428,7 +526,13 @@ impl World {
             // a transient refusal is not remembered: the retry must get a real try
             let remember = !matches!(&answer, Err(e) if e.status >= 500);
             if remember {
-                self.client_tokens.insert((action.to_owned(), token), TokenRecord { fingerprint: fingerprint(p), answer: answer.clone() });
+                self.client_tokens.insert(
+                    (action.to_owned(), token),
+                    TokenRecord {
+                        fingerprint: fingerprint(p),
+                        answer: answer.clone(),
+                    },
+                );
             }
         }
         answer
@@ -440,7 +544,11 @@ impl World {
         let mut groups = list(p, "SecurityGroupIds")?;
         if let Some(g) = p.get("SecurityGroupId").filter(|g| !g.is_empty()) {
             if !groups.is_empty() {
-                return Err(ApiError::new(400, "InvalidParameter.Conflict", "SecurityGroupId and SecurityGroupIds.N cannot be given together."));
+                return Err(ApiError::new(
+                    400,
+                    "InvalidParameter.Conflict",
+                    "SecurityGroupId and SecurityGroupIds.N cannot be given together.",
+                ));
             }
             groups.push(g.clone());
         }
@@ -449,7 +557,11 @@ impl World {
         }
         for g in &groups {
             if !self.security_groups.contains(g) {
-                return Err(ApiError::new(404, "InvalidSecurityGroupId.NotFound", format!("The specified SecurityGroupId {g:?} does not exist.")));
+                return Err(ApiError::new(
+                    404,
+                    "InvalidSecurityGroupId.NotFound",
+                    format!("The specified SecurityGroupId {g:?} does not exist."),
+                ));
             }
         }
         let tags = tags(p)?;
@@ -481,10 +593,13 @@ impl World {
 
     fn instance(&self, p: &Params) -> Result<InstanceState> {
         let id = required(p, "InstanceId")?;
-        self.instances
-            .get(&id)
-            .cloned()
-            .ok_or_else(|| ApiError::new(404, "InvalidEcsId.NotFound", format!("The specified InstanceId {id:?} does not exist.")))
+        self.instances.get(&id).cloned().ok_or_else(|| {
+            ApiError::new(
+                404,
+                "InvalidEcsId.NotFound",
+                format!("The specified InstanceId {id:?} does not exist."),
+            )
+        })
     }
 
     fn instance_type_of(&self, instance: &InstanceState) -> Result<&InstanceTypeSpec> {
@@ -498,17 +613,37 @@ impl World {
         let instance = self.instance(p)?;
         let eni_id = required(p, "NetworkInterfaceId")?;
         let quota = self.instance_type_of(&instance)?.eni_quantity;
-        let attached: Vec<u32> =
-            self.enis.values().filter(|e| e.instance_id.as_deref() == Some(&instance.id)).filter_map(|e| e.device_index).collect();
+        let attached: Vec<u32> = self
+            .enis
+            .values()
+            .filter(|e| e.instance_id.as_deref() == Some(&instance.id))
+            .filter_map(|e| e.device_index)
+            .collect();
         let eni = self.enis.get(&eni_id).ok_or_else(|| ApiError::eni_not_found(&eni_id))?;
         if eni.status != EniStatus::Available {
             return Err(ApiError::eni_state(&eni_id, eni.status, "AttachNetworkInterface"));
         }
         if eni.zone_id != instance.zone_id {
-            return Err(ApiError::new(403, "InvalidOperation.AvailabilityZoneMismatch", format!("The ENI {eni_id} is in zone {}, the instance in {}.", eni.zone_id, instance.zone_id)));
+            return Err(ApiError::new(
+                403,
+                "InvalidOperation.AvailabilityZoneMismatch",
+                format!(
+                    "The ENI {eni_id} is in zone {}, the instance in {}.",
+                    eni.zone_id, instance.zone_id
+                ),
+            ));
         }
         if attached.len() as u32 >= quota {
-            return Err(ApiError::new(403, "EniPerInstanceLimitExceeded", format!("The instance {} already has {} ENIs, the quota of its type {}.", instance.id, attached.len(), instance.instance_type)));
+            return Err(ApiError::new(
+                403,
+                "EniPerInstanceLimitExceeded",
+                format!(
+                    "The instance {} already has {} ENIs, the quota of its type {}.",
+                    instance.id,
+                    attached.len(),
+                    instance.instance_type
+                ),
+            ));
         }
         let index = (1..).find(|i| !attached.contains(i)).unwrap_or(1);
         let delay = self.delays.attach_ms;
@@ -526,10 +661,18 @@ impl World {
         let delay = self.delays.detach_ms;
         let eni = self.eni_mut(&eni_id)?;
         if eni.primary {
-            return Err(ApiError::new(400, "InvalidOperation.DetachPrimaryEniNotAllowed", "The primary ENI cannot be detached."));
+            return Err(ApiError::new(
+                400,
+                "InvalidOperation.DetachPrimaryEniNotAllowed",
+                "The primary ENI cannot be detached.",
+            ));
         }
         if eni.instance_id.as_deref() != Some(instance.id.as_str()) {
-            return Err(ApiError::new(403, "InvalidOperation.EniNotAttached", format!("The ENI {eni_id} is not attached to {}.", instance.id)));
+            return Err(ApiError::new(
+                403,
+                "InvalidOperation.EniNotAttached",
+                format!("The ENI {eni_id} is not attached to {}.", instance.id),
+            ));
         }
         if !matches!(eni.status, EniStatus::InUse | EniStatus::Attaching) {
             return Err(ApiError::eni_state(&eni_id, eni.status, "DetachNetworkInterface"));
@@ -546,7 +689,9 @@ impl World {
         if eni.status != EniStatus::Available {
             return Err(ApiError::eni_state(&eni_id, eni.status, "DeleteNetworkInterface"));
         }
-        let ips: Vec<Ipv4Addr> = std::iter::once(eni.primary_ip).chain(eni.secondary_ips.iter().copied()).collect();
+        let ips: Vec<Ipv4Addr> = std::iter::once(eni.primary_ip)
+            .chain(eni.secondary_ips.iter().copied())
+            .collect();
         let vswitch_id = eni.vswitch_id.clone();
         if let Some(v) = self.vswitches.get_mut(&vswitch_id) {
             for ip in ips {
@@ -576,17 +721,30 @@ impl World {
         let eni_id = required(p, "NetworkInterfaceId")?;
         let wanted: Vec<Ipv4Addr> = list(p, "PrivateIpAddress")?
             .iter()
-            .map(|s| s.parse().map_err(|_| ApiError::invalid("PrivateIpAddress", s, "not an IPv4 address")))
+            .map(|s| {
+                s.parse()
+                    .map_err(|_| ApiError::invalid("PrivateIpAddress", s, "not an IPv4 address"))
+            })
             .collect::<Result<_>>()?;
         let count = optional_u32(p, "SecondaryPrivateIpAddressCount", 1, 49)?;
         let n = match (count, wanted.len()) {
-            (Some(_), 1..) => return Err(ApiError::new(400, "InvalidParameter.Conflict", "PrivateIpAddress.N and SecondaryPrivateIpAddressCount cannot be given together.")),
+            (Some(_), 1..) => {
+                return Err(ApiError::new(
+                    400,
+                    "InvalidParameter.Conflict",
+                    "PrivateIpAddress.N and SecondaryPrivateIpAddressCount cannot be given together.",
+                ))
+            }
             (None, 0) => return Err(ApiError::missing("SecondaryPrivateIpAddressCount")),
             (Some(c), _) => c as usize,
             (None, n) => n,
         };
         if n > self.max_ips_per_assign as usize {
-            return Err(ApiError::invalid("SecondaryPrivateIpAddressCount", &n.to_string(), &format!("at most {} per call", self.max_ips_per_assign)));
+            return Err(ApiError::invalid(
+                "SecondaryPrivateIpAddressCount",
+                &n.to_string(),
+                &format!("at most {} per call", self.max_ips_per_assign),
+            ));
         }
         let eni = self.enis.get(&eni_id).ok_or_else(|| ApiError::eni_not_found(&eni_id))?;
         if !matches!(eni.status, EniStatus::Available | EniStatus::InUse) {
@@ -595,13 +753,24 @@ impl World {
         let quota = self.ip_quota(eni) as usize;
         let have = 1 + eni.secondary_ips.len();
         if have + n > quota {
-            return Err(ApiError::new(403, "MaxEniPrivateIpsCountExceeded", format!("The ENI {eni_id} has {have} addresses; {n} more exceed its quota of {quota}.")));
+            return Err(ApiError::new(
+                403,
+                "MaxEniPrivateIpsCountExceeded",
+                format!("The ENI {eni_id} has {have} addresses; {n} more exceed its quota of {quota}."),
+            ));
         }
         let vswitch_id = eni.vswitch_id.clone();
-        let vsw = self.vswitches.get_mut(&vswitch_id).ok_or_else(|| ApiError::new(500, "InternalError", "vSwitch missing"))?;
+        let vsw = self
+            .vswitches
+            .get_mut(&vswitch_id)
+            .ok_or_else(|| ApiError::new(500, "InternalError", "vSwitch missing"))?;
         let ips = if wanted.is_empty() {
             vsw.allocate(n).ok_or_else(|| {
-                ApiError::new(403, "InvalidVSwitchId.IpNotEnough", format!("The specified VSwitch \"{vswitch_id}\" has not enough IpAddress."))
+                ApiError::new(
+                    403,
+                    "InvalidVSwitchId.IpNotEnough",
+                    format!("The specified VSwitch \"{vswitch_id}\" has not enough IpAddress."),
+                )
             })?
         } else {
             let mut taken = Vec::new();
@@ -630,7 +799,10 @@ impl World {
         let eni_id = required(p, "NetworkInterfaceId")?;
         let ips: Vec<Ipv4Addr> = list(p, "PrivateIpAddress")?
             .iter()
-            .map(|s| s.parse().map_err(|_| ApiError::invalid("PrivateIpAddress", s, "not an IPv4 address")))
+            .map(|s| {
+                s.parse()
+                    .map_err(|_| ApiError::invalid("PrivateIpAddress", s, "not an IPv4 address"))
+            })
             .collect::<Result<_>>()?;
         if ips.is_empty() {
             return Err(ApiError::missing("PrivateIpAddress.1"));
@@ -641,10 +813,18 @@ impl World {
         }
         for ip in &ips {
             if *ip == eni.primary_ip {
-                return Err(ApiError::invalid("PrivateIpAddress", &ip.to_string(), "the primary address of an ENI cannot be unassigned"));
+                return Err(ApiError::invalid(
+                    "PrivateIpAddress",
+                    &ip.to_string(),
+                    "the primary address of an ENI cannot be unassigned",
+                ));
             }
             if !eni.secondary_ips.contains(ip) {
-                return Err(ApiError::new(403, "InvalidIp.IpUnassigned", format!("The address {ip} is not assigned to {eni_id}.")));
+                return Err(ApiError::new(
+                    403,
+                    "InvalidIp.IpUnassigned",
+                    format!("The address {ip} is not assigned to {eni_id}."),
+                ));
             }
         }
         let vswitch_id = eni.vswitch_id.clone();
@@ -670,7 +850,10 @@ impl World {
         let enis = self.described_enis(now);
         let matching: Vec<&Eni> = enis
             .values()
-            .filter(|e| p.get("InstanceId").is_none_or(|i| e.instance_id.as_deref() == Some(i.as_str())))
+            .filter(|e| {
+                p.get("InstanceId")
+                    .is_none_or(|i| e.instance_id.as_deref() == Some(i.as_str()))
+            })
             .filter(|e| p.get("VSwitchId").is_none_or(|v| &e.vswitch_id == v))
             .filter(|_| p.get("VpcId").is_none_or(|v| v == &self.vpc_id))
             .filter(|e| p.get("Status").is_none_or(|s| format!("{:?}", e.status) == *s))
@@ -684,15 +867,30 @@ impl World {
             let size = optional_u32(p, "PageSize", 1, 1000)?.unwrap_or(10) as usize;
             ((page - 1) * size, size, None)
         } else {
-            let size = p.get("MaxResults").map(|_| optional_u32(p, "MaxResults", 0, u32::MAX)).transpose()?.flatten().unwrap_or(10).clamp(10, 500) as usize;
+            let size = p
+                .get("MaxResults")
+                .map(|_| optional_u32(p, "MaxResults", 0, u32::MAX))
+                .transpose()?
+                .flatten()
+                .unwrap_or(10)
+                .clamp(10, 500) as usize;
             let start = match p.get("NextToken").filter(|t| !t.is_empty()) {
                 Some(t) => decode_next_token(t)?,
                 None => 0,
             };
             (start, size, Some(()))
         };
-        let page: Vec<Value> = matching.iter().skip(start).take(size).map(|e| eni_json(e, self)).collect();
-        let next_token = if next.is_some() && start + size < total { encode_next_token(start + size) } else { String::new() };
+        let page: Vec<Value> = matching
+            .iter()
+            .skip(start)
+            .take(size)
+            .map(|e| eni_json(e, self))
+            .collect();
+        let next_token = if next.is_some() && start + size < total {
+            encode_next_token(start + size)
+        } else {
+            String::new()
+        };
         Ok(json!({
             "TotalCount": total,
             "PageNumber": if size > 0 { start / size + 1 } else { 1 },
@@ -705,7 +903,11 @@ impl World {
     fn describe_instance_types(&self, p: &Params) -> Result<Value> {
         let wanted = list(p, "InstanceTypes")?;
         if wanted.len() > 10 {
-            return Err(ApiError::invalid("InstanceTypes", &wanted.len().to_string(), "at most 10 types"));
+            return Err(ApiError::invalid(
+                "InstanceTypes",
+                &wanted.len().to_string(),
+                "at most 10 types",
+            ));
         }
         let types: Vec<Value> = self
             .instance_types
@@ -731,7 +933,8 @@ impl World {
     fn describe_instances(&self, p: &Params) -> Result<Value> {
         self.check_region(p)?;
         let ids: Vec<String> = match p.get("InstanceIds").filter(|s| !s.is_empty()) {
-            Some(s) => serde_json::from_str(s).map_err(|_| ApiError::invalid("InstanceIds", s, "expected a JSON array of instance ids"))?,
+            Some(s) => serde_json::from_str(s)
+                .map_err(|_| ApiError::invalid("InstanceIds", s, "expected a JSON array of instance ids"))?,
             None => Vec::new(),
         };
         let instances: Vec<Value> = self
@@ -770,8 +973,10 @@ impl World {
                 })
             })
             .collect();
-        Ok(json!({"TotalCount": instances.len(), "PageNumber": 1, "PageSize": instances.len().max(10), "NextToken": "",
-                  "Instances": {"Instance": instances}}))
+        Ok(
+            json!({"TotalCount": instances.len(), "PageNumber": 1, "PageSize": instances.len().max(10), "NextToken": "",
+                  "Instances": {"Instance": instances}}),
+        )
     }
 
     fn describe_vswitches(&self, p: &Params) -> Result<Value> {
@@ -822,8 +1027,10 @@ impl World {
         let vswitches: Vec<Value> = self
             .vswitches
             .values()
-            .map(|v| json!({"id": v.id, "zone_id": v.zone_id, "cidr": v.net.to_string(), "gateway": v.gateway().to_string(),
-                            "capacity": v.capacity(), "available": v.available()}))
+            .map(|v| {
+                json!({"id": v.id, "zone_id": v.zone_id, "cidr": v.net.to_string(), "gateway": v.gateway().to_string(),
+                            "capacity": v.capacity(), "available": v.available()})
+            })
             .collect();
         let instances: Vec<Value> = self
             .instances
@@ -842,7 +1049,9 @@ impl World {
 }
 
 fn eni_json(e: &Eni, w: &World) -> Value {
-    let mut ips = vec![json!({"PrivateIpAddress": e.primary_ip.to_string(), "Primary": true, "AssociatedPublicIp": {}, "PrivateDnsName": ""})];
+    let mut ips = vec![
+        json!({"PrivateIpAddress": e.primary_ip.to_string(), "Primary": true, "AssociatedPublicIp": {}, "PrivateDnsName": ""}),
+    ];
     ips.extend(e.secondary_ips.iter().map(|ip| json!({"PrivateIpAddress": ip.to_string(), "Primary": false, "AssociatedPublicIp": {}, "PrivateDnsName": ""})));
     json!({
         "NetworkInterfaceId": e.id,
@@ -889,18 +1098,37 @@ fn decode_next_token(t: &str) -> Result<usize> {
 
 /// What identifies "the same request" for ClientToken purposes.
 fn fingerprint(p: &Params) -> String {
-    const PER_ATTEMPT: &[&str] = &["Signature", "SignatureNonce", "Timestamp", "AccessKeyId", "SecurityToken", "ClientToken", "Format"];
-    let kept: Params = p.iter().filter(|(k, _)| !PER_ATTEMPT.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect();
+    const PER_ATTEMPT: &[&str] = &[
+        "Signature",
+        "SignatureNonce",
+        "Timestamp",
+        "AccessKeyId",
+        "SecurityToken",
+        "ClientToken",
+        "Format",
+    ];
+    let kept: Params = p
+        .iter()
+        .filter(|(k, _)| !PER_ATTEMPT.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     crate::signature::canonical_query(&kept)
 }
 
 pub(crate) fn required(p: &Params, name: &str) -> Result<String> {
-    p.get(name).filter(|v| !v.is_empty()).cloned().ok_or_else(|| ApiError::missing(name))
+    p.get(name)
+        .filter(|v| !v.is_empty())
+        .cloned()
+        .ok_or_else(|| ApiError::missing(name))
 }
 
 fn optional_u32(p: &Params, name: &str, min: u32, max: u32) -> Result<Option<u32>> {
-    let Some(v) = p.get(name).filter(|v| !v.is_empty()) else { return Ok(None) };
-    let n: u32 = v.parse().map_err(|_| ApiError::invalid(name, v, "not a whole number"))?;
+    let Some(v) = p.get(name).filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    let n: u32 = v
+        .parse()
+        .map_err(|_| ApiError::invalid(name, v, "not a whole number"))?;
     if n < min || n > max {
         return Err(ApiError::invalid(name, v, &format!("must be from {min} to {max}")));
     }
@@ -916,13 +1144,19 @@ fn list(p: &Params, name: &str) -> Result<Vec<String>> {
         if rest.contains('.') {
             continue;
         }
-        let n: u32 = rest.parse().map_err(|_| ApiError::invalid(k, v, "the index must be a number"))?;
+        let n: u32 = rest
+            .parse()
+            .map_err(|_| ApiError::invalid(k, v, "the index must be a number"))?;
         items.push((n, v.clone()));
     }
     items.sort_by_key(|(n, _)| *n);
     for (i, (n, _)) in items.iter().enumerate() {
         if *n as usize != i + 1 {
-            return Err(ApiError::invalid(&format!("{name}.{n}"), "", "list indexes must run 1, 2, 3, … without gaps"));
+            return Err(ApiError::invalid(
+                &format!("{name}.{n}"),
+                "",
+                "list indexes must run 1, 2, 3, … without gaps",
+            ));
         }
     }
     Ok(items.into_iter().map(|(_, v)| v).collect())
@@ -934,12 +1168,29 @@ fn tags(p: &Params) -> Result<Vec<(String, String)>> {
     for n in 1..=20 {
         match (p.get(&format!("Tag.{n}.Key")), p.get(&format!("Tag.{n}.Value"))) {
             (Some(k), v) if !k.is_empty() => out.push((k.clone(), v.cloned().unwrap_or_default())),
-            (Some(_), _) => return Err(ApiError::invalid(&format!("Tag.{n}.Key"), "", "a tag key cannot be empty")),
-            (None, Some(v)) => return Err(ApiError::invalid(&format!("Tag.{n}.Value"), v, "a tag value needs its Tag.N.Key")),
+            (Some(_), _) => {
+                return Err(ApiError::invalid(
+                    &format!("Tag.{n}.Key"),
+                    "",
+                    "a tag key cannot be empty",
+                ))
+            }
+            (None, Some(v)) => {
+                return Err(ApiError::invalid(
+                    &format!("Tag.{n}.Value"),
+                    v,
+                    "a tag value needs its Tag.N.Key",
+                ))
+            }
             (None, None) => {}
         }
     }
-    if p.keys().any(|k| k.strip_prefix("Tag.").and_then(|r| r.split('.').next()).and_then(|n| n.parse::<u32>().ok()).is_some_and(|n| n > 20)) {
+    if p.keys().any(|k| {
+        k.strip_prefix("Tag.")
+            .and_then(|r| r.split('.').next())
+            .and_then(|n| n.parse::<u32>().ok())
+            .is_some_and(|n| n > 20)
+    }) {
         return Err(ApiError::invalid("Tag.N", "", "at most 20 tags"));
     }
     Ok(out)

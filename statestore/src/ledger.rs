@@ -1,0 +1,765 @@
+//! The ledger: sled trees on disk, mirrored in memory. Every change is
+//! computed against the mirror under one lock, committed to disk in a single
+//! transaction across trees (flushed when asked), and only then applied to
+//! the mirror — so the mirror never shows what the disk does not hold.
+
+use crate::model::*;
+use crate::LedgerError;
+use serde::{de::DeserializeOwned, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+/// The on-disk layout version this build writes.
+pub const SCHEMA_VERSION: u32 = 2;
+
+const META_SCHEMA: &[u8] = b"schema_version";
+const META_INSTANCE: &[u8] = b"instance_id";
+const META_WRITTEN_BY: &[u8] = b"written_by";
+const META_NEXT_INTENT: &[u8] = b"next_intent_id";
+
+/// Whether a write must be on disk before the call returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// fsync'd before returning: for anything a CNI reply or a cloud call depends on.
+    Flush,
+    /// Written, flushed by sled within its flush interval.
+    Lazy,
+}
+
+/// Which ENI an IP is taken from when several have idle IPs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EniPreference {
+    /// Pack: the ENI with the most bound IPs first (upstream `most_ips`).
+    #[default]
+    MostUsed,
+    /// Spread: the ENI with the fewest bound IPs first (`least_ips`).
+    LeastUsed,
+}
+
+/// What the ledger holds, as one consistent picture.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct State {
+    pub enis: BTreeMap<String, EniRecord>,
+    pub ips: BTreeMap<IpAddr, IpRecord>,
+    pub pods: BTreeMap<String, PodRecord>,
+    pub intents: BTreeMap<u64, Intent>,
+    pub instance_id: Option<String>,
+    /// Records that could not be decoded: (tree, key, error). The rest is readable.
+    pub undecodable: Vec<(String, String, String)>,
+}
+
+impl State {
+    /// IPs named by unresolved intents: kept out of the pool.
+    pub fn ips_held_by_intents(&self) -> BTreeSet<IpAddr> {
+        self.intents.values().flat_map(|i| i.kind.touched_ips().iter().copied()).collect()
+    }
+
+    /// ENIs named by unresolved intents.
+    pub fn enis_held_by_intents(&self) -> BTreeSet<String> {
+        self.intents.values().filter_map(|i| i.kind.eni_id().map(str::to_owned)).collect()
+    }
+
+    pub fn count(&self, eni_id: &str, state: &str) -> usize {
+        self.ips.values().filter(|r| r.eni_id == eni_id && r.state.name() == state).count()
+    }
+}
+
+/// A request to give a pod an address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindRequest {
+    pub pod: PodRef,
+    pub container_id: String,
+    pub netns: String,
+    pub ifname: String,
+    pub settings: PodNetworkSettings,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bound {
+    pub ip: IpAddr,
+    pub eni: EniRecord,
+    /// The pod had this address already (a repeated ADD, or a new sandbox of the same pod).
+    pub existing: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Released {
+    pub ips: Vec<IpAddr>,
+    /// The ledger's container id differed: a stale DEL, nothing was released.
+    pub stale: bool,
+    pub eni_id: Option<String>,
+}
+
+/// One change to one record.
+#[derive(Debug, Clone)]
+enum Change {
+    PutEni(EniRecord),
+    DelEni(String),
+    PutIp(IpRecord),
+    DelIp(IpAddr),
+    PutPod(PodRecord),
+    DelPod(String),
+    PutIntent(Intent),
+    DelIntent(u64),
+    NextIntentId(u64),
+}
+
+#[derive(Debug)]
+struct Trees {
+    enis: sled::Tree,
+    ips: sled::Tree,
+    pods: sled::Tree,
+    intents: sled::Tree,
+    meta: sled::Tree,
+    quarantine: sled::Tree,
+}
+
+#[derive(Debug)]
+struct Inner {
+    state: State,
+    next_intent_id: u64,
+}
+
+/// The ledger. Open one per process; sled refuses a second opener.
+#[derive(Debug)]
+pub struct Ledger {
+    path: PathBuf,
+    db: sled::Db,
+    trees: Trees,
+    inner: Mutex<Inner>,
+}
+
+pub(crate) fn storage(path: &Path, op: &str, e: impl std::fmt::Display) -> LedgerError {
+    LedgerError::Storage { path: path.to_path_buf(), op: op.to_owned(), message: e.to_string() }
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    // Our records are plain data; serde_json cannot fail on them.
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    serde_json::from_slice(bytes).map_err(|e| e.to_string())
+}
+
+fn ip_key(ip: &IpAddr) -> Vec<u8> {
+    ip.to_string().into_bytes()
+}
+
+/// Options for [`Ledger::open_with`].
+#[derive(Debug, Clone, Default)]
+pub struct OpenOptions {
+    /// The instance this node is; a ledger written for another instance is refused.
+    pub instance_id: Option<String>,
+    /// Fail instead of creating a missing ledger.
+    pub must_exist: bool,
+}
+
+impl Ledger {
+    /// Opens (creating if needed) the ledger at `path`.
+    pub fn open(path: &Path) -> Result<Self, LedgerError> {
+        Self::open_with(path, &OpenOptions::default())
+    }
+
+    pub fn open_with(path: &Path, opts: &OpenOptions) -> Result<Self, LedgerError> {
+        if opts.must_exist && !path.join("db").exists() && !path.join("conf").exists() {
+            return Err(LedgerError::NotFound { path: path.to_path_buf() });
+        }
+        let db = open_db(path)?;
+        let tree = |name: &str| db.open_tree(name).map_err(|e| storage(path, &format!("open tree {name}"), e));
+        let trees = Trees {
+            enis: tree("enis")?,
+            ips: tree("ips")?,
+            pods: tree("pods")?,
+            intents: tree("intents")?,
+            meta: tree("meta")?,
+            quarantine: tree("quarantine")?,
+        };
+        let ledger = Self { path: path.to_path_buf(), db, trees, inner: Mutex::new(Inner { state: State::default(), next_intent_id: 1 }) };
+        ledger.check_schema(opts)?;
+        ledger.load()?;
+        Ok(ledger)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn meta_get(&self, key: &[u8]) -> Result<Option<String>, LedgerError> {
+        let v = self.trees.meta.get(key).map_err(|e| storage(&self.path, "read meta", e))?;
+        Ok(v.map(|b| String::from_utf8_lossy(&b).into_owned()))
+    }
+
+    fn meta_put(&self, key: &[u8], value: &str) -> Result<(), LedgerError> {
+        self.trees.meta.insert(key, value.as_bytes()).map_err(|e| storage(&self.path, "write meta", e))?;
+        Ok(())
+    }
+
+    fn check_schema(&self, opts: &OpenOptions) -> Result<(), LedgerError> {
+        let found = match self.meta_get(META_SCHEMA)? {
+            Some(v) => v.parse::<u32>().map_err(|_| LedgerError::Corrupt {
+                path: self.path.clone(),
+                what: format!("meta/schema_version holds {v:?}, not a number"),
+            })?,
+            None if self.trees.ips.is_empty() && self.trees.enis.is_empty() && self.trees.pods.is_empty() => {
+                self.meta_put(META_SCHEMA, &SCHEMA_VERSION.to_string())?;
+                SCHEMA_VERSION
+            }
+            None => 1, // v1 ledgers predate the meta record
+        };
+        if found > SCHEMA_VERSION {
+            return Err(LedgerError::NewerSchema { path: self.path.clone(), found, supported: SCHEMA_VERSION });
+        }
+        if found < SCHEMA_VERSION {
+            crate::migrate::migrate(&self.path, &self.trees.enis, found)?;
+            self.meta_put(META_SCHEMA, &SCHEMA_VERSION.to_string())?;
+            tracing::info!(path = %self.path.display(), from = found, to = SCHEMA_VERSION, "ledger migrated");
+        }
+        match (self.meta_get(META_INSTANCE)?, &opts.instance_id) {
+            (Some(stored), Some(wanted)) if &stored != wanted => {
+                return Err(LedgerError::WrongInstance { path: self.path.clone(), stored, wanted: wanted.clone() });
+            }
+            (None, Some(wanted)) => self.meta_put(META_INSTANCE, wanted)?,
+            _ => {}
+        }
+        self.meta_put(META_WRITTEN_BY, env!("CARGO_PKG_VERSION"))?;
+        self.db.flush().map_err(|e| storage(&self.path, "flush", e))?;
+        Ok(())
+    }
+
+    fn load(&self) -> Result<(), LedgerError> {
+        let (state, next) = self.read_state()?;
+        let mut inner = self.lock();
+        inner.state = state;
+        inner.next_intent_id = next;
+        Ok(())
+    }
+
+    /// Reads every tree from disk (without touching the mirror).
+    fn read_state(&self) -> Result<(State, u64), LedgerError> {
+        let mut state = State { instance_id: self.meta_get(META_INSTANCE)?, ..State::default() };
+        let path = &self.path;
+        let mut bad = Vec::new();
+        fn each<T: DeserializeOwned>(
+            path: &Path,
+            tree: &sled::Tree,
+            name: &str,
+            bad: &mut Vec<(String, String, String)>,
+            mut put: impl FnMut(T),
+        ) -> Result<(), LedgerError> {
+            for item in tree.iter() {
+                let (k, v) = item.map_err(|e| storage(path, &format!("read {name}"), e))?;
+                match decode::<T>(&v) {
+                    Ok(record) => put(record),
+                    Err(e) => bad.push((name.to_owned(), String::from_utf8_lossy(&k).into_owned(), e)),
+                }
+            }
+            Ok(())
+        }
+        each(path, &self.trees.enis, "enis", &mut bad, |r: EniRecord| {
+            state.enis.insert(r.id.clone(), r);
+        })?;
+        each(path, &self.trees.ips, "ips", &mut bad, |r: IpRecord| {
+            state.ips.insert(r.ip, r);
+        })?;
+        each(path, &self.trees.pods, "pods", &mut bad, |r: PodRecord| {
+            state.pods.insert(r.pod.key(), r);
+        })?;
+        each(path, &self.trees.intents, "intents", &mut bad, |r: Intent| {
+            state.intents.insert(r.id, r);
+        })?;
+        state.undecodable = bad;
+        let next = self.meta_get(META_NEXT_INTENT)?.and_then(|v| v.parse().ok()).unwrap_or(1);
+        let next = next.max(state.intents.keys().next_back().map_or(1, |id| id + 1));
+        Ok((state, next))
+    }
+
+    /// Commits `changes` atomically across trees, then mirrors them.
+    fn commit(&self, inner: &mut Inner, changes: Vec<Change>, durability: Durability) -> Result<(), LedgerError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let encoded: Vec<(u8, Vec<u8>, Option<Vec<u8>>)> = changes
+            .iter()
+            .map(|c| match c {
+                Change::PutEni(r) => (0, r.id.as_bytes().to_vec(), Some(encode(r))),
+                Change::DelEni(id) => (0, id.as_bytes().to_vec(), None),
+                Change::PutIp(r) => (1, ip_key(&r.ip), Some(encode(r))),
+                Change::DelIp(ip) => (1, ip_key(ip), None),
+                Change::PutPod(r) => (2, r.pod.key().into_bytes(), Some(encode(r))),
+                Change::DelPod(k) => (2, k.as_bytes().to_vec(), None),
+                Change::PutIntent(r) => (3, r.id.to_be_bytes().to_vec(), Some(encode(r))),
+                Change::DelIntent(id) => (3, id.to_be_bytes().to_vec(), None),
+                Change::NextIntentId(n) => (4, META_NEXT_INTENT.to_vec(), Some(n.to_string().into_bytes())),
+            })
+            .collect();
+        let t = &self.trees;
+        let result: Result<(), TransactionError<()>> =
+            (&t.enis, &t.ips, &t.pods, &t.intents, &t.meta).transaction(|(enis, ips, pods, intents, meta)| {
+                for (tree, key, value) in &encoded {
+                    let tree = match tree {
+                        0 => enis,
+                        1 => ips,
+                        2 => pods,
+                        3 => intents,
+                        _ => meta,
+                    };
+                    match value {
+                        Some(v) => tree.insert(key.as_slice(), v.as_slice())?,
+                        None => tree.remove(key.as_slice())?,
+                    };
+                }
+                Ok::<(), ConflictableTransactionError<()>>(())
+            });
+        result.map_err(|e| storage(&self.path, "commit", format!("{e:?}")))?;
+        if durability == Durability::Flush {
+            self.db.flush().map_err(|e| storage(&self.path, "flush", e))?;
+        }
+        let s = &mut inner.state;
+        for c in changes {
+            match c {
+                Change::PutEni(r) => {
+                    s.enis.insert(r.id.clone(), r);
+                }
+                Change::DelEni(id) => {
+                    s.enis.remove(&id);
+                }
+                Change::PutIp(r) => {
+                    s.ips.insert(r.ip, r);
+                }
+                Change::DelIp(ip) => {
+                    s.ips.remove(&ip);
+                }
+                Change::PutPod(r) => {
+                    s.pods.insert(r.pod.key(), r);
+                }
+                Change::DelPod(k) => {
+                    s.pods.remove(&k);
+                }
+                Change::PutIntent(r) => {
+                    s.intents.insert(r.id, r);
+                }
+                Change::DelIntent(id) => {
+                    s.intents.remove(&id);
+                }
+                Change::NextIntentId(n) => inner.next_intent_id = n,
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes everything to disk now.
+    pub fn flush(&self) -> Result<(), LedgerError> {
+        self.db.flush().map(|_| ()).map_err(|e| storage(&self.path, "flush", e))
+    }
+
+    /// A consistent copy of everything the ledger holds.
+    pub fn snapshot(&self) -> State {
+        self.lock().state.clone()
+    }
+
+    pub fn pod(&self, pod: &PodRef) -> Option<PodRecord> {
+        self.lock().state.pods.get(&pod.key()).cloned()
+    }
+
+    // ---- pods ----
+
+    /// Gives the pod an idle address: the same one again for the same pod
+    /// (a repeated ADD, or a new sandbox of the same pod).
+    pub fn bind(&self, req: &BindRequest, pref: EniPreference, durability: Durability) -> Result<Bound, LedgerError> {
+        let mut inner = self.lock();
+        let s = &inner.state;
+        if let Some(existing) = s.pods.get(&req.pod.key()) {
+            let ip = *existing.ips.first().ok_or_else(|| LedgerError::Corrupt {
+                path: self.path.clone(),
+                what: format!("pods/{} has no IP", req.pod.key()),
+            })?;
+            let record = s.ips.get(&ip).ok_or_else(|| LedgerError::Corrupt {
+                path: self.path.clone(),
+                what: format!("pods/{} names {ip}, which is not in ips", req.pod.key()),
+            })?;
+            let eni = s.enis.get(&record.eni_id).cloned().ok_or_else(|| LedgerError::Corrupt {
+                path: self.path.clone(),
+                what: format!("ips/{ip} is on unknown ENI {}", record.eni_id),
+            })?;
+            if existing.container_id == req.container_id && existing.pod.uid == req.pod.uid {
+                return Ok(Bound { ip, eni, existing: true });
+            }
+            // a new sandbox (or incarnation) of the same pod keeps its address
+            let binding = Binding { pod: req.pod.clone(), container_id: req.container_id.clone(), netns: req.netns.clone(), ifname: req.ifname.clone() };
+            let mut changes: Vec<Change> = existing
+                .ips
+                .iter()
+                .filter_map(|ip| s.ips.get(ip))
+                .map(|r| Change::PutIp(IpRecord { state: IpState::Bound(binding.clone()), ..r.clone() }))
+                .collect();
+            changes.push(Change::PutPod(PodRecord {
+                pod: req.pod.clone(),
+                container_id: req.container_id.clone(),
+                netns: req.netns.clone(),
+                ifname: req.ifname.clone(),
+                settings: req.settings.clone(),
+                bound_at: now_millis(),
+                ..existing.clone()
+            }));
+            self.commit(&mut inner, changes, durability)?;
+            return Ok(Bound { ip, eni, existing: true });
+        }
+        let held = s.ips_held_by_intents();
+        let bound_per_eni = |eni: &str| s.count(eni, "bound");
+        let mut candidates: Vec<(&IpRecord, usize)> = s
+            .ips
+            .values()
+            .filter(|r| r.state == IpState::Idle && !held.contains(&r.ip))
+            .filter(|r| s.enis.get(&r.eni_id).is_some_and(|e| e.status == EniStatus::InUse && e.owner.is_none()))
+            .map(|r| (r, bound_per_eni(&r.eni_id)))
+            .collect();
+        if candidates.is_empty() {
+            let cooling = s.ips.values().filter(|r| matches!(r.state, IpState::Cooling { .. })).count();
+            return Err(LedgerError::NoIdleIp { cooling });
+        }
+        candidates.sort_by(|(a, an), (b, bn)| {
+            let by_use = match pref {
+                EniPreference::MostUsed => bn.cmp(an),
+                EniPreference::LeastUsed => an.cmp(bn),
+            };
+            by_use.then_with(|| a.eni_id.cmp(&b.eni_id)).then_with(|| a.ip.cmp(&b.ip))
+        });
+        let chosen = candidates[0].0.clone();
+        let eni = s.enis[&chosen.eni_id].clone();
+        let binding = Binding { pod: req.pod.clone(), container_id: req.container_id.clone(), netns: req.netns.clone(), ifname: req.ifname.clone() };
+        let changes = vec![
+            Change::PutIp(IpRecord { state: IpState::Bound(binding), ..chosen.clone() }),
+            Change::PutPod(PodRecord {
+                pod: req.pod.clone(),
+                container_id: req.container_id.clone(),
+                netns: req.netns.clone(),
+                ifname: req.ifname.clone(),
+                ips: vec![chosen.ip],
+                eni_id: None,
+                settings: req.settings.clone(),
+                bound_at: now_millis(),
+            }),
+        ];
+        self.commit(&mut inner, changes, durability)?;
+        Ok(Bound { ip: chosen.ip, eni, existing: false })
+    }
+
+    /// Exclusive-ENI mode: gives the pod a whole idle ENI (its primary IP).
+    pub fn reserve_eni(&self, req: &BindRequest, durability: Durability) -> Result<Bound, LedgerError> {
+        let mut inner = self.lock();
+        let s = &inner.state;
+        if let Some(existing) = s.pods.get(&req.pod.key()) {
+            let eni_id = existing.eni_id.clone().ok_or_else(|| LedgerError::Conflict {
+                what: format!("pod {} holds a shared-ENI address, not an ENI", req.pod),
+            })?;
+            let eni = s.enis.get(&eni_id).cloned().ok_or_else(|| LedgerError::Corrupt {
+                path: self.path.clone(),
+                what: format!("pods/{} names unknown ENI {eni_id}", req.pod.key()),
+            })?;
+            let mut changes = Vec::new();
+            if existing.container_id != req.container_id {
+                changes.push(Change::PutPod(PodRecord {
+                    container_id: req.container_id.clone(),
+                    netns: req.netns.clone(),
+                    ifname: req.ifname.clone(),
+                    pod: req.pod.clone(),
+                    ..existing.clone()
+                }));
+                changes.push(Change::PutEni(EniRecord { owner: Some(req.pod.clone()), ..eni.clone() }));
+            }
+            let ip = eni.primary_ip;
+            self.commit(&mut inner, changes, durability)?;
+            return Ok(Bound { ip, eni, existing: true });
+        }
+        let held = s.enis_held_by_intents();
+        let free = s
+            .enis
+            .values()
+            .find(|e| e.status == EniStatus::InUse && e.owner.is_none() && !held.contains(&e.id) && s.count(&e.id, "bound") == 0)
+            .cloned()
+            .ok_or(LedgerError::NoIdleEni)?;
+        let eni = EniRecord { owner: Some(req.pod.clone()), ..free };
+        let changes = vec![
+            Change::PutEni(eni.clone()),
+            Change::PutPod(PodRecord {
+                pod: req.pod.clone(),
+                container_id: req.container_id.clone(),
+                netns: req.netns.clone(),
+                ifname: req.ifname.clone(),
+                ips: vec![eni.primary_ip],
+                eni_id: Some(eni.id.clone()),
+                settings: PodNetworkSettings { exclusive_eni: true, ..req.settings.clone() },
+                bound_at: now_millis(),
+            }),
+        ];
+        self.commit(&mut inner, changes, durability)?;
+        Ok(Bound { ip: eni.primary_ip, eni, existing: false })
+    }
+
+    /// Releases the pod's addresses to Cooling (Idle right away with a zero
+    /// cooldown). `container_id` guards against a stale DEL of an older sandbox.
+    pub fn release(&self, pod: &PodRef, container_id: Option<&str>, cooldown: Duration, durability: Durability) -> Result<Released, LedgerError> {
+        let mut inner = self.lock();
+        let s = &inner.state;
+        let Some(record) = s.pods.get(&pod.key()).cloned() else {
+            return Ok(Released::default());
+        };
+        if container_id.is_some_and(|c| c != record.container_id) {
+            return Ok(Released { stale: true, ..Released::default() });
+        }
+        let next = if cooldown.is_zero() {
+            IpState::Idle
+        } else {
+            IpState::Cooling { until: now_millis() + cooldown.as_millis() as u64 }
+        };
+        let mut changes = vec![Change::DelPod(pod.key())];
+        if let Some(eni_id) = &record.eni_id {
+            if let Some(eni) = s.enis.get(eni_id) {
+                changes.push(Change::PutEni(EniRecord { owner: None, ..eni.clone() }));
+            }
+        } else {
+            for ip in &record.ips {
+                if let Some(r) = s.ips.get(ip) {
+                    changes.push(Change::PutIp(IpRecord { state: next.clone(), ..r.clone() }));
+                }
+            }
+        }
+        let released = Released { ips: record.ips.clone(), stale: false, eni_id: record.eni_id.clone() };
+        self.commit(&mut inner, changes, durability)?;
+        Ok(released)
+    }
+
+    /// Cooling addresses whose time is up become Idle; returns how many.
+    pub fn promote_cooled(&self, now: UnixMillis, durability: Durability) -> Result<usize, LedgerError> {
+        let mut inner = self.lock();
+        let changes: Vec<Change> = inner
+            .state
+            .ips
+            .values()
+            .filter(|r| matches!(r.state, IpState::Cooling { until } if until <= now))
+            .map(|r| Change::PutIp(IpRecord { state: IpState::Idle, ..r.clone() }))
+            .collect();
+        let n = changes.len();
+        self.commit(&mut inner, changes, durability)?;
+        Ok(n)
+    }
+
+    // ---- ENIs and addresses the cloud confirmed ----
+
+    /// Records an ENI the cloud shows attached (new, or refreshed: status and
+    /// owner are kept for a known ENI).
+    pub fn adopt_eni(&self, eni: EniRecord, durability: Durability) -> Result<(), LedgerError> {
+        let mut inner = self.lock();
+        let record = match inner.state.enis.get(&eni.id) {
+            Some(known) => EniRecord { status: known.status, owner: known.owner.clone(), created_by_us: known.created_by_us || eni.created_by_us, ..eni },
+            None => eni,
+        };
+        if inner.state.enis.get(&record.id) == Some(&record) {
+            return Ok(());
+        }
+        self.commit(&mut inner, vec![Change::PutEni(record)], durability)
+    }
+
+    /// Records addresses the cloud confirmed on `eni_id` as Idle; known ones
+    /// keep their state. Returns the new ones.
+    pub fn adopt_ips(&self, eni_id: &str, ips: &[IpAddr], durability: Durability) -> Result<Vec<IpAddr>, LedgerError> {
+        let mut inner = self.lock();
+        if !inner.state.enis.contains_key(eni_id) {
+            return Err(LedgerError::UnknownEni { eni_id: eni_id.into() });
+        }
+        let mut fresh = Vec::new();
+        let mut changes = Vec::new();
+        for ip in ips {
+            match inner.state.ips.get(ip) {
+                Some(r) if r.eni_id == eni_id => {}
+                Some(r) => {
+                    return Err(LedgerError::Conflict { what: format!("{ip} is on {} in the ledger, not {eni_id}", r.eni_id) });
+                }
+                None => {
+                    fresh.push(*ip);
+                    changes.push(Change::PutIp(IpRecord { ip: *ip, eni_id: eni_id.into(), state: IpState::Idle }));
+                }
+            }
+        }
+        self.commit(&mut inner, changes, durability)?;
+        Ok(fresh)
+    }
+
+    /// Idle addresses among `ips` become Releasing (others are left alone); returns those.
+    pub fn mark_releasing(&self, ips: &[IpAddr], durability: Durability) -> Result<Vec<IpAddr>, LedgerError> {
+        let mut inner = self.lock();
+        let mut marked = Vec::new();
+        let mut changes = Vec::new();
+        for ip in ips {
+            if let Some(r) = inner.state.ips.get(ip).filter(|r| r.state == IpState::Idle) {
+                marked.push(*ip);
+                changes.push(Change::PutIp(IpRecord { state: IpState::Releasing, ..r.clone() }));
+            }
+        }
+        self.commit(&mut inner, changes, durability)?;
+        Ok(marked)
+    }
+
+    /// Forgets addresses the cloud no longer has. Bound ones are refused.
+    pub fn remove_ips(&self, ips: &[IpAddr], durability: Durability) -> Result<(), LedgerError> {
+        let mut inner = self.lock();
+        let mut changes = Vec::new();
+        for ip in ips {
+            match inner.state.ips.get(ip) {
+                Some(IpRecord { state: IpState::Bound(b), .. }) => {
+                    return Err(LedgerError::Conflict { what: format!("{ip} is bound to pod {}", b.pod) });
+                }
+                Some(_) => changes.push(Change::DelIp(*ip)),
+                None => {}
+            }
+        }
+        self.commit(&mut inner, changes, durability)
+    }
+
+    pub fn set_eni_status(&self, eni_id: &str, status: EniStatus, durability: Durability) -> Result<(), LedgerError> {
+        let mut inner = self.lock();
+        let eni = inner.state.enis.get(eni_id).cloned().ok_or_else(|| LedgerError::UnknownEni { eni_id: eni_id.into() })?;
+        self.commit(&mut inner, vec![Change::PutEni(EniRecord { status, ..eni })], durability)
+    }
+
+    /// Forgets an ENI and its addresses. Refused while a pod uses it.
+    pub fn remove_eni(&self, eni_id: &str, durability: Durability) -> Result<(), LedgerError> {
+        let mut inner = self.lock();
+        let s = &inner.state;
+        if let Some(owner) = s.enis.get(eni_id).and_then(|e| e.owner.as_ref()) {
+            return Err(LedgerError::Conflict { what: format!("ENI {eni_id} is reserved for pod {owner}") });
+        }
+        let mut changes = Vec::new();
+        for r in s.ips.values().filter(|r| r.eni_id == eni_id) {
+            if let IpState::Bound(b) = &r.state {
+                return Err(LedgerError::Conflict { what: format!("{} on ENI {eni_id} is bound to pod {}", r.ip, b.pod) });
+            }
+            changes.push(Change::DelIp(r.ip));
+        }
+        if s.enis.contains_key(eni_id) {
+            changes.push(Change::DelEni(eni_id.into()));
+        }
+        self.commit(&mut inner, changes, durability)
+    }
+
+    // ---- intents ----
+
+    /// Records a cloud mutation before it is made; always flushed.
+    pub fn record_intent(&self, kind: IntentKind, client_token: Option<String>) -> Result<Intent, LedgerError> {
+        let mut inner = self.lock();
+        let id = inner.next_intent_id;
+        let intent = Intent { id, kind, client_token, created_at: now_millis() };
+        self.commit(&mut inner, vec![Change::PutIntent(intent.clone()), Change::NextIntentId(id + 1)], Durability::Flush)?;
+        Ok(intent)
+    }
+
+    /// The mutation's outcome is known (and recorded): forget the intent.
+    pub fn complete_intent(&self, id: u64, durability: Durability) -> Result<(), LedgerError> {
+        let mut inner = self.lock();
+        if !inner.state.intents.contains_key(&id) {
+            return Ok(());
+        }
+        self.commit(&mut inner, vec![Change::DelIntent(id)], durability)
+    }
+
+    pub fn intents(&self) -> Vec<Intent> {
+        self.lock().state.intents.values().cloned().collect()
+    }
+
+    // ---- whole-ledger views ----
+
+    pub fn export(&self) -> Result<Export, LedgerError> {
+        let s = self.snapshot();
+        Ok(Export {
+            export_version: EXPORT_VERSION,
+            meta: Meta {
+                schema_version: SCHEMA_VERSION,
+                instance_id: s.instance_id.clone(),
+                written_by: self.meta_get(META_WRITTEN_BY)?.unwrap_or_default(),
+            },
+            enis: s.enis.into_values().collect(),
+            ips: s.ips.into_values().collect(),
+            pods: s.pods.into_values().collect(),
+            intents: s.intents.into_values().collect(),
+            quarantine: self.quarantined()?,
+        })
+    }
+
+    /// Records `repair` moved aside, by tree and key.
+    pub fn quarantined(&self) -> Result<BTreeMap<String, BTreeMap<String, String>>, LedgerError> {
+        let mut out: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+        for item in self.trees.quarantine.iter() {
+            let (k, v) = item.map_err(|e| storage(&self.path, "read quarantine", e))?;
+            let key = String::from_utf8_lossy(&k).into_owned();
+            let (tree, rest) = key.split_once('/').unwrap_or(("?", &key));
+            out.entry(tree.to_owned()).or_default().insert(rest.to_owned(), String::from_utf8_lossy(&v).into_owned());
+        }
+        Ok(out)
+    }
+
+    /// Moves the named records into the quarantine tree (kept, not deleted),
+    /// with the reason, in one transaction.
+    pub(crate) fn quarantine(&self, records: &[(String, String, String)]) -> Result<usize, LedgerError> {
+        let mut inner = self.lock();
+        let t = &self.trees;
+        let mut moved = 0;
+        for (tree_name, key, reason) in records {
+            let tree = match tree_name.as_str() {
+                "enis" => &t.enis,
+                "ips" => &t.ips,
+                "pods" => &t.pods,
+                "intents" => &t.intents,
+                _ => continue,
+            };
+            let raw_key: Vec<u8> = if tree_name == "intents" {
+                key.parse::<u64>().map(|n| n.to_be_bytes().to_vec()).unwrap_or_else(|_| key.as_bytes().to_vec())
+            } else {
+                key.as_bytes().to_vec()
+            };
+            let result: Result<bool, TransactionError<()>> = (tree, &t.quarantine).transaction(|(src, q)| {
+                let Some(value) = src.get(raw_key.as_slice())? else { return Ok(false) };
+                let entry = serde_json::json!({"reason": reason, "record": String::from_utf8_lossy(&value)});
+                q.insert(format!("{tree_name}/{key}").as_bytes(), encode(&entry))?;
+                src.remove(raw_key.as_slice())?;
+                Ok(true)
+            });
+            if result.map_err(|e| storage(&self.path, "quarantine", format!("{e:?}")))? {
+                moved += 1;
+            }
+        }
+        self.db.flush().map_err(|e| storage(&self.path, "flush", e))?;
+        // the mirror is rebuilt from disk: the moved records are gone from it
+        let (state, next) = self.read_state()?;
+        inner.state = state;
+        inner.next_intent_id = next;
+        Ok(moved)
+    }
+}
+
+fn open_db(path: &Path) -> Result<sled::Db, LedgerError> {
+    let config = sled::Config::new().path(path).flush_every_ms(Some(500));
+    // sled may panic on some kinds of damage; a damaged file must be an error, never a crash.
+    let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()));
+    match opened {
+        Ok(Ok(db)) => Ok(db),
+        Ok(Err(e)) => {
+            let text = e.to_string();
+            if text.contains("could not acquire lock") {
+                Err(LedgerError::Locked { path: path.to_path_buf() })
+            } else {
+                Err(storage(path, "open", text))
+            }
+        }
+        Err(_) => Err(LedgerError::Corrupt { path: path.to_path_buf(), what: "sled could not read its files".into() }),
+    }
+}
