@@ -158,6 +158,8 @@ pub struct OpenOptions {
     pub instance_id: Option<String>,
     /// Fail instead of creating a missing ledger.
     pub must_exist: bool,
+    /// Inspect only: write nothing (no migration, no meta update).
+    pub read_only: bool,
 }
 
 impl Ledger {
@@ -211,13 +213,21 @@ impl Ledger {
                 what: format!("meta/schema_version holds {v:?}, not a number"),
             })?,
             None if self.trees.ips.is_empty() && self.trees.enis.is_empty() && self.trees.pods.is_empty() => {
-                self.meta_put(META_SCHEMA, &SCHEMA_VERSION.to_string())?;
+                if !opts.read_only {
+                    self.meta_put(META_SCHEMA, &SCHEMA_VERSION.to_string())?;
+                }
                 SCHEMA_VERSION
             }
             None => 1, // v1 ledgers predate the meta record
         };
         if found > SCHEMA_VERSION {
             return Err(LedgerError::NewerSchema { path: self.path.clone(), found, supported: SCHEMA_VERSION });
+        }
+        if found < SCHEMA_VERSION && opts.read_only {
+            return Err(LedgerError::Corrupt {
+                path: self.path.clone(),
+                what: format!("schema version {found} needs a migration to {SCHEMA_VERSION}; open it read-write once"),
+            });
         }
         if found < SCHEMA_VERSION {
             crate::migrate::migrate(&self.path, &self.trees.enis, found)?;
@@ -228,8 +238,11 @@ impl Ledger {
             (Some(stored), Some(wanted)) if &stored != wanted => {
                 return Err(LedgerError::WrongInstance { path: self.path.clone(), stored, wanted: wanted.clone() });
             }
-            (None, Some(wanted)) => self.meta_put(META_INSTANCE, wanted)?,
+            (None, Some(wanted)) if !opts.read_only => self.meta_put(META_INSTANCE, wanted)?,
             _ => {}
+        }
+        if opts.read_only {
+            return Ok(());
         }
         self.meta_put(META_WRITTEN_BY, env!("CARGO_PKG_VERSION"))?;
         self.db.flush().map_err(|e| storage(&self.path, "flush", e))?;
