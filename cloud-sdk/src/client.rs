@@ -467,3 +467,59 @@ fn transport_error(action: &str, e: reqwest::Error) -> CloudError {
         timeout,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regional_endpoints() {
+        let o = ClientOptions::for_region("cn-shanghai", false);
+        assert_eq!(o.ecs_endpoint, "https://ecs-vpc.cn-shanghai.aliyuncs.com");
+        assert_eq!(o.vpc_endpoint, "https://vpc-vpc.cn-shanghai.aliyuncs.com");
+        let o = ClientOptions::for_region("cn-shanghai", true);
+        assert_eq!(o.ecs_endpoint, "https://ecs.cn-shanghai.aliyuncs.com");
+        assert_eq!(o.vpc_endpoint, "https://vpc.cn-shanghai.aliyuncs.com");
+        assert_eq!(o.rate_limits["DescribeNetworkInterfaces"], 800);
+    }
+
+    #[test]
+    fn overrides_from_config_and_environment() {
+        assert_eq!(normalize_endpoint("ecs.example.com/"), "https://ecs.example.com");
+        assert_eq!(normalize_endpoint("http://127.0.0.1:8090/"), "http://127.0.0.1:8090");
+        let cfg = terway_config::Config::parse(
+            r#"{"ecs_endpoint": "http://127.0.0.1:1", "vpc_endpoint": "vpc.internal", "rate_limit": {"DescribeVSwitches": 7}}"#,
+            None,
+        )
+        .unwrap()
+        .config;
+        let o = ClientOptions::from_config(&cfg, "cn-beijing");
+        assert_eq!(o.ecs_endpoint, "http://127.0.0.1:1");
+        assert_eq!(o.vpc_endpoint, "https://vpc.internal");
+        assert_eq!(o.rate_limits["DescribeVSwitches"], 7);
+        // the environment wins over the file (the only test touching this variable)
+        std::env::set_var(ENV_VPC_ENDPOINT, "http://127.0.0.1:2");
+        let o = ClientOptions::from_config(&cfg, "cn-beijing");
+        std::env::remove_var(ENV_VPC_ENDPOINT);
+        assert_eq!(o.vpc_endpoint, "http://127.0.0.1:2");
+        let bad = ClientOptions { ecs_endpoint: "ftp://x".into(), ..o };
+        let creds = std::sync::Arc::new(CredentialProvider::static_keys("id", terway_config::Secret::new("s")));
+        assert!(matches!(CloudClient::new(bad, creds), Err(CloudError::Config(_))));
+    }
+
+    #[test]
+    fn redaction_covers_every_encoding() {
+        let token = "CAIS+a/b=";
+        let text = format!("x {token} {} {}", signature::percent_encode(token), signature::percent_encode(&signature::percent_encode(token)));
+        let out = redact(&text, Some(token));
+        assert_eq!(out, "x <redacted> <redacted> <redacted>");
+    }
+
+    #[test]
+    fn client_tokens_look_like_uuids() {
+        let t = new_client_token();
+        assert_eq!(t.len(), 36);
+        assert_eq!(t.matches('-').count(), 4);
+        assert_ne!(t, new_client_token());
+    }
+}

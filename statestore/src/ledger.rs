@@ -428,26 +428,31 @@ impl Ledger {
             return Ok(Bound { ip, eni, existing: true });
         }
         let held = s.ips_held_by_intents();
-        let bound_per_eni = |eni: &str| s.count(eni, "bound");
-        let mut candidates: Vec<(&IpRecord, usize)> = s
+        // one pass: bound addresses per ENI, then the best ENI's lowest idle address
+        let mut bound_per_eni: BTreeMap<&str, usize> = BTreeMap::new();
+        for r in s.ips.values() {
+            if matches!(r.state, IpState::Bound(_)) {
+                *bound_per_eni.entry(r.eni_id.as_str()).or_default() += 1;
+            }
+        }
+        let candidates = s
             .ips
             .values()
             .filter(|r| r.state == IpState::Idle && !held.contains(&r.ip))
-            .filter(|r| s.enis.get(&r.eni_id).is_some_and(|e| e.status == EniStatus::InUse && e.owner.is_none()))
-            .map(|r| (r, bound_per_eni(&r.eni_id)))
-            .collect();
-        if candidates.is_empty() {
+            .filter(|r| s.enis.get(&r.eni_id).is_some_and(|e| e.status == EniStatus::InUse && e.owner.is_none()));
+        let rank = |r: &IpRecord| {
+            let used = bound_per_eni.get(r.eni_id.as_str()).copied().unwrap_or(0);
+            let used = match pref {
+                EniPreference::MostUsed => usize::MAX - used,
+                EniPreference::LeastUsed => used,
+            };
+            (used, r.eni_id.clone(), r.ip)
+        };
+        let Some(best) = candidates.min_by_key(|r| rank(r)) else {
             let cooling = s.ips.values().filter(|r| matches!(r.state, IpState::Cooling { .. })).count();
             return Err(LedgerError::NoIdleIp { cooling });
-        }
-        candidates.sort_by(|(a, an), (b, bn)| {
-            let by_use = match pref {
-                EniPreference::MostUsed => bn.cmp(an),
-                EniPreference::LeastUsed => an.cmp(bn),
-            };
-            by_use.then_with(|| a.eni_id.cmp(&b.eni_id)).then_with(|| a.ip.cmp(&b.ip))
-        });
-        let chosen = candidates[0].0.clone();
+        };
+        let chosen = best.clone();
         let eni = s.enis[&chosen.eni_id].clone();
         let binding = Binding { pod: req.pod.clone(), container_id: req.container_id.clone(), netns: req.netns.clone(), ifname: req.ifname.clone() };
         let changes = vec![
