@@ -7,7 +7,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use terway_cloud::api::*;
-use terway_cloud::emulator::{DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET, DEFAULT_REGION, DEFAULT_SECURITY_GROUP};
+use terway_cloud::emulator::{
+    DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET, DEFAULT_REGION, DEFAULT_SECURITY_GROUP,
+};
 use terway_cloud::{ClientOptions, CloudClient, CredentialProvider};
 use terway_config::Secret;
 
@@ -29,7 +31,12 @@ async fn run_calls(c: &CloudClient, total: usize, concurrency: usize) -> f64 {
         let c = c.clone();
         tasks.push(tokio::spawn(async move {
             for _ in 0..per_task {
-                c.call(&DescribeVSwitches { region_id: DEFAULT_REGION.into(), ..Default::default() }).await.ok();
+                c.call(&DescribeVSwitches {
+                    region_id: DEFAULT_REGION.into(),
+                    ..Default::default()
+                })
+                .await
+                .ok();
             }
         }));
     }
@@ -40,7 +47,10 @@ async fn run_calls(c: &CloudClient, total: usize, concurrency: usize) -> f64 {
 }
 
 fn main() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(18090);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(18090);
     let mut child = match std::process::Command::new(env!("CARGO_BIN_EXE_aliyun-emulator"))
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .env("RUST_LOG", "warn")
@@ -54,7 +64,10 @@ fn main() {
         }
     };
     let pid = child.id();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap_or_else(|e| panic!("runtime: {e}"));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("runtime: {e}"));
     rt.block_on(async {
         for _ in 0..400 {
             if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
@@ -62,7 +75,8 @@ fn main() {
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        let mut opts = ClientOptions::for_region(DEFAULT_REGION, false).with_endpoint(&format!("http://127.0.0.1:{port}"));
+        let mut opts =
+            ClientOptions::for_region(DEFAULT_REGION, false).with_endpoint(&format!("http://127.0.0.1:{port}"));
         // measure the transport, not the client-side token buckets
         for v in opts.rate_limits.values_mut() {
             *v = 10_000_000;
@@ -106,7 +120,10 @@ fn main() {
         let describe_ms = started.elapsed().as_secs_f64() * 1000.0;
         let rss_after = rss_kib(pid);
         println!("CreateNetworkInterface (POST, ClientToken, 3 IPs each): {create_rps:.0} requests/s");
-        println!("DescribeNetworkInterfaces of {} ENIs in pages of 100: {describe_ms:.1} ms", all.len());
+        println!(
+            "DescribeNetworkInterfaces of {} ENIs in pages of 100: {describe_ms:.1} ms",
+            all.len()
+        );
         println!(
             "emulator resident memory: {:.1} MiB at start, {:.1} MiB with 1,000 ENIs, {:.1} MiB after describing them",
             rss_before as f64 / 1024.0,

@@ -502,7 +502,10 @@ mod tests {
         let o = ClientOptions::from_config(&cfg, "cn-beijing");
         std::env::remove_var(ENV_VPC_ENDPOINT);
         assert_eq!(o.vpc_endpoint, "http://127.0.0.1:2");
-        let bad = ClientOptions { ecs_endpoint: "ftp://x".into(), ..o };
+        let bad = ClientOptions {
+            ecs_endpoint: "ftp://x".into(),
+            ..o
+        };
         let creds = std::sync::Arc::new(CredentialProvider::static_keys("id", terway_config::Secret::new("s")));
         assert!(matches!(CloudClient::new(bad, creds), Err(CloudError::Config(_))));
     }
@@ -510,7 +513,11 @@ mod tests {
     #[test]
     fn redaction_covers_every_encoding() {
         let token = "CAIS+a/b=";
-        let text = format!("x {token} {} {}", signature::percent_encode(token), signature::percent_encode(&signature::percent_encode(token)));
+        let text = format!(
+            "x {token} {} {}",
+            signature::percent_encode(token),
+            signature::percent_encode(&signature::percent_encode(token))
+        );
         let out = redact(&text, Some(token));
         assert_eq!(out, "x <redacted> <redacted> <redacted>");
     }

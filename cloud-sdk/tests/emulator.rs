@@ -623,24 +623,39 @@ async fn secrets_never_reach_logs() {
     let mut opts = ClientOptions::for_region(REGION, false).with_endpoint(&em.url());
     opts.retry = fast_retry();
     let c = CloudClient::new(opts, provider.clone()).unwrap();
-    em.set_faults(Faults { error_rate: 0.5, ..Faults::default() });
+    em.set_faults(Faults {
+        error_rate: 0.5,
+        ..Faults::default()
+    });
     for _ in 0..5 {
         let _ = c.call(&vswitches()).await;
     }
     em.set_faults(Faults::default());
     let creds = provider.get().await.unwrap();
     // a failing call with a wrong secret, whose error echoes the signed string
-    let wrong = Credentials { access_key_secret: Secret::new("wrong-secret-for-logs"), ..creds.clone() };
-    let e = client_with(&em, CredentialProvider::fixed(wrong)).call(&vswitches()).await.unwrap_err();
+    let wrong = Credentials {
+        access_key_secret: Secret::new("wrong-secret-for-logs"),
+        ..creds.clone()
+    };
+    let e = client_with(&em, CredentialProvider::fixed(wrong))
+        .call(&vswitches())
+        .await
+        .unwrap_err();
     tracing::error!(error = %e, debug = ?e, "logged like the daemon logs errors");
     tracing::info!(credentials = ?creds, provider = ?provider, "logged like a careless caller would");
 
     let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
-    assert!(logs.contains("RAM role credentials refreshed"), "the capture works: {logs}");
+    assert!(
+        logs.contains("RAM role credentials refreshed"),
+        "the capture works: {logs}"
+    );
     let secret = creds.access_key_secret.expose();
     let token = creds.security_token.as_ref().unwrap().expose();
     for s in [secret, token, "wrong-secret-for-logs", DEFAULT_ACCESS_KEY_SECRET] {
         assert!(!logs.contains(s), "{s} leaked into the logs");
-        assert!(!logs.contains(&terway_cloud::signature::percent_encode(s)), "{s} leaked (encoded)");
+        assert!(
+            !logs.contains(&terway_cloud::signature::percent_encode(s)),
+            "{s} leaked (encoded)"
+        );
     }
 }

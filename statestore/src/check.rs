@@ -21,7 +21,10 @@ impl std::fmt::Display for Problem {
 }
 
 fn problem(tree: &str, key: impl std::fmt::Display, message: String) -> Problem {
-    Problem { record: format!("{tree}/{key}"), message }
+    Problem {
+        record: format!("{tree}/{key}"),
+        message,
+    }
 }
 
 /// Every inconsistency in `s`.
@@ -38,7 +41,11 @@ pub fn check(s: &State) -> Vec<Problem> {
         }
         for ip in &pod.ips {
             if let Some(other) = claimed.insert(*ip, key) {
-                out.push(problem("pods", key, format!("claims {ip}, which pod {other} claims too")));
+                out.push(problem(
+                    "pods",
+                    key,
+                    format!("claims {ip}, which pod {other} claims too"),
+                ));
             }
             if pod.eni_id.is_some() {
                 continue; // an exclusive ENI's primary address is not in the ips tree
@@ -49,16 +56,30 @@ pub fn check(s: &State) -> Vec<Problem> {
                 Some(IpState::Bound(b)) => out.push(problem(
                     "pods",
                     key,
-                    format!("claims {ip}, which is bound to {} (container {})", b.pod, b.container_id),
+                    format!(
+                        "claims {ip}, which is bound to {} (container {})",
+                        b.pod, b.container_id
+                    ),
                 )),
                 Some(other) => out.push(problem("pods", key, format!("claims {ip}, which is {}", other.name()))),
             }
         }
         if let Some(eni_id) = &pod.eni_id {
             match s.enis.get(eni_id) {
-                None => out.push(problem("pods", key, format!("holds ENI {eni_id}, which is not in the ledger"))),
+                None => out.push(problem(
+                    "pods",
+                    key,
+                    format!("holds ENI {eni_id}, which is not in the ledger"),
+                )),
                 Some(e) if e.owner.as_ref().map(PodRef::key).as_deref() != Some(key.as_str()) => {
-                    out.push(problem("pods", key, format!("holds ENI {eni_id}, which is reserved for {:?}", e.owner.as_ref().map(PodRef::key))));
+                    out.push(problem(
+                        "pods",
+                        key,
+                        format!(
+                            "holds ENI {eni_id}, which is reserved for {:?}",
+                            e.owner.as_ref().map(PodRef::key)
+                        ),
+                    ));
                 }
                 Some(_) => {}
             }
@@ -66,12 +87,24 @@ pub fn check(s: &State) -> Vec<Problem> {
     }
     for (ip, r) in &s.ips {
         if !s.enis.contains_key(&r.eni_id) {
-            out.push(problem("ips", ip, format!("is on ENI {}, which is not in the ledger", r.eni_id)));
+            out.push(problem(
+                "ips",
+                ip,
+                format!("is on ENI {}, which is not in the ledger", r.eni_id),
+            ));
         }
         if let IpState::Bound(b) = &r.state {
             match s.pods.get(&b.pod.key()) {
-                None => out.push(problem("ips", ip, format!("is bound to pod {}, which is not in the ledger", b.pod))),
-                Some(p) if !p.ips.contains(ip) => out.push(problem("ips", ip, format!("is bound to pod {}, which does not list it", b.pod))),
+                None => out.push(problem(
+                    "ips",
+                    ip,
+                    format!("is bound to pod {}, which is not in the ledger", b.pod),
+                )),
+                Some(p) if !p.ips.contains(ip) => out.push(problem(
+                    "ips",
+                    ip,
+                    format!("is bound to pod {}, which does not list it", b.pod),
+                )),
                 Some(_) => {}
             }
         }
@@ -79,7 +112,11 @@ pub fn check(s: &State) -> Vec<Problem> {
     for (id, e) in &s.enis {
         if let Some(owner) = &e.owner {
             if s.pods.get(&owner.key()).and_then(|p| p.eni_id.as_deref()) != Some(id.as_str()) {
-                out.push(problem("enis", id, format!("is reserved for pod {owner}, which does not hold it")));
+                out.push(problem(
+                    "enis",
+                    id,
+                    format!("is reserved for pod {owner}, which does not hold it"),
+                ));
             }
         }
     }

@@ -46,7 +46,12 @@ pub fn diff(ledger: &State, cloud: &[CloudEni]) -> LedgerDiff {
         if !ledger.enis.contains_key(&e.id) {
             out.new_enis.push(e.id.clone());
         }
-        let unknown: Vec<IpAddr> = e.ips.iter().filter(|ip| !ledger.ips.contains_key(ip)).copied().collect();
+        let unknown: Vec<IpAddr> = e
+            .ips
+            .iter()
+            .filter(|ip| !ledger.ips.contains_key(ip))
+            .copied()
+            .collect();
         if !unknown.is_empty() {
             out.adopt.push((e.id.clone(), unknown));
         }
@@ -56,8 +61,10 @@ pub fn diff(ledger: &State, cloud: &[CloudEni]) -> LedgerDiff {
             out.vanished_enis.push(id.clone());
         }
     }
-    let cloud_ips: BTreeSet<(&str, IpAddr)> =
-        attached.iter().flat_map(|e| e.ips.iter().map(move |ip| (e.id.as_str(), *ip))).collect();
+    let cloud_ips: BTreeSet<(&str, IpAddr)> = attached
+        .iter()
+        .flat_map(|e| e.ips.iter().map(move |ip| (e.id.as_str(), *ip)))
+        .collect();
     for (ip, r) in &ledger.ips {
         if !cloud_ips.contains(&(r.eni_id.as_str(), *ip)) {
             out.vanished_ips.push(*ip);
@@ -72,14 +79,21 @@ pub fn diff(ledger: &State, cloud: &[CloudEni]) -> LedgerDiff {
             IntentKind::UnassignIps { eni_id, ips } => {
                 eni(eni_id).is_none_or(|e| ips.iter().all(|ip| !e.ips.contains(ip)))
             }
-            IntentKind::CreateEni { vswitch_id } => {
-                cloud.iter().any(|e| &e.vswitch_id == vswitch_id && !ledger.enis.contains_key(&e.id))
-            }
+            IntentKind::CreateEni { vswitch_id } => cloud
+                .iter()
+                .any(|e| &e.vswitch_id == vswitch_id && !ledger.enis.contains_key(&e.id)),
             IntentKind::AttachEni { eni_id } => eni(eni_id).is_some_and(|e| e.attached),
             IntentKind::DetachEni { eni_id } => eni(eni_id).is_none_or(|e| !e.attached),
             IntentKind::DeleteEni { eni_id } => eni(eni_id).is_none(),
         };
-        out.intents.push((intent.id, if done { IntentOutcome::Done } else { IntentOutcome::NotDone }));
+        out.intents.push((
+            intent.id,
+            if done {
+                IntentOutcome::Done
+            } else {
+                IntentOutcome::NotDone
+            },
+        ));
     }
     out
 }
@@ -111,7 +125,14 @@ mod tests {
             },
         );
         for a in ["10.0.0.1", "10.0.0.2"] {
-            s.ips.insert(ip(a), IpRecord { ip: ip(a), eni_id: "eni-a".into(), state: IpState::Idle });
+            s.ips.insert(
+                ip(a),
+                IpRecord {
+                    ip: ip(a),
+                    eni_id: "eni-a".into(),
+                    state: IpState::Idle,
+                },
+            );
         }
         s
     }
@@ -120,13 +141,34 @@ mod tests {
     fn adoption_and_vanishing() {
         let s = state();
         let cloud = vec![
-            CloudEni { id: "eni-a".into(), vswitch_id: "vsw-1".into(), attached: true, ips: vec![ip("10.0.0.1"), ip("10.0.0.3")] },
-            CloudEni { id: "eni-b".into(), vswitch_id: "vsw-1".into(), attached: true, ips: vec![ip("10.0.0.9")] },
-            CloudEni { id: "eni-c".into(), vswitch_id: "vsw-1".into(), attached: false, ips: vec![ip("10.0.0.7")] },
+            CloudEni {
+                id: "eni-a".into(),
+                vswitch_id: "vsw-1".into(),
+                attached: true,
+                ips: vec![ip("10.0.0.1"), ip("10.0.0.3")],
+            },
+            CloudEni {
+                id: "eni-b".into(),
+                vswitch_id: "vsw-1".into(),
+                attached: true,
+                ips: vec![ip("10.0.0.9")],
+            },
+            CloudEni {
+                id: "eni-c".into(),
+                vswitch_id: "vsw-1".into(),
+                attached: false,
+                ips: vec![ip("10.0.0.7")],
+            },
         ];
         let d = diff(&s, &cloud);
         assert_eq!(d.new_enis, vec!["eni-b".to_owned()], "unattached ENIs are not adopted");
-        assert_eq!(d.adopt, vec![("eni-a".into(), vec![ip("10.0.0.3")]), ("eni-b".into(), vec![ip("10.0.0.9")])]);
+        assert_eq!(
+            d.adopt,
+            vec![
+                ("eni-a".into(), vec![ip("10.0.0.3")]),
+                ("eni-b".into(), vec![ip("10.0.0.9")])
+            ]
+        );
         assert_eq!(d.vanished_ips, vec![ip("10.0.0.2")]);
         assert!(d.vanished_enis.is_empty());
         let d = diff(&s, &[]);
@@ -138,18 +180,58 @@ mod tests {
     fn intent_outcomes() {
         let mut s = state();
         let mut add = |id: u64, kind: IntentKind| {
-            s.intents.insert(id, Intent { id, kind, client_token: None, created_at: 0 });
+            s.intents.insert(
+                id,
+                Intent {
+                    id,
+                    kind,
+                    client_token: None,
+                    created_at: 0,
+                },
+            );
         };
-        add(1, IntentKind::AssignIps { eni_id: "eni-a".into(), count: 1 });
-        add(2, IntentKind::UnassignIps { eni_id: "eni-a".into(), ips: vec![ip("10.0.0.2")] });
-        add(3, IntentKind::CreateEni { vswitch_id: "vsw-1".into() });
+        add(
+            1,
+            IntentKind::AssignIps {
+                eni_id: "eni-a".into(),
+                count: 1,
+            },
+        );
+        add(
+            2,
+            IntentKind::UnassignIps {
+                eni_id: "eni-a".into(),
+                ips: vec![ip("10.0.0.2")],
+            },
+        );
+        add(
+            3,
+            IntentKind::CreateEni {
+                vswitch_id: "vsw-1".into(),
+            },
+        );
         add(4, IntentKind::AttachEni { eni_id: "eni-x".into() });
         add(5, IntentKind::DetachEni { eni_id: "eni-a".into() });
-        add(6, IntentKind::DeleteEni { eni_id: "eni-gone".into() });
+        add(
+            6,
+            IntentKind::DeleteEni {
+                eni_id: "eni-gone".into(),
+            },
+        );
         // nothing happened in the cloud
         let cloud = vec![
-            CloudEni { id: "eni-a".into(), vswitch_id: "vsw-1".into(), attached: true, ips: vec![ip("10.0.0.1"), ip("10.0.0.2")] },
-            CloudEni { id: "eni-x".into(), vswitch_id: "vsw-2".into(), attached: false, ips: vec![ip("10.0.1.1")] },
+            CloudEni {
+                id: "eni-a".into(),
+                vswitch_id: "vsw-1".into(),
+                attached: true,
+                ips: vec![ip("10.0.0.1"), ip("10.0.0.2")],
+            },
+            CloudEni {
+                id: "eni-x".into(),
+                vswitch_id: "vsw-2".into(),
+                attached: false,
+                ips: vec![ip("10.0.1.1")],
+            },
         ];
         let outcomes: BTreeMap<u64, IntentOutcome> = diff(&s, &cloud).intents.into_iter().collect();
         assert_eq!(outcomes[&1], IntentOutcome::NotDone);
@@ -160,8 +242,18 @@ mod tests {
         assert_eq!(outcomes[&6], IntentOutcome::Done);
         // everything happened
         let cloud = vec![
-            CloudEni { id: "eni-a".into(), vswitch_id: "vsw-1".into(), attached: false, ips: vec![ip("10.0.0.1"), ip("10.0.0.5")] },
-            CloudEni { id: "eni-x".into(), vswitch_id: "vsw-1".into(), attached: true, ips: vec![ip("10.0.1.1")] },
+            CloudEni {
+                id: "eni-a".into(),
+                vswitch_id: "vsw-1".into(),
+                attached: false,
+                ips: vec![ip("10.0.0.1"), ip("10.0.0.5")],
+            },
+            CloudEni {
+                id: "eni-x".into(),
+                vswitch_id: "vsw-1".into(),
+                attached: true,
+                ips: vec![ip("10.0.1.1")],
+            },
         ];
         let outcomes: BTreeMap<u64, IntentOutcome> = diff(&s, &cloud).intents.into_iter().collect();
         assert!(outcomes.values().all(|o| *o == IntentOutcome::Done), "{outcomes:?}");

@@ -51,21 +51,72 @@ pub struct State {
     pub instance_id: Option<String>,
     /// Records that could not be decoded: (tree, key, error). The rest is readable.
     pub undecodable: Vec<(String, String, String)>,
+    /// Per ENI: its idle addresses and how many are bound — kept with `ips`
+    /// so a bind does not scan every address.
+    by_eni: BTreeMap<String, EniAddresses>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct EniAddresses {
+    idle: BTreeSet<IpAddr>,
+    bound: usize,
 }
 
 impl State {
+    fn put_ip(&mut self, r: IpRecord) {
+        if let Some(old) = self.ips.remove(&r.ip) {
+            self.unindex(&old);
+        }
+        let entry = self.by_eni.entry(r.eni_id.clone()).or_default();
+        match r.state {
+            IpState::Idle => {
+                entry.idle.insert(r.ip);
+            }
+            IpState::Bound(_) => entry.bound += 1,
+            _ => {}
+        }
+        self.ips.insert(r.ip, r);
+    }
+
+    fn del_ip(&mut self, ip: &IpAddr) {
+        if let Some(old) = self.ips.remove(ip) {
+            self.unindex(&old);
+        }
+    }
+
+    fn unindex(&mut self, r: &IpRecord) {
+        if let Some(entry) = self.by_eni.get_mut(&r.eni_id) {
+            match r.state {
+                IpState::Idle => {
+                    entry.idle.remove(&r.ip);
+                }
+                IpState::Bound(_) => entry.bound = entry.bound.saturating_sub(1),
+                _ => {}
+            }
+        }
+    }
+
     /// IPs named by unresolved intents: kept out of the pool.
     pub fn ips_held_by_intents(&self) -> BTreeSet<IpAddr> {
-        self.intents.values().flat_map(|i| i.kind.touched_ips().iter().copied()).collect()
+        self.intents
+            .values()
+            .flat_map(|i| i.kind.touched_ips().iter().copied())
+            .collect()
     }
 
     /// ENIs named by unresolved intents.
     pub fn enis_held_by_intents(&self) -> BTreeSet<String> {
-        self.intents.values().filter_map(|i| i.kind.eni_id().map(str::to_owned)).collect()
+        self.intents
+            .values()
+            .filter_map(|i| i.kind.eni_id().map(str::to_owned))
+            .collect()
     }
 
     pub fn count(&self, eni_id: &str, state: &str) -> usize {
-        self.ips.values().filter(|r| r.eni_id == eni_id && r.state.name() == state).count()
+        self.ips
+            .values()
+            .filter(|r| r.eni_id == eni_id && r.state.name() == state)
+            .count()
     }
 }
 
@@ -135,7 +186,11 @@ pub struct Ledger {
 }
 
 pub(crate) fn storage(path: &Path, op: &str, e: impl std::fmt::Display) -> LedgerError {
-    LedgerError::Storage { path: path.to_path_buf(), op: op.to_owned(), message: e.to_string() }
+    LedgerError::Storage {
+        path: path.to_path_buf(),
+        op: op.to_owned(),
+        message: e.to_string(),
+    }
 }
 
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
@@ -170,10 +225,15 @@ impl Ledger {
 
     pub fn open_with(path: &Path, opts: &OpenOptions) -> Result<Self, LedgerError> {
         if opts.must_exist && !path.join("db").exists() && !path.join("conf").exists() {
-            return Err(LedgerError::NotFound { path: path.to_path_buf() });
+            return Err(LedgerError::NotFound {
+                path: path.to_path_buf(),
+            });
         }
         let db = open_db(path)?;
-        let tree = |name: &str| db.open_tree(name).map_err(|e| storage(path, &format!("open tree {name}"), e));
+        let tree = |name: &str| {
+            db.open_tree(name)
+                .map_err(|e| storage(path, &format!("open tree {name}"), e))
+        };
         let trees = Trees {
             enis: tree("enis")?,
             ips: tree("ips")?,
@@ -182,7 +242,15 @@ impl Ledger {
             meta: tree("meta")?,
             quarantine: tree("quarantine")?,
         };
-        let ledger = Self { path: path.to_path_buf(), db, trees, inner: Mutex::new(Inner { state: State::default(), next_intent_id: 1 }) };
+        let ledger = Self {
+            path: path.to_path_buf(),
+            db,
+            trees,
+            inner: Mutex::new(Inner {
+                state: State::default(),
+                next_intent_id: 1,
+            }),
+        };
         ledger.check_schema(opts)?;
         ledger.load()?;
         Ok(ledger)
@@ -197,12 +265,19 @@ impl Ledger {
     }
 
     fn meta_get(&self, key: &[u8]) -> Result<Option<String>, LedgerError> {
-        let v = self.trees.meta.get(key).map_err(|e| storage(&self.path, "read meta", e))?;
+        let v = self
+            .trees
+            .meta
+            .get(key)
+            .map_err(|e| storage(&self.path, "read meta", e))?;
         Ok(v.map(|b| String::from_utf8_lossy(&b).into_owned()))
     }
 
     fn meta_put(&self, key: &[u8], value: &str) -> Result<(), LedgerError> {
-        self.trees.meta.insert(key, value.as_bytes()).map_err(|e| storage(&self.path, "write meta", e))?;
+        self.trees
+            .meta
+            .insert(key, value.as_bytes())
+            .map_err(|e| storage(&self.path, "write meta", e))?;
         Ok(())
     }
 
@@ -221,7 +296,11 @@ impl Ledger {
             None => 1, // v1 ledgers predate the meta record
         };
         if found > SCHEMA_VERSION {
-            return Err(LedgerError::NewerSchema { path: self.path.clone(), found, supported: SCHEMA_VERSION });
+            return Err(LedgerError::NewerSchema {
+                path: self.path.clone(),
+                found,
+                supported: SCHEMA_VERSION,
+            });
         }
         if found < SCHEMA_VERSION && opts.read_only {
             return Err(LedgerError::Corrupt {
@@ -236,7 +315,11 @@ impl Ledger {
         }
         match (self.meta_get(META_INSTANCE)?, &opts.instance_id) {
             (Some(stored), Some(wanted)) if &stored != wanted => {
-                return Err(LedgerError::WrongInstance { path: self.path.clone(), stored, wanted: wanted.clone() });
+                return Err(LedgerError::WrongInstance {
+                    path: self.path.clone(),
+                    stored,
+                    wanted: wanted.clone(),
+                });
             }
             (None, Some(wanted)) if !opts.read_only => self.meta_put(META_INSTANCE, wanted)?,
             _ => {}
@@ -259,7 +342,10 @@ impl Ledger {
 
     /// Reads every tree from disk (without touching the mirror).
     fn read_state(&self) -> Result<(State, u64), LedgerError> {
-        let mut state = State { instance_id: self.meta_get(META_INSTANCE)?, ..State::default() };
+        let mut state = State {
+            instance_id: self.meta_get(META_INSTANCE)?,
+            ..State::default()
+        };
         let path = &self.path;
         let mut bad = Vec::new();
         fn each<T: DeserializeOwned>(
@@ -282,7 +368,7 @@ impl Ledger {
             state.enis.insert(r.id.clone(), r);
         })?;
         each(path, &self.trees.ips, "ips", &mut bad, |r: IpRecord| {
-            state.ips.insert(r.ip, r);
+            state.put_ip(r);
         })?;
         each(path, &self.trees.pods, "pods", &mut bad, |r: PodRecord| {
             state.pods.insert(r.pod.key(), r);
@@ -291,7 +377,10 @@ impl Ledger {
             state.intents.insert(r.id, r);
         })?;
         state.undecodable = bad;
-        let next = self.meta_get(META_NEXT_INTENT)?.and_then(|v| v.parse().ok()).unwrap_or(1);
+        let next = self
+            .meta_get(META_NEXT_INTENT)?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1);
         let next = next.max(state.intents.keys().next_back().map_or(1, |id| id + 1));
         Ok((state, next))
     }
@@ -346,12 +435,8 @@ impl Ledger {
                 Change::DelEni(id) => {
                     s.enis.remove(&id);
                 }
-                Change::PutIp(r) => {
-                    s.ips.insert(r.ip, r);
-                }
-                Change::DelIp(ip) => {
-                    s.ips.remove(&ip);
-                }
+                Change::PutIp(r) => s.put_ip(r),
+                Change::DelIp(ip) => s.del_ip(&ip),
                 Change::PutPod(r) => {
                     s.pods.insert(r.pod.key(), r);
                 }
@@ -400,20 +485,38 @@ impl Ledger {
                 path: self.path.clone(),
                 what: format!("pods/{} names {ip}, which is not in ips", req.pod.key()),
             })?;
-            let eni = s.enis.get(&record.eni_id).cloned().ok_or_else(|| LedgerError::Corrupt {
-                path: self.path.clone(),
-                what: format!("ips/{ip} is on unknown ENI {}", record.eni_id),
-            })?;
+            let eni = s
+                .enis
+                .get(&record.eni_id)
+                .cloned()
+                .ok_or_else(|| LedgerError::Corrupt {
+                    path: self.path.clone(),
+                    what: format!("ips/{ip} is on unknown ENI {}", record.eni_id),
+                })?;
             if existing.container_id == req.container_id && existing.pod.uid == req.pod.uid {
-                return Ok(Bound { ip, eni, existing: true });
+                return Ok(Bound {
+                    ip,
+                    eni,
+                    existing: true,
+                });
             }
             // a new sandbox (or incarnation) of the same pod keeps its address
-            let binding = Binding { pod: req.pod.clone(), container_id: req.container_id.clone(), netns: req.netns.clone(), ifname: req.ifname.clone() };
+            let binding = Binding {
+                pod: req.pod.clone(),
+                container_id: req.container_id.clone(),
+                netns: req.netns.clone(),
+                ifname: req.ifname.clone(),
+            };
             let mut changes: Vec<Change> = existing
                 .ips
                 .iter()
                 .filter_map(|ip| s.ips.get(ip))
-                .map(|r| Change::PutIp(IpRecord { state: IpState::Bound(binding.clone()), ..r.clone() }))
+                .map(|r| {
+                    Change::PutIp(IpRecord {
+                        state: IpState::Bound(binding.clone()),
+                        ..r.clone()
+                    })
+                })
                 .collect();
             changes.push(Change::PutPod(PodRecord {
                 pod: req.pod.clone(),
@@ -425,38 +528,55 @@ impl Ledger {
                 ..existing.clone()
             }));
             self.commit(&mut inner, changes, durability)?;
-            return Ok(Bound { ip, eni, existing: true });
+            return Ok(Bound {
+                ip,
+                eni,
+                existing: true,
+            });
         }
         let held = s.ips_held_by_intents();
-        // one pass: bound addresses per ENI, then the best ENI's lowest idle address
-        let mut bound_per_eni: BTreeMap<&str, usize> = BTreeMap::new();
-        for r in s.ips.values() {
-            if matches!(r.state, IpState::Bound(_)) {
-                *bound_per_eni.entry(r.eni_id.as_str()).or_default() += 1;
-            }
-        }
-        let candidates = s
-            .ips
-            .values()
-            .filter(|r| r.state == IpState::Idle && !held.contains(&r.ip))
-            .filter(|r| s.enis.get(&r.eni_id).is_some_and(|e| e.status == EniStatus::InUse && e.owner.is_none()));
-        let rank = |r: &IpRecord| {
-            let used = bound_per_eni.get(r.eni_id.as_str()).copied().unwrap_or(0);
-            let used = match pref {
-                EniPreference::MostUsed => usize::MAX - used,
-                EniPreference::LeastUsed => used,
+        let usable = s
+            .by_eni
+            .iter()
+            .filter(|(id, _)| {
+                s.enis
+                    .get(*id)
+                    .is_some_and(|e| e.status == EniStatus::InUse && e.owner.is_none())
+            })
+            .filter_map(|(id, a)| {
+                a.idle
+                    .iter()
+                    .find(|ip| !held.contains(ip))
+                    .map(|ip| (id.as_str(), a.bound, *ip))
+            });
+        let Some((_, _, best_ip)) = usable.min_by_key(|(id, bound, ip)| {
+            let order = match pref {
+                EniPreference::MostUsed => usize::MAX - bound,
+                EniPreference::LeastUsed => *bound,
             };
-            (used, r.eni_id.clone(), r.ip)
-        };
-        let Some(best) = candidates.min_by_key(|r| rank(r)) else {
-            let cooling = s.ips.values().filter(|r| matches!(r.state, IpState::Cooling { .. })).count();
+            (order, *id, *ip)
+        }) else {
+            let cooling = s
+                .ips
+                .values()
+                .filter(|r| matches!(r.state, IpState::Cooling { .. }))
+                .count();
             return Err(LedgerError::NoIdleIp { cooling });
         };
+        let best = &s.ips[&best_ip];
         let chosen = best.clone();
         let eni = s.enis[&chosen.eni_id].clone();
-        let binding = Binding { pod: req.pod.clone(), container_id: req.container_id.clone(), netns: req.netns.clone(), ifname: req.ifname.clone() };
+        let binding = Binding {
+            pod: req.pod.clone(),
+            container_id: req.container_id.clone(),
+            netns: req.netns.clone(),
+            ifname: req.ifname.clone(),
+        };
         let changes = vec![
-            Change::PutIp(IpRecord { state: IpState::Bound(binding), ..chosen.clone() }),
+            Change::PutIp(IpRecord {
+                state: IpState::Bound(binding),
+                ..chosen.clone()
+            }),
             Change::PutPod(PodRecord {
                 pod: req.pod.clone(),
                 container_id: req.container_id.clone(),
@@ -469,7 +589,11 @@ impl Ledger {
             }),
         ];
         self.commit(&mut inner, changes, durability)?;
-        Ok(Bound { ip: chosen.ip, eni, existing: false })
+        Ok(Bound {
+            ip: chosen.ip,
+            eni,
+            existing: false,
+        })
     }
 
     /// Exclusive-ENI mode: gives the pod a whole idle ENI (its primary IP).
@@ -493,20 +617,35 @@ impl Ledger {
                     pod: req.pod.clone(),
                     ..existing.clone()
                 }));
-                changes.push(Change::PutEni(EniRecord { owner: Some(req.pod.clone()), ..eni.clone() }));
+                changes.push(Change::PutEni(EniRecord {
+                    owner: Some(req.pod.clone()),
+                    ..eni.clone()
+                }));
             }
             let ip = eni.primary_ip;
             self.commit(&mut inner, changes, durability)?;
-            return Ok(Bound { ip, eni, existing: true });
+            return Ok(Bound {
+                ip,
+                eni,
+                existing: true,
+            });
         }
         let held = s.enis_held_by_intents();
         let free = s
             .enis
             .values()
-            .find(|e| e.status == EniStatus::InUse && e.owner.is_none() && !held.contains(&e.id) && s.count(&e.id, "bound") == 0)
+            .find(|e| {
+                e.status == EniStatus::InUse
+                    && e.owner.is_none()
+                    && !held.contains(&e.id)
+                    && s.count(&e.id, "bound") == 0
+            })
             .cloned()
             .ok_or(LedgerError::NoIdleEni)?;
-        let eni = EniRecord { owner: Some(req.pod.clone()), ..free };
+        let eni = EniRecord {
+            owner: Some(req.pod.clone()),
+            ..free
+        };
         let changes = vec![
             Change::PutEni(eni.clone()),
             Change::PutPod(PodRecord {
@@ -516,43 +655,71 @@ impl Ledger {
                 ifname: req.ifname.clone(),
                 ips: vec![eni.primary_ip],
                 eni_id: Some(eni.id.clone()),
-                settings: PodNetworkSettings { exclusive_eni: true, ..req.settings.clone() },
+                settings: PodNetworkSettings {
+                    exclusive_eni: true,
+                    ..req.settings.clone()
+                },
                 bound_at: now_millis(),
             }),
         ];
         self.commit(&mut inner, changes, durability)?;
-        Ok(Bound { ip: eni.primary_ip, eni, existing: false })
+        Ok(Bound {
+            ip: eni.primary_ip,
+            eni,
+            existing: false,
+        })
     }
 
     /// Releases the pod's addresses to Cooling (Idle right away with a zero
     /// cooldown). `container_id` guards against a stale DEL of an older sandbox.
-    pub fn release(&self, pod: &PodRef, container_id: Option<&str>, cooldown: Duration, durability: Durability) -> Result<Released, LedgerError> {
+    pub fn release(
+        &self,
+        pod: &PodRef,
+        container_id: Option<&str>,
+        cooldown: Duration,
+        durability: Durability,
+    ) -> Result<Released, LedgerError> {
         let mut inner = self.lock();
         let s = &inner.state;
         let Some(record) = s.pods.get(&pod.key()).cloned() else {
             return Ok(Released::default());
         };
         if container_id.is_some_and(|c| c != record.container_id) {
-            return Ok(Released { stale: true, ..Released::default() });
+            return Ok(Released {
+                stale: true,
+                ..Released::default()
+            });
         }
         let next = if cooldown.is_zero() {
             IpState::Idle
         } else {
-            IpState::Cooling { until: now_millis() + cooldown.as_millis() as u64 }
+            IpState::Cooling {
+                until: now_millis() + cooldown.as_millis() as u64,
+            }
         };
         let mut changes = vec![Change::DelPod(pod.key())];
         if let Some(eni_id) = &record.eni_id {
             if let Some(eni) = s.enis.get(eni_id) {
-                changes.push(Change::PutEni(EniRecord { owner: None, ..eni.clone() }));
+                changes.push(Change::PutEni(EniRecord {
+                    owner: None,
+                    ..eni.clone()
+                }));
             }
         } else {
             for ip in &record.ips {
                 if let Some(r) = s.ips.get(ip) {
-                    changes.push(Change::PutIp(IpRecord { state: next.clone(), ..r.clone() }));
+                    changes.push(Change::PutIp(IpRecord {
+                        state: next.clone(),
+                        ..r.clone()
+                    }));
                 }
             }
         }
-        let released = Released { ips: record.ips.clone(), stale: false, eni_id: record.eni_id.clone() };
+        let released = Released {
+            ips: record.ips.clone(),
+            stale: false,
+            eni_id: record.eni_id.clone(),
+        };
         self.commit(&mut inner, changes, durability)?;
         Ok(released)
     }
@@ -565,7 +732,12 @@ impl Ledger {
             .ips
             .values()
             .filter(|r| matches!(r.state, IpState::Cooling { until } if until <= now))
-            .map(|r| Change::PutIp(IpRecord { state: IpState::Idle, ..r.clone() }))
+            .map(|r| {
+                Change::PutIp(IpRecord {
+                    state: IpState::Idle,
+                    ..r.clone()
+                })
+            })
             .collect();
         let n = changes.len();
         self.commit(&mut inner, changes, durability)?;
@@ -579,7 +751,12 @@ impl Ledger {
     pub fn adopt_eni(&self, eni: EniRecord, durability: Durability) -> Result<(), LedgerError> {
         let mut inner = self.lock();
         let record = match inner.state.enis.get(&eni.id) {
-            Some(known) => EniRecord { status: known.status, owner: known.owner.clone(), created_by_us: known.created_by_us || eni.created_by_us, ..eni },
+            Some(known) => EniRecord {
+                status: known.status,
+                owner: known.owner.clone(),
+                created_by_us: known.created_by_us || eni.created_by_us,
+                ..eni
+            },
             None => eni,
         };
         if inner.state.enis.get(&record.id) == Some(&record) {
@@ -601,11 +778,17 @@ impl Ledger {
             match inner.state.ips.get(ip) {
                 Some(r) if r.eni_id == eni_id => {}
                 Some(r) => {
-                    return Err(LedgerError::Conflict { what: format!("{ip} is on {} in the ledger, not {eni_id}", r.eni_id) });
+                    return Err(LedgerError::Conflict {
+                        what: format!("{ip} is on {} in the ledger, not {eni_id}", r.eni_id),
+                    });
                 }
                 None => {
                     fresh.push(*ip);
-                    changes.push(Change::PutIp(IpRecord { ip: *ip, eni_id: eni_id.into(), state: IpState::Idle }));
+                    changes.push(Change::PutIp(IpRecord {
+                        ip: *ip,
+                        eni_id: eni_id.into(),
+                        state: IpState::Idle,
+                    }));
                 }
             }
         }
@@ -621,7 +804,10 @@ impl Ledger {
         for ip in ips {
             if let Some(r) = inner.state.ips.get(ip).filter(|r| r.state == IpState::Idle) {
                 marked.push(*ip);
-                changes.push(Change::PutIp(IpRecord { state: IpState::Releasing, ..r.clone() }));
+                changes.push(Change::PutIp(IpRecord {
+                    state: IpState::Releasing,
+                    ..r.clone()
+                }));
             }
         }
         self.commit(&mut inner, changes, durability)?;
@@ -634,8 +820,13 @@ impl Ledger {
         let mut changes = Vec::new();
         for ip in ips {
             match inner.state.ips.get(ip) {
-                Some(IpRecord { state: IpState::Bound(b), .. }) => {
-                    return Err(LedgerError::Conflict { what: format!("{ip} is bound to pod {}", b.pod) });
+                Some(IpRecord {
+                    state: IpState::Bound(b),
+                    ..
+                }) => {
+                    return Err(LedgerError::Conflict {
+                        what: format!("{ip} is bound to pod {}", b.pod),
+                    });
                 }
                 Some(_) => changes.push(Change::DelIp(*ip)),
                 None => {}
@@ -646,8 +837,17 @@ impl Ledger {
 
     pub fn set_eni_status(&self, eni_id: &str, status: EniStatus, durability: Durability) -> Result<(), LedgerError> {
         let mut inner = self.lock();
-        let eni = inner.state.enis.get(eni_id).cloned().ok_or_else(|| LedgerError::UnknownEni { eni_id: eni_id.into() })?;
-        self.commit(&mut inner, vec![Change::PutEni(EniRecord { status, ..eni })], durability)
+        let eni = inner
+            .state
+            .enis
+            .get(eni_id)
+            .cloned()
+            .ok_or_else(|| LedgerError::UnknownEni { eni_id: eni_id.into() })?;
+        self.commit(
+            &mut inner,
+            vec![Change::PutEni(EniRecord { status, ..eni })],
+            durability,
+        )
     }
 
     /// Forgets an ENI and its addresses. Refused while a pod uses it.
@@ -655,12 +855,16 @@ impl Ledger {
         let mut inner = self.lock();
         let s = &inner.state;
         if let Some(owner) = s.enis.get(eni_id).and_then(|e| e.owner.as_ref()) {
-            return Err(LedgerError::Conflict { what: format!("ENI {eni_id} is reserved for pod {owner}") });
+            return Err(LedgerError::Conflict {
+                what: format!("ENI {eni_id} is reserved for pod {owner}"),
+            });
         }
         let mut changes = Vec::new();
         for r in s.ips.values().filter(|r| r.eni_id == eni_id) {
             if let IpState::Bound(b) = &r.state {
-                return Err(LedgerError::Conflict { what: format!("{} on ENI {eni_id} is bound to pod {}", r.ip, b.pod) });
+                return Err(LedgerError::Conflict {
+                    what: format!("{} on ENI {eni_id} is bound to pod {}", r.ip, b.pod),
+                });
             }
             changes.push(Change::DelIp(r.ip));
         }
@@ -676,8 +880,17 @@ impl Ledger {
     pub fn record_intent(&self, kind: IntentKind, client_token: Option<String>) -> Result<Intent, LedgerError> {
         let mut inner = self.lock();
         let id = inner.next_intent_id;
-        let intent = Intent { id, kind, client_token, created_at: now_millis() };
-        self.commit(&mut inner, vec![Change::PutIntent(intent.clone()), Change::NextIntentId(id + 1)], Durability::Flush)?;
+        let intent = Intent {
+            id,
+            kind,
+            client_token,
+            created_at: now_millis(),
+        };
+        self.commit(
+            &mut inner,
+            vec![Change::PutIntent(intent.clone()), Change::NextIntentId(id + 1)],
+            Durability::Flush,
+        )?;
         Ok(intent)
     }
 
@@ -720,7 +933,9 @@ impl Ledger {
             let (k, v) = item.map_err(|e| storage(&self.path, "read quarantine", e))?;
             let key = String::from_utf8_lossy(&k).into_owned();
             let (tree, rest) = key.split_once('/').unwrap_or(("?", &key));
-            out.entry(tree.to_owned()).or_default().insert(rest.to_owned(), String::from_utf8_lossy(&v).into_owned());
+            out.entry(tree.to_owned())
+                .or_default()
+                .insert(rest.to_owned(), String::from_utf8_lossy(&v).into_owned());
         }
         Ok(out)
     }
@@ -740,12 +955,16 @@ impl Ledger {
                 _ => continue,
             };
             let raw_key: Vec<u8> = if tree_name == "intents" {
-                key.parse::<u64>().map(|n| n.to_be_bytes().to_vec()).unwrap_or_else(|_| key.as_bytes().to_vec())
+                key.parse::<u64>()
+                    .map(|n| n.to_be_bytes().to_vec())
+                    .unwrap_or_else(|_| key.as_bytes().to_vec())
             } else {
                 key.as_bytes().to_vec()
             };
             let result: Result<bool, TransactionError<()>> = (tree, &t.quarantine).transaction(|(src, q)| {
-                let Some(value) = src.get(raw_key.as_slice())? else { return Ok(false) };
+                let Some(value) = src.get(raw_key.as_slice())? else {
+                    return Ok(false);
+                };
                 let entry = serde_json::json!({"reason": reason, "record": String::from_utf8_lossy(&value)});
                 q.insert(format!("{tree_name}/{key}").as_bytes(), encode(&entry))?;
                 src.remove(raw_key.as_slice())?;
@@ -773,11 +992,16 @@ fn open_db(path: &Path) -> Result<sled::Db, LedgerError> {
         Ok(Err(e)) => {
             let text = e.to_string();
             if text.contains("could not acquire lock") {
-                Err(LedgerError::Locked { path: path.to_path_buf() })
+                Err(LedgerError::Locked {
+                    path: path.to_path_buf(),
+                })
             } else {
                 Err(storage(path, "open", text))
             }
         }
-        Err(_) => Err(LedgerError::Corrupt { path: path.to_path_buf(), what: "sled could not read its files".into() }),
+        Err(_) => Err(LedgerError::Corrupt {
+            path: path.to_path_buf(),
+            what: "sled could not read its files".into(),
+        }),
     }
 }

@@ -26,7 +26,11 @@ pub enum LedgerError {
     #[error("ledger {path} has schema version {found}; this build reads up to version {supported}")]
     NewerSchema { path: PathBuf, found: u32, supported: u32 },
     #[error("ledger {path} belongs to instance {stored}, not {wanted}")]
-    WrongInstance { path: PathBuf, stored: String, wanted: String },
+    WrongInstance {
+        path: PathBuf,
+        stored: String,
+        wanted: String,
+    },
     #[error("ledger {path}: {op} failed: {message}")]
     Storage { path: PathBuf, op: String, message: String },
     #[error("ledger {path} is damaged: {what}")]

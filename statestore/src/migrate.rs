@@ -18,19 +18,19 @@ pub(crate) fn migrate(path: &Path, enis: &sled::Tree, from: u32) -> Result<(), L
 }
 
 fn v1_to_v2(path: &Path, enis: &sled::Tree) -> Result<(), LedgerError> {
-    let mut position = 0u32;
-    for item in enis.iter() {
+    for (position, item) in (1u32..).zip(enis.iter()) {
         let (key, value) = item.map_err(|e| crate::ledger::storage(path, "migrate v1 enis", e))?;
-        position += 1;
         let Ok(mut record) = serde_json::from_slice::<serde_json::Value>(&value) else {
             continue; // undecodable records are reported by check, not guessed at here
         };
         if let Some(obj) = record.as_object_mut() {
-            obj.entry("route_table").or_insert_with(|| serde_json::json!(ROUTE_TABLE_BASE + position));
+            obj.entry("route_table")
+                .or_insert_with(|| serde_json::json!(ROUTE_TABLE_BASE + position));
             obj.entry("status").or_insert_with(|| serde_json::json!("in_use"));
         }
         let bytes = serde_json::to_vec(&record).map_err(|e| crate::ledger::storage(path, "migrate v1 enis", e))?;
-        enis.insert(key, bytes).map_err(|e| crate::ledger::storage(path, "migrate v1 enis", e))?;
+        enis.insert(key, bytes)
+            .map_err(|e| crate::ledger::storage(path, "migrate v1 enis", e))?;
     }
     Ok(())
 }

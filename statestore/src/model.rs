@@ -9,7 +9,9 @@ use std::net::IpAddr;
 pub type UnixMillis = u64;
 
 pub fn now_millis() -> UnixMillis {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// A pod by namespace and name; `uid` tells two incarnations apart.
@@ -23,7 +25,11 @@ pub struct PodRef {
 
 impl PodRef {
     pub fn new(namespace: &str, name: &str, uid: &str) -> Self {
-        Self { namespace: namespace.into(), name: name.into(), uid: uid.into() }
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+            uid: uid.into(),
+        }
     }
 
     /// `namespace/name`, the pod tree's key.
@@ -84,7 +90,9 @@ pub enum IpState {
     Idle,
     Bound(Binding),
     /// Released by a pod; reusable after `until`.
-    Cooling { until: UnixMillis },
+    Cooling {
+        until: UnixMillis,
+    },
     /// Being given back to the cloud.
     Releasing,
 }

@@ -79,7 +79,10 @@ pub fn surplus(c: PoolCounts, b: PoolBounds) -> u32 {
 /// The whole plan: fill existing ENIs first (fullest first, so ENIs drain
 /// evenly the other way), then create ENIs while the quota allows.
 pub fn plan(c: PoolCounts, b: PoolBounds, enis: &[EniRoom]) -> PoolPlan {
-    let mut out = PoolPlan { release: surplus(c, b), ..PoolPlan::default() };
+    let mut out = PoolPlan {
+        release: surplus(c, b),
+        ..PoolPlan::default()
+    };
     let mut need = deficit(c, b);
     let batch = b.batch.max(1);
     let mut growable: Vec<&EniRoom> = enis.iter().filter(|e| e.can_grow && e.ips < b.ips_per_eni).collect();
@@ -108,10 +111,20 @@ pub fn plan(c: PoolCounts, b: PoolBounds, enis: &[EniRoom]) -> PoolPlan {
 mod tests {
     use super::*;
 
-    const B: PoolBounds = PoolBounds { min_idle: 10, max_idle: 25, ips_per_eni: 10, max_secondary_enis: 3, batch: 10 };
+    const B: PoolBounds = PoolBounds {
+        min_idle: 10,
+        max_idle: 25,
+        ips_per_eni: 10,
+        max_secondary_enis: 3,
+        batch: 10,
+    };
 
     fn eni(id: &str, ips: u32) -> EniRoom {
-        EniRoom { eni_id: id.into(), ips, can_grow: true }
+        EniRoom {
+            eni_id: id.into(),
+            ips,
+            can_grow: true,
+        }
     }
 
     #[test]
@@ -126,47 +139,134 @@ mod tests {
 
     #[test]
     fn fills_existing_enis_in_batches_before_creating() {
-        let c = PoolCounts { idle: 0, cooling: 0, bound: 4, waiting: 0 };
+        let c = PoolCounts {
+            idle: 0,
+            cooling: 0,
+            bound: 4,
+            waiting: 0,
+        };
         let p = plan(c, B, &[eni("eni-a", 5), eni("eni-b", 2)]);
         // fullest first: a has room 5, b has room 8; 10 wanted
         assert_eq!(p.assign, vec![("eni-a".into(), 5), ("eni-b".into(), 5)]);
         assert!(p.new_enis.is_empty());
 
-        let big = PoolBounds { ips_per_eni: 30, min_idle: 25, max_idle: 25, ..B };
+        let big = PoolBounds {
+            ips_per_eni: 30,
+            min_idle: 25,
+            max_idle: 25,
+            ..B
+        };
         let p = plan(PoolCounts::default(), big, &[eni("eni-a", 1)]);
-        assert_eq!(p.assign, vec![("eni-a".into(), 10), ("eni-a".into(), 10), ("eni-a".into(), 5)], "batches of at most 10");
+        assert_eq!(
+            p.assign,
+            vec![("eni-a".into(), 10), ("eni-a".into(), 10), ("eni-a".into(), 5)],
+            "batches of at most 10"
+        );
     }
 
     #[test]
     fn waiting_adds_count_and_cooling_counts_as_spare() {
-        let c = PoolCounts { idle: 2, cooling: 8, bound: 0, waiting: 0 };
+        let c = PoolCounts {
+            idle: 2,
+            cooling: 8,
+            bound: 0,
+            waiting: 0,
+        };
         assert_eq!(deficit(c, B), 0, "cooling addresses will be idle soon");
-        let c = PoolCounts { idle: 0, cooling: 10, bound: 0, waiting: 3 };
+        let c = PoolCounts {
+            idle: 0,
+            cooling: 10,
+            bound: 0,
+            waiting: 3,
+        };
         assert_eq!(deficit(c, B), 3, "waiting ADDs cannot use cooling addresses");
-        let c = PoolCounts { idle: 1, cooling: 0, bound: 0, waiting: 5 };
+        let c = PoolCounts {
+            idle: 1,
+            cooling: 0,
+            bound: 0,
+            waiting: 5,
+        };
         assert_eq!(deficit(c, B), 14, "min_idle spare on top of the waiting");
     }
 
     #[test]
     fn never_grows_past_max() {
-        let b = PoolBounds { min_idle: 0, max_idle: 0, ..B };
+        let b = PoolBounds {
+            min_idle: 0,
+            max_idle: 0,
+            ..B
+        };
         assert_eq!(deficit(PoolCounts::default(), b), 0, "pure on-demand pool stays empty");
-        assert_eq!(deficit(PoolCounts { waiting: 4, ..Default::default() }, b), 4);
-        let c = PoolCounts { idle: 24, ..Default::default() };
+        assert_eq!(
+            deficit(
+                PoolCounts {
+                    waiting: 4,
+                    ..Default::default()
+                },
+                b
+            ),
+            4
+        );
+        let c = PoolCounts {
+            idle: 24,
+            ..Default::default()
+        };
         assert_eq!(deficit(c, B), 0);
     }
 
     #[test]
     fn releases_above_max_only_when_nobody_waits() {
-        assert_eq!(surplus(PoolCounts { idle: 30, ..Default::default() }, B), 5);
-        assert_eq!(surplus(PoolCounts { idle: 30, waiting: 1, ..Default::default() }, B), 0);
-        assert_eq!(surplus(PoolCounts { idle: 25, ..Default::default() }, B), 0);
-        assert_eq!(plan(PoolCounts { idle: 31, ..Default::default() }, B, &[]).release, 6);
+        assert_eq!(
+            surplus(
+                PoolCounts {
+                    idle: 30,
+                    ..Default::default()
+                },
+                B
+            ),
+            5
+        );
+        assert_eq!(
+            surplus(
+                PoolCounts {
+                    idle: 30,
+                    waiting: 1,
+                    ..Default::default()
+                },
+                B
+            ),
+            0
+        );
+        assert_eq!(
+            surplus(
+                PoolCounts {
+                    idle: 25,
+                    ..Default::default()
+                },
+                B
+            ),
+            0
+        );
+        assert_eq!(
+            plan(
+                PoolCounts {
+                    idle: 31,
+                    ..Default::default()
+                },
+                B,
+                &[]
+            )
+            .release,
+            6
+        );
     }
 
     #[test]
     fn quota_bounds_new_enis() {
-        let c = PoolCounts { waiting: 50, ..Default::default() };
+        let c = PoolCounts {
+            waiting: 50,
+            ..Default::default()
+        };
         let p = plan(c, B, &[eni("eni-a", 10), eni("eni-b", 10)]);
         assert_eq!(p.new_enis.len(), 1, "three secondary ENIs at most, two exist");
         assert_eq!(p.added(), 10);
@@ -176,8 +276,19 @@ mod tests {
 
     #[test]
     fn set_aside_enis_are_not_grown() {
-        let c = PoolCounts { waiting: 2, ..Default::default() };
-        let p = plan(c, B, &[EniRoom { eni_id: "eni-a".into(), ips: 1, can_grow: false }]);
+        let c = PoolCounts {
+            waiting: 2,
+            ..Default::default()
+        };
+        let p = plan(
+            c,
+            B,
+            &[EniRoom {
+                eni_id: "eni-a".into(),
+                ips: 1,
+                can_grow: false,
+            }],
+        );
         assert!(p.assign.is_empty());
         // 2 waiting + 10 spare = 12: a new ENI of 1 + 9, then one of 1 + 1
         assert_eq!(p.new_enis, vec![9, 1], "the rest comes from new ENIs");

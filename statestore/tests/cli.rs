@@ -34,8 +34,21 @@ fn build(dir: &Path) {
         };
         l.bind(&req, EniPreference::MostUsed, Durability::Flush).unwrap();
     }
-    l.release(&PodRef::new("shop", "db", "u"), None, Duration::from_secs(600), Durability::Flush).unwrap();
-    l.record_intent(IntentKind::AssignIps { eni_id: "eni-cli".into(), count: 3 }, Some("token-1".into())).unwrap();
+    l.release(
+        &PodRef::new("shop", "db", "u"),
+        None,
+        Duration::from_secs(600),
+        Durability::Flush,
+    )
+    .unwrap();
+    l.record_intent(
+        IntentKind::AssignIps {
+            eni_id: "eni-cli".into(),
+            count: 3,
+        },
+        Some("token-1".into()),
+    )
+    .unwrap();
 }
 
 fn ledger_tool(dir: &Path, args: &[&str]) -> (i32, String, String) {
@@ -45,7 +58,11 @@ fn ledger_tool(dir: &Path, args: &[&str]) -> (i32, String, String) {
         .args(args)
         .output()
         .unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
 }
 
 fn json(dir: &Path, args: &[&str]) -> serde_json::Value {
@@ -74,7 +91,10 @@ fn every_subcommand_human_and_json() {
     assert_eq!(json(dir.path(), &["pods"]).as_array().unwrap().len(), 1);
 
     let (_, out, _) = ledger_tool(dir.path(), &["ips"]);
-    assert!(out.contains("cooling") && out.contains("bound") && out.contains("shop/web"), "{out}");
+    assert!(
+        out.contains("cooling") && out.contains("bound") && out.contains("shop/web"),
+        "{out}"
+    );
     assert_eq!(json(dir.path(), &["ips"]).as_array().unwrap().len(), 4);
 
     let (_, out, _) = ledger_tool(dir.path(), &["enis"]);
@@ -94,7 +114,15 @@ fn every_subcommand_human_and_json() {
     assert_eq!(export["export_version"], 1);
     assert_eq!(export["meta"]["schema_version"], SCHEMA_VERSION);
     let parsed: Export = serde_json::from_value(export).unwrap();
-    assert_eq!((parsed.enis.len(), parsed.ips.len(), parsed.pods.len(), parsed.intents.len()), (1, 4, 1, 1));
+    assert_eq!(
+        (
+            parsed.enis.len(),
+            parsed.ips.len(),
+            parsed.pods.len(),
+            parsed.intents.len()
+        ),
+        (1, 4, 1, 1)
+    );
 
     let (code, out, _) = ledger_tool(dir.path(), &["repair"]);
     assert_eq!(code, 0);
@@ -112,14 +140,21 @@ fn check_fails_and_repair_fixes() {
     }
     let (code, out, _) = ledger_tool(dir.path(), &["check"]);
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("ips/10.1.0.") && out.contains("shop/web"), "names the broken record: {out}");
+    assert!(
+        out.contains("ips/10.1.0.") && out.contains("shop/web"),
+        "names the broken record: {out}"
+    );
     let v: serde_json::Value = serde_json::from_str(&ledger_tool(dir.path(), &["check", "--json"]).1).unwrap();
     assert_eq!(v["consistent"], false);
     let v = json(dir.path(), &["repair"]);
     assert_eq!(v["moved"].as_array().unwrap().len(), 1);
     assert_eq!(ledger_tool(dir.path(), &["check"]).0, 0);
     let export = json(dir.path(), &["export"]);
-    assert_eq!(export["quarantine"]["ips"].as_object().unwrap().len(), 1, "kept aside, not deleted");
+    assert_eq!(
+        export["quarantine"]["ips"].as_object().unwrap().len(),
+        1,
+        "kept aside, not deleted"
+    );
 }
 
 #[test]
@@ -129,7 +164,10 @@ fn a_ledger_held_by_another_process() {
     let held = Ledger::open(dir.path()).unwrap();
     let (code, _, err) = ledger_tool(dir.path(), &["summary"]);
     assert_eq!(code, 2);
-    assert!(err.contains("held by another process") && err.contains("--snapshot"), "{err}");
+    assert!(
+        err.contains("held by another process") && err.contains("--snapshot"),
+        "{err}"
+    );
     // the snapshot reads a copy, and the live ledger is untouched
     let v = json(dir.path(), &["summary", "--snapshot"]);
     assert_eq!(v["totals"]["bound"], 1);
@@ -155,5 +193,8 @@ fn missing_or_newer_ledgers_are_clear_errors() {
     }
     let (code, _, err) = ledger_tool(dir.path(), &["summary"]);
     assert_eq!(code, 2);
-    assert!(err.contains("schema version 7") && err.contains(&format!("up to version {SCHEMA_VERSION}")), "{err}");
+    assert!(
+        err.contains("schema version 7") && err.contains(&format!("up to version {SCHEMA_VERSION}")),
+        "{err}"
+    );
 }

@@ -25,8 +25,13 @@ fn pod(n: u32) -> PodRef {
 /// the durable return what it finished; the parent holds it to the latter.
 #[test]
 fn crash_worker() {
-    let Ok(dir) = std::env::var("CRASH_WORKER_DIR") else { return };
-    let seed: u64 = std::env::var("CRASH_WORKER_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
+    let Ok(dir) = std::env::var("CRASH_WORKER_DIR") else {
+        return;
+    };
+    let seed: u64 = std::env::var("CRASH_WORKER_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
     let ledger = Ledger::open(std::path::Path::new(&dir)).unwrap();
     let mut x = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
     let mut next = move || {
@@ -57,7 +62,9 @@ fn crash_worker() {
             }
             6..=8 => {
                 println!("RELEASING {key}");
-                ledger.release(&pod(p), None, Duration::from_millis(1), Durability::Flush).unwrap();
+                ledger
+                    .release(&pod(p), None, Duration::from_millis(1), Durability::Flush)
+                    .unwrap();
                 println!("RELEASED {key}");
             }
             _ => {
@@ -121,7 +128,10 @@ fn sigkill_at_random_moments() {
             .unwrap();
         let stdout = child.stdout.take().unwrap();
         let reader = std::thread::spawn(move || {
-            BufReader::new(stdout).lines().map_while(Result::ok).collect::<Vec<String>>()
+            BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+                .collect::<Vec<String>>()
         });
         // kill anywhere from before the ledger is open to well into the loop
         std::thread::sleep(Duration::from_micros(rng % 40_000));
@@ -156,7 +166,10 @@ fn sigkill_at_random_moments() {
 
         let l = Ledger::open(dir.path()).unwrap_or_else(|e| panic!("kill {kill}: reopen failed: {e}"));
         let problems = l.check();
-        assert!(problems.is_empty(), "kill {kill}: inconsistent after SIGKILL: {problems:?}");
+        assert!(
+            problems.is_empty(),
+            "kill {kill}: inconsistent after SIGKILL: {problems:?}"
+        );
         let s = l.snapshot();
         let mut owners: BTreeMap<IpAddr, String> = BTreeMap::new();
         for (key, p) in &s.pods {
@@ -184,5 +197,8 @@ fn sigkill_at_random_moments() {
         "{KILLS} SIGKILLs in {:.1} s: {kills_after_work} after acknowledged work, {acked_total} acknowledged operations checked",
         started.elapsed().as_secs_f64()
     );
-    assert!(kills_after_work >= KILLS / 4, "most kills should land mid-work: {kills_after_work}");
+    assert!(
+        kills_after_work >= KILLS / 4,
+        "most kills should land mid-work: {kills_after_work}"
+    );
 }

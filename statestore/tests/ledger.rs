@@ -37,7 +37,12 @@ fn req(name: &str, container: &str) -> BindRequest {
 fn ledger_with_pool(dir: &std::path::Path) -> Ledger {
     let l = Ledger::open(dir).unwrap();
     l.adopt_eni(eni("eni-a", 1), Durability::Flush).unwrap();
-    l.adopt_ips("eni-a", &[ip("10.0.1.2"), ip("10.0.1.3"), ip("10.0.1.4")], Durability::Flush).unwrap();
+    l.adopt_ips(
+        "eni-a",
+        &[ip("10.0.1.2"), ip("10.0.1.3"), ip("10.0.1.4")],
+        Durability::Flush,
+    )
+    .unwrap();
     l
 }
 
@@ -45,18 +50,36 @@ fn ledger_with_pool(dir: &std::path::Path) -> Ledger {
 fn bind_is_idempotent_and_survives_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let l = ledger_with_pool(dir.path());
-    let a = l.bind(&req("a", "c1"), EniPreference::MostUsed, Durability::Flush).unwrap();
+    let a = l
+        .bind(&req("a", "c1"), EniPreference::MostUsed, Durability::Flush)
+        .unwrap();
     assert!(!a.existing);
-    let again = l.bind(&req("a", "c1"), EniPreference::MostUsed, Durability::Flush).unwrap();
-    assert_eq!((again.ip, again.existing), (a.ip, true), "a repeated ADD gets the same address");
-    let b = l.bind(&req("b", "c2"), EniPreference::MostUsed, Durability::Flush).unwrap();
+    let again = l
+        .bind(&req("a", "c1"), EniPreference::MostUsed, Durability::Flush)
+        .unwrap();
+    assert_eq!(
+        (again.ip, again.existing),
+        (a.ip, true),
+        "a repeated ADD gets the same address"
+    );
+    let b = l
+        .bind(&req("b", "c2"), EniPreference::MostUsed, Durability::Flush)
+        .unwrap();
     assert_ne!(a.ip, b.ip);
     drop(l);
 
     let l = Ledger::open(dir.path()).unwrap();
-    assert_eq!(l.bind(&req("a", "c1"), EniPreference::MostUsed, Durability::Flush).unwrap().ip, a.ip, "kept across restarts");
+    assert_eq!(
+        l.bind(&req("a", "c1"), EniPreference::MostUsed, Durability::Flush)
+            .unwrap()
+            .ip,
+        a.ip,
+        "kept across restarts"
+    );
     // a new sandbox of the same pod keeps the address
-    let renewed = l.bind(&req("a", "c9"), EniPreference::MostUsed, Durability::Flush).unwrap();
+    let renewed = l
+        .bind(&req("a", "c9"), EniPreference::MostUsed, Durability::Flush)
+        .unwrap();
     assert_eq!((renewed.ip, renewed.existing), (a.ip, true));
     assert_eq!(l.pod(&req("a", "c9").pod).unwrap().container_id, "c9");
     assert!(l.check().is_empty(), "{:?}", l.check());
@@ -66,22 +89,63 @@ fn bind_is_idempotent_and_survives_reopen() {
 fn release_cools_then_idles_and_ignores_stale_del() {
     let dir = tempfile::tempdir().unwrap();
     let l = ledger_with_pool(dir.path());
-    let a = l.bind(&req("a", "c1"), EniPreference::MostUsed, Durability::Flush).unwrap();
-    let stale = l.release(&req("a", "c1").pod, Some("old-container"), Duration::from_secs(30), Durability::Flush).unwrap();
-    assert!(stale.stale && stale.ips.is_empty(), "a DEL for an older sandbox changes nothing");
-    let r = l.release(&req("a", "c1").pod, Some("c1"), Duration::from_secs(30), Durability::Flush).unwrap();
+    let a = l
+        .bind(&req("a", "c1"), EniPreference::MostUsed, Durability::Flush)
+        .unwrap();
+    let stale = l
+        .release(
+            &req("a", "c1").pod,
+            Some("old-container"),
+            Duration::from_secs(30),
+            Durability::Flush,
+        )
+        .unwrap();
+    assert!(
+        stale.stale && stale.ips.is_empty(),
+        "a DEL for an older sandbox changes nothing"
+    );
+    let r = l
+        .release(
+            &req("a", "c1").pod,
+            Some("c1"),
+            Duration::from_secs(30),
+            Durability::Flush,
+        )
+        .unwrap();
     assert_eq!(r.ips, vec![a.ip]);
     assert!(matches!(l.snapshot().ips[&a.ip].state, IpState::Cooling { .. }));
     // the cooling address is not handed out
     for name in ["x", "y"] {
-        assert_ne!(l.bind(&req(name, name), EniPreference::MostUsed, Durability::Flush).unwrap().ip, a.ip);
+        assert_ne!(
+            l.bind(&req(name, name), EniPreference::MostUsed, Durability::Flush)
+                .unwrap()
+                .ip,
+            a.ip
+        );
     }
-    assert!(matches!(l.bind(&req("z", "z"), EniPreference::MostUsed, Durability::Flush), Err(LedgerError::NoIdleIp { cooling: 1 })));
+    assert!(matches!(
+        l.bind(&req("z", "z"), EniPreference::MostUsed, Durability::Flush),
+        Err(LedgerError::NoIdleIp { cooling: 1 })
+    ));
     assert_eq!(l.promote_cooled(now_millis(), Durability::Flush).unwrap(), 0, "not yet");
     assert_eq!(l.promote_cooled(now_millis() + 31_000, Durability::Flush).unwrap(), 1);
-    assert_eq!(l.bind(&req("z", "z"), EniPreference::MostUsed, Durability::Flush).unwrap().ip, a.ip);
+    assert_eq!(
+        l.bind(&req("z", "z"), EniPreference::MostUsed, Durability::Flush)
+            .unwrap()
+            .ip,
+        a.ip
+    );
     // DEL of an unknown pod succeeds with nothing to do
-    assert_eq!(l.release(&PodRef::new("ns", "nobody", ""), None, Duration::ZERO, Durability::Flush).unwrap(), Released::default());
+    assert_eq!(
+        l.release(
+            &PodRef::new("ns", "nobody", ""),
+            None,
+            Duration::ZERO,
+            Durability::Flush
+        )
+        .unwrap(),
+        Released::default()
+    );
 }
 
 #[test]
@@ -89,11 +153,18 @@ fn preference_packs_or_spreads() {
     let dir = tempfile::tempdir().unwrap();
     let l = ledger_with_pool(dir.path());
     l.adopt_eni(eni("eni-b", 2), Durability::Flush).unwrap();
-    l.adopt_ips("eni-b", &[ip("10.0.2.2"), ip("10.0.2.3")], Durability::Flush).unwrap();
-    let first = l.bind(&req("p1", "p1"), EniPreference::MostUsed, Durability::Flush).unwrap();
-    let packed = l.bind(&req("p2", "p2"), EniPreference::MostUsed, Durability::Flush).unwrap();
+    l.adopt_ips("eni-b", &[ip("10.0.2.2"), ip("10.0.2.3")], Durability::Flush)
+        .unwrap();
+    let first = l
+        .bind(&req("p1", "p1"), EniPreference::MostUsed, Durability::Flush)
+        .unwrap();
+    let packed = l
+        .bind(&req("p2", "p2"), EniPreference::MostUsed, Durability::Flush)
+        .unwrap();
     assert_eq!(first.eni.id, packed.eni.id, "most_ips packs onto the busier ENI");
-    let spread = l.bind(&req("p3", "p3"), EniPreference::LeastUsed, Durability::Flush).unwrap();
+    let spread = l
+        .bind(&req("p3", "p3"), EniPreference::LeastUsed, Durability::Flush)
+        .unwrap();
     assert_ne!(spread.eni.id, first.eni.id, "least_ips spreads");
 }
 
@@ -103,19 +174,45 @@ fn intents_keep_addresses_out_of_the_pool() {
     let l = ledger_with_pool(dir.path());
     let marked = l.mark_releasing(&[ip("10.0.1.2")], Durability::Flush).unwrap();
     assert_eq!(marked, vec![ip("10.0.1.2")]);
-    let intent = l.record_intent(IntentKind::UnassignIps { eni_id: "eni-a".into(), ips: vec![ip("10.0.1.3")] }, None).unwrap();
+    let intent = l
+        .record_intent(
+            IntentKind::UnassignIps {
+                eni_id: "eni-a".into(),
+                ips: vec![ip("10.0.1.3")],
+            },
+            None,
+        )
+        .unwrap();
     drop(l);
     let l = Ledger::open(dir.path()).unwrap();
     assert_eq!(l.intents(), vec![intent.clone()], "intents survive a restart");
-    let b = l.bind(&req("a", "a"), EniPreference::MostUsed, Durability::Flush).unwrap();
+    let b = l
+        .bind(&req("a", "a"), EniPreference::MostUsed, Durability::Flush)
+        .unwrap();
     assert_eq!(b.ip, ip("10.0.1.4"), "neither the releasing nor the intent's address");
     l.complete_intent(intent.id, Durability::Flush).unwrap();
-    let next = l.record_intent(IntentKind::CreateEni { vswitch_id: "vsw-1".into() }, Some("tok".into())).unwrap();
+    let next = l
+        .record_intent(
+            IntentKind::CreateEni {
+                vswitch_id: "vsw-1".into(),
+            },
+            Some("tok".into()),
+        )
+        .unwrap();
     assert!(next.id > intent.id, "intent ids are never reused");
     l.remove_ips(&[ip("10.0.1.2")], Durability::Flush).unwrap();
     assert!(!l.snapshot().ips.contains_key(&ip("10.0.1.2")));
-    assert!(matches!(l.remove_ips(&[b.ip], Durability::Flush), Err(LedgerError::Conflict { .. })), "a bound address stays");
-    assert!(matches!(l.remove_eni("eni-a", Durability::Flush), Err(LedgerError::Conflict { .. })));
+    assert!(
+        matches!(
+            l.remove_ips(&[b.ip], Durability::Flush),
+            Err(LedgerError::Conflict { .. })
+        ),
+        "a bound address stays"
+    );
+    assert!(matches!(
+        l.remove_eni("eni-a", Durability::Flush),
+        Err(LedgerError::Conflict { .. })
+    ));
 }
 
 #[test]
@@ -125,26 +222,52 @@ fn exclusive_eni_reservation() {
     l.adopt_eni(eni("eni-x", 7), Durability::Flush).unwrap();
     let b = l.reserve_eni(&req("big", "c1"), Durability::Flush).unwrap();
     assert_eq!((b.eni.id.as_str(), b.ip), ("eni-x", ip("10.0.7.1")));
-    assert_eq!(l.reserve_eni(&req("big", "c1"), Durability::Flush).unwrap().eni.id, "eni-x", "idempotent");
-    assert!(matches!(l.reserve_eni(&req("other", "c2"), Durability::Flush), Err(LedgerError::NoIdleEni)));
+    assert_eq!(
+        l.reserve_eni(&req("big", "c1"), Durability::Flush).unwrap().eni.id,
+        "eni-x",
+        "idempotent"
+    );
+    assert!(matches!(
+        l.reserve_eni(&req("other", "c2"), Durability::Flush),
+        Err(LedgerError::NoIdleEni)
+    ));
     assert!(l.check().is_empty(), "{:?}", l.check());
-    let r = l.release(&req("big", "c1").pod, Some("c1"), Duration::ZERO, Durability::Flush).unwrap();
+    let r = l
+        .release(&req("big", "c1").pod, Some("c1"), Duration::ZERO, Durability::Flush)
+        .unwrap();
     assert_eq!(r.eni_id.as_deref(), Some("eni-x"));
-    assert_eq!(l.reserve_eni(&req("other", "c2"), Durability::Flush).unwrap().eni.id, "eni-x");
+    assert_eq!(
+        l.reserve_eni(&req("other", "c2"), Durability::Flush).unwrap().eni.id,
+        "eni-x"
+    );
 }
 
 #[test]
 fn opening_rules() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let l = Ledger::open_with(dir.path(), &OpenOptions { instance_id: Some("i-1".into()), ..Default::default() }).unwrap();
+        let l = Ledger::open_with(
+            dir.path(),
+            &OpenOptions {
+                instance_id: Some("i-1".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
         // a second opener, even in the same process, is refused
         let e = Ledger::open(dir.path()).unwrap_err();
         assert!(matches!(e, LedgerError::Locked { .. }), "{e}");
         assert!(e.to_string().contains("held by another process"));
         drop(l);
     }
-    let e = Ledger::open_with(dir.path(), &OpenOptions { instance_id: Some("i-2".into()), ..Default::default() }).unwrap_err();
+    let e = Ledger::open_with(
+        dir.path(),
+        &OpenOptions {
+            instance_id: Some("i-2".into()),
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("i-1") && e.to_string().contains("i-2"), "{e}");
 
     // a newer schema is refused, naming both versions
@@ -154,11 +277,30 @@ fn opening_rules() {
         db.flush().unwrap();
     }
     let e = Ledger::open(dir.path()).unwrap_err();
-    assert!(matches!(e, LedgerError::NewerSchema { found: 99, supported: SCHEMA_VERSION, .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            LedgerError::NewerSchema {
+                found: 99,
+                supported: SCHEMA_VERSION,
+                ..
+            }
+        ),
+        "{e}"
+    );
     assert!(e.to_string().contains("99") && e.to_string().contains(&SCHEMA_VERSION.to_string()));
 
     let missing = dir.path().join("nope");
-    assert!(matches!(Ledger::open_with(&missing, &OpenOptions { must_exist: true, ..Default::default() }), Err(LedgerError::NotFound { .. })));
+    assert!(matches!(
+        Ledger::open_with(
+            &missing,
+            &OpenOptions {
+                must_exist: true,
+                ..Default::default()
+            }
+        ),
+        Err(LedgerError::NotFound { .. })
+    ));
 }
 
 #[test]
@@ -191,7 +333,10 @@ fn undecodable_records_are_named_and_the_rest_reads() {
     drop(ledger_with_pool(dir.path()));
     {
         let db = sled::open(dir.path()).unwrap();
-        db.open_tree("ips").unwrap().insert("10.0.1.9", &b"{not json"[..]).unwrap();
+        db.open_tree("ips")
+            .unwrap()
+            .insert("10.0.1.9", &b"{not json"[..])
+            .unwrap();
         db.flush().unwrap();
     }
     let l = Ledger::open(dir.path()).unwrap();
@@ -212,14 +357,23 @@ fn undecodable_records_are_named_and_the_rest_reads() {
 fn check_names_broken_records_and_repair_moves_them_aside() {
     let dir = tempfile::tempdir().unwrap();
     let l = ledger_with_pool(dir.path());
-    let a = l.bind(&req("a", "c1"), EniPreference::MostUsed, Durability::Flush).unwrap();
+    let a = l
+        .bind(&req("a", "c1"), EniPreference::MostUsed, Durability::Flush)
+        .unwrap();
     drop(l);
     {
         // break it behind the ledger's back: the pod record vanishes, and an address points at a missing ENI
         let db = sled::open(dir.path()).unwrap();
         db.open_tree("pods").unwrap().remove("default/a").unwrap();
-        let orphan = IpRecord { ip: ip("10.9.9.9"), eni_id: "eni-gone".into(), state: IpState::Idle };
-        db.open_tree("ips").unwrap().insert("10.9.9.9", serde_json::to_vec(&orphan).unwrap()).unwrap();
+        let orphan = IpRecord {
+            ip: ip("10.9.9.9"),
+            eni_id: "eni-gone".into(),
+            state: IpState::Idle,
+        };
+        db.open_tree("ips")
+            .unwrap()
+            .insert("10.9.9.9", serde_json::to_vec(&orphan).unwrap())
+            .unwrap();
         db.flush().unwrap();
     }
     let l = Ledger::open(dir.path()).unwrap();

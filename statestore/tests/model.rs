@@ -78,8 +78,16 @@ impl Model {
                     (r.ip, (r.eni_id.clone(), state))
                 })
                 .collect(),
-            pods: s.pods.iter().map(|(k, p)| (k.clone(), (p.container_id.clone(), p.ips[0]))).collect(),
-            intents: s.intents.iter().map(|(id, i)| (*id, i.kind.touched_ips().to_vec())).collect(),
+            pods: s
+                .pods
+                .iter()
+                .map(|(k, p)| (k.clone(), (p.container_id.clone(), p.ips[0])))
+                .collect(),
+            intents: s
+                .intents
+                .iter()
+                .map(|(id, i)| (*id, i.kind.touched_ips().to_vec()))
+                .collect(),
         }
     }
 }
@@ -118,7 +126,11 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 }
                 prop_assert_eq!(fresh, want, "step {}: adopted", step);
             }
-            Op::Bind { pod: p, container, spread } => {
+            Op::Bind {
+                pod: p,
+                container,
+                spread,
+            } => {
                 let key = pod(p).key();
                 let container = format!("c{container}");
                 let request = BindRequest {
@@ -128,7 +140,11 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     ifname: "eth0".into(),
                     settings: PodNetworkSettings::default(),
                 };
-                let pref = if spread { EniPreference::LeastUsed } else { EniPreference::MostUsed };
+                let pref = if spread {
+                    EniPreference::LeastUsed
+                } else {
+                    EniPreference::MostUsed
+                };
                 let result = l.bind(&request, pref, Durability::Flush);
                 let held: BTreeSet<IpAddr> = m.intents.values().flatten().copied().collect();
                 if let Some((_, ip)) = m.pods.get(&key).cloned() {
@@ -137,25 +153,42 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     m.pods.insert(key.clone(), (container.clone(), ip));
                     m.ips.get_mut(&ip).unwrap().1 = format!("bound:{key}/{container}");
                 } else {
-                    let idle: BTreeSet<IpAddr> =
-                        m.ips.iter().filter(|(ip, (_, s))| s == "idle" && !held.contains(ip)).map(|(ip, _)| *ip).collect();
+                    let idle: BTreeSet<IpAddr> = m
+                        .ips
+                        .iter()
+                        .filter(|(ip, (_, s))| s == "idle" && !held.contains(ip))
+                        .map(|(ip, _)| *ip)
+                        .collect();
                     match result {
                         Ok(got) => {
-                            prop_assert!(idle.contains(&got.ip), "step {}: {} was not idle and free", step, got.ip);
+                            prop_assert!(
+                                idle.contains(&got.ip),
+                                "step {}: {} was not idle and free",
+                                step,
+                                got.ip
+                            );
                             prop_assert!(!got.existing);
                             m.pods.insert(key.clone(), (container.clone(), got.ip));
                             m.ips.get_mut(&got.ip).unwrap().1 = format!("bound:{key}/{container}");
                         }
-                        Err(LedgerError::NoIdleIp { .. }) => prop_assert!(idle.is_empty(), "step {}: refused with {:?} idle", step, idle),
+                        Err(LedgerError::NoIdleIp { .. }) => {
+                            prop_assert!(idle.is_empty(), "step {}: refused with {:?} idle", step, idle)
+                        }
                         Err(e) => return Err(TestCaseError::fail(format!("step {step}: {e}"))),
                     }
                 }
             }
-            Op::Release { pod: p, container, cool } => {
+            Op::Release {
+                pod: p,
+                container,
+                cool,
+            } => {
                 let key = pod(p).key();
                 let container = container.map(|c| format!("c{c}"));
                 let cooldown = if cool { Duration::from_secs(60) } else { Duration::ZERO };
-                let r = l.release(&pod(p), container.as_deref(), cooldown, Durability::Flush).unwrap();
+                let r = l
+                    .release(&pod(p), container.as_deref(), cooldown, Durability::Flush)
+                    .unwrap();
                 match m.pods.get(&key).cloned() {
                     None => prop_assert_eq!(r, Released::default()),
                     Some((c, _)) if container.as_ref().is_some_and(|want| *want != c) => prop_assert!(r.stale),
@@ -199,7 +232,15 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
             Op::RecordUnassign(e, i) => {
                 let ip = addr(e, i);
-                let intent = l.record_intent(IntentKind::UnassignIps { eni_id: eni_id(e), ips: vec![ip] }, None).unwrap();
+                let intent = l
+                    .record_intent(
+                        IntentKind::UnassignIps {
+                            eni_id: eni_id(e),
+                            ips: vec![ip],
+                        },
+                        None,
+                    )
+                    .unwrap();
                 prop_assert!(m.intents.keys().all(|id| *id < intent.id), "ids grow");
                 m.intents.insert(intent.id, vec![ip]);
             }

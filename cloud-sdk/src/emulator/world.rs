@@ -893,7 +893,7 @@ impl World {
         };
         Ok(json!({
             "TotalCount": total,
-            "PageNumber": if size > 0 { start / size + 1 } else { 1 },
+            "PageNumber": start.checked_div(size).map_or(1, |n| n + 1),
             "PageSize": size,
             "NextToken": next_token,
             "NetworkInterfaceSets": {"NetworkInterfaceSet": page},

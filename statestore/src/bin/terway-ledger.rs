@@ -69,12 +69,20 @@ fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
 }
 
 fn open(cli: &Cli, writable: bool) -> anyhow::Result<(Ledger, Option<tempfile::TempDir>)> {
-    let opts = OpenOptions { must_exist: true, read_only: !writable, ..OpenOptions::default() };
+    let opts = OpenOptions {
+        must_exist: true,
+        read_only: !writable,
+        ..OpenOptions::default()
+    };
     if cli.snapshot {
-        anyhow::ensure!(!writable, "--snapshot reads a copy; repair must run on the ledger itself, with terwayd stopped");
+        anyhow::ensure!(
+            !writable,
+            "--snapshot reads a copy; repair must run on the ledger itself, with terwayd stopped"
+        );
         let dir = tempfile::tempdir().context("creating a directory for the snapshot")?;
         copy_dir(&cli.path, dir.path()).with_context(|| format!("copying {}", cli.path.display()))?;
-        let ledger = Ledger::open_with(dir.path(), &opts).map_err(|e| anyhow::anyhow!("snapshot of {}: {e}", cli.path.display()))?;
+        let ledger = Ledger::open_with(dir.path(), &opts)
+            .map_err(|e| anyhow::anyhow!("snapshot of {}: {e}", cli.path.display()))?;
         return Ok((ledger, Some(dir)));
     }
     Ok((Ledger::open_with(&cli.path, &opts)?, None))
@@ -88,7 +96,11 @@ fn table(headers: &[&str], rows: Vec<Vec<String>>) {
         }
     }
     let line = |cells: Vec<String>| {
-        let text: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths[i])).collect();
+        let text: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect();
         println!("{}", text.join("  ").trim_end());
     };
     line(headers.iter().map(|h| (*h).to_owned()).collect());
@@ -111,7 +123,10 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             let mut rows = Vec::new();
             let mut out = serde_json::Map::new();
             for (id, eni) in &s.enis {
-                let counts: Vec<usize> = ["idle", "bound", "cooling", "releasing"].iter().map(|st| s.count(id, st)).collect();
+                let counts: Vec<usize> = ["idle", "bound", "cooling", "releasing"]
+                    .iter()
+                    .map(|st| s.count(id, st))
+                    .collect();
                 out.insert(id.clone(), serde_json::json!({
                     "vswitch_id": eni.vswitch_id, "status": eni.status, "owner": eni.owner.as_ref().map(ToString::to_string),
                     "idle": counts[0], "bound": counts[1], "cooling": counts[2], "releasing": counts[3],
@@ -126,22 +141,39 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             if cli.json {
                 print_json(&serde_json::json!({"enis": out, "totals": totals}))?;
             } else {
-                table(&["ENI", "VSWITCH", "STATUS", "IDLE", "BOUND", "COOLING", "RELEASING"], rows);
-                println!("\ntotal: {} idle, {} bound, {} cooling, {} releasing; {} pods, {} ENIs, {} unresolved intents",
-                    totals["idle"], totals["bound"], totals["cooling"], totals["releasing"], totals["pods"], totals["enis"], totals["intents"]);
+                table(
+                    &["ENI", "VSWITCH", "STATUS", "IDLE", "BOUND", "COOLING", "RELEASING"],
+                    rows,
+                );
+                println!(
+                    "\ntotal: {} idle, {} bound, {} cooling, {} releasing; {} pods, {} ENIs, {} unresolved intents",
+                    totals["idle"],
+                    totals["bound"],
+                    totals["cooling"],
+                    totals["releasing"],
+                    totals["pods"],
+                    totals["enis"],
+                    totals["intents"]
+                );
             }
         }
         Command::Pods => {
             if cli.json {
                 print_json(&s.pods.values().collect::<Vec<_>>())?;
             } else {
-                let rows = s.pods.values().map(|p| vec![
-                    p.pod.to_string(),
-                    p.ips.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
-                    p.eni_id.clone().unwrap_or_else(|| "-".into()),
-                    p.container_id.chars().take(12).collect(),
-                    p.netns.clone(),
-                ]).collect();
+                let rows = s
+                    .pods
+                    .values()
+                    .map(|p| {
+                        vec![
+                            p.pod.to_string(),
+                            p.ips.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
+                            p.eni_id.clone().unwrap_or_else(|| "-".into()),
+                            p.container_id.chars().take(12).collect(),
+                            p.netns.clone(),
+                        ]
+                    })
+                    .collect();
                 table(&["POD", "IPS", "EXCLUSIVE ENI", "CONTAINER", "NETNS"], rows);
             }
         }
@@ -149,14 +181,18 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             if cli.json {
                 print_json(&s.ips.values().collect::<Vec<_>>())?;
             } else {
-                let rows = s.ips.values().map(|r| {
-                    let detail = match &r.state {
-                        IpState::Bound(b) => b.pod.to_string(),
-                        IpState::Cooling { until } => format!("until {until} ms"),
-                        _ => String::new(),
-                    };
-                    vec![r.ip.to_string(), r.eni_id.clone(), r.state.name().to_owned(), detail]
-                }).collect();
+                let rows = s
+                    .ips
+                    .values()
+                    .map(|r| {
+                        let detail = match &r.state {
+                            IpState::Bound(b) => b.pod.to_string(),
+                            IpState::Cooling { until } => format!("until {until} ms"),
+                            _ => String::new(),
+                        };
+                        vec![r.ip.to_string(), r.eni_id.clone(), r.state.name().to_owned(), detail]
+                    })
+                    .collect();
                 table(&["IP", "ENI", "STATE", "DETAIL"], rows);
             }
         }
@@ -164,25 +200,59 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             if cli.json {
                 print_json(&s.enis.values().collect::<Vec<_>>())?;
             } else {
-                let rows = s.enis.values().map(|e| vec![
-                    e.id.clone(), e.mac.clone(), e.vswitch_id.clone(), e.cidr.clone(), e.gateway.to_string(),
-                    e.primary_ip.to_string(), format!("{:?}", e.status), e.route_table.to_string(),
-                    e.owner.as_ref().map_or("-".into(), ToString::to_string),
-                ]).collect();
-                table(&["ENI", "MAC", "VSWITCH", "CIDR", "GATEWAY", "PRIMARY IP", "STATUS", "TABLE", "OWNER"], rows);
+                let rows = s
+                    .enis
+                    .values()
+                    .map(|e| {
+                        vec![
+                            e.id.clone(),
+                            e.mac.clone(),
+                            e.vswitch_id.clone(),
+                            e.cidr.clone(),
+                            e.gateway.to_string(),
+                            e.primary_ip.to_string(),
+                            format!("{:?}", e.status),
+                            e.route_table.to_string(),
+                            e.owner.as_ref().map_or("-".into(), ToString::to_string),
+                        ]
+                    })
+                    .collect();
+                table(
+                    &[
+                        "ENI",
+                        "MAC",
+                        "VSWITCH",
+                        "CIDR",
+                        "GATEWAY",
+                        "PRIMARY IP",
+                        "STATUS",
+                        "TABLE",
+                        "OWNER",
+                    ],
+                    rows,
+                );
             }
         }
         Command::Intents => {
             if cli.json {
                 print_json(&s.intents.values().collect::<Vec<_>>())?;
             } else {
-                let rows = s.intents.values().map(|i| vec![
-                    i.id.to_string(),
-                    serde_json::to_value(&i.kind).ok().and_then(|v| v["kind"].as_str().map(str::to_owned)).unwrap_or_default(),
-                    serde_json::to_string(&i.kind).unwrap_or_default(),
-                    i.client_token.clone().unwrap_or_else(|| "-".into()),
-                    i.created_at.to_string(),
-                ]).collect();
+                let rows = s
+                    .intents
+                    .values()
+                    .map(|i| {
+                        vec![
+                            i.id.to_string(),
+                            serde_json::to_value(&i.kind)
+                                .ok()
+                                .and_then(|v| v["kind"].as_str().map(str::to_owned))
+                                .unwrap_or_default(),
+                            serde_json::to_string(&i.kind).unwrap_or_default(),
+                            i.client_token.clone().unwrap_or_else(|| "-".into()),
+                            i.created_at.to_string(),
+                        ]
+                    })
+                    .collect();
                 table(&["ID", "KIND", "PARAMETERS", "CLIENT TOKEN", "CREATED (ms)"], rows);
             }
         }
@@ -191,14 +261,27 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             if cli.json {
                 print_json(&serde_json::json!({"consistent": problems.is_empty(), "problems": problems}))?;
             } else if problems.is_empty() {
-                println!("consistent: {} ENIs, {} addresses, {} pods, {} intents", s.enis.len(), s.ips.len(), s.pods.len(), s.intents.len());
+                println!(
+                    "consistent: {} ENIs, {} addresses, {} pods, {} intents",
+                    s.enis.len(),
+                    s.ips.len(),
+                    s.pods.len(),
+                    s.intents.len()
+                );
             } else {
                 for p in &problems {
                     println!("{p}");
                 }
-                println!("{} problem(s); `terway-ledger repair` moves these records aside", problems.len());
+                println!(
+                    "{} problem(s); `terway-ledger repair` moves these records aside",
+                    problems.len()
+                );
             }
-            return Ok(if problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) });
+            return Ok(if problems.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            });
         }
         Command::Export => print_json(&ledger.export()?)?,
         Command::Repair => {
