@@ -1,0 +1,38 @@
+//! terway-datapath: the netlink side of a pod's network. Out of the pod
+//! through the ENI that owns its address (so the VPC's source check accepts
+//! it), and from the VPC back into the pod, with no tunnel.
+//!
+//! [`Datapath`] is the entry type; it works in a "host" namespace given to
+//! it (the node's own, or one a test made), and every operation is
+//! idempotent: setup twice is setup once, teardown of what is half made or
+//! already gone succeeds, [`Datapath::check`] says what differs from the
+//! desired state and [`Datapath::repair`] puts it back.
+
+mod ipvlan;
+pub mod names;
+mod netlink;
+pub mod netns;
+mod pod;
+mod tbf;
+
+pub use ipvlan::child_message as ipvlan_child_message;
+pub use netlink::{Netlink, RouteSpec, RuleSpec};
+pub use netns::NetNs;
+pub use pod::{Bandwidth, Datapath, Drift, EniLink, Mode, PodSpec, SetupResult};
+pub use tbf::Tbf;
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error("network namespace {path}: {source}")]
+    Netns { path: PathBuf, source: std::io::Error },
+    #[error("netlink in {ns}: {op}: {message}")]
+    Netlink { op: String, ns: PathBuf, message: String },
+    #[error("sysctl {key}: {source}")]
+    Sysctl { key: String, source: std::io::Error },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("teardown left {} problem(s): {}", .0.len(), .0.join("; "))]
+    Teardown(Vec<String>),
+}
