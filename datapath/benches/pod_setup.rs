@@ -22,7 +22,11 @@ fn summary(label: &str, mut times: Vec<Duration>, total: Duration) -> f64 {
     times.sort();
     let pct = |p: f64| times[((times.len() as f64 * p) as usize).min(times.len() - 1)].as_secs_f64() * 1e3;
     let rate = times.len() as f64 / total.as_secs_f64();
-    println!("{label:<34} {rate:>7.1} pods/s   p50 {:>6.2} ms   p99 {:>6.2} ms", pct(0.5), pct(0.99));
+    println!(
+        "{label:<34} {rate:>7.1} pods/s   p50 {:>6.2} ms   p99 {:>6.2} ms",
+        pct(0.5),
+        pct(0.99)
+    );
     rate
 }
 
@@ -34,7 +38,13 @@ fn cni(plugin: &str, command: &str, netns: &str, container: &str, conf: &str, no
         .env("CNI_CONTAINERID", container)
         .env("CNI_NETNS", netns)
         .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", std::path::Path::new(plugin).parent().map(|p| p.display().to_string()).unwrap_or_default())
+        .env(
+            "CNI_PATH",
+            std::path::Path::new(plugin)
+                .parent()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+        )
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -49,7 +59,11 @@ fn main() {
         println!("SKIPPED pod_setup benchmark: {why}");
         return;
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap_or_else(|e| panic!("{e}"));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
     let lab = Lab::new();
     let eni = lab.add_eni(1);
     let pods: Vec<Ns> = (0..PODS).map(|_| Ns::new("bp")).collect();
@@ -86,8 +100,13 @@ fn main() {
         summary("terway-rs datapath (in process)", times, started.elapsed())
     });
 
-    let Some(dir) = CNI_DIRS.iter().find(|d| std::path::Path::new(&format!("{d}/ptp")).exists()) else {
-        println!("reference plugins not found in {CNI_DIRS:?}: install Debian's containernetworking-plugins to compare");
+    let Some(dir) = CNI_DIRS
+        .iter()
+        .find(|d| std::path::Path::new(&format!("{d}/ptp")).exists())
+    else {
+        println!(
+            "reference plugins not found in {CNI_DIRS:?}: install Debian's containernetworking-plugins to compare"
+        );
         return;
     };
     let data_dir = tempfile_dir();
@@ -102,12 +121,21 @@ fn main() {
         let netns = ns.path().display().to_string();
         let id = format!("bench-{i}");
         let t = Instant::now();
-        assert!(cni(&format!("{dir}/ptp"), "ADD", &netns, &id, &conf, &lab.node.name), "ptp ADD failed");
-        assert!(cni(&format!("{dir}/ptp"), "DEL", &netns, &id, &conf, &lab.node.name), "ptp DEL failed");
+        assert!(
+            cni(&format!("{dir}/ptp"), "ADD", &netns, &id, &conf, &lab.node.name),
+            "ptp ADD failed"
+        );
+        assert!(
+            cni(&format!("{dir}/ptp"), "DEL", &netns, &id, &conf, &lab.node.name),
+            "ptp DEL failed"
+        );
         times.push(t.elapsed());
     }
     let ptp_rate = summary("ptp + host-local (exec per call)", times, started.elapsed());
-    println!("ratio terway-rs / reference: {:.1}x the pods per second", terway_rate / ptp_rate);
+    println!(
+        "ratio terway-rs / reference: {:.1}x the pods per second",
+        terway_rate / ptp_rate
+    );
     let _ = std::fs::remove_dir_all(&data_dir);
 }
 

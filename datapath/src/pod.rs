@@ -377,15 +377,8 @@ impl Datapath {
         }
         p.set_link(index, Some(true), Some(pod.eni.mtu), None).await?;
         p.ensure_address(index, IpAddr::V4(pod.ipv4), 32).await?;
-        p.replace_route(&RouteSpec {
-            destination: default_v4(),
-            gateway: Some(IpAddr::V4(pod.eni.gateway)),
-            oif: index,
-            table: MAIN_TABLE,
-            scope_link: false,
-            onlink: true,
-        })
-        .await?;
+        p.replace_route(&pod_default_route(index, IpAddr::V4(pod.eni.gateway)))
+            .await?;
         // the host peer: Service and node traffic go through the host
         let (host_index, peer_index) = self.ensure_veth_pair(pod, pod_ns, p, "veth1").await?;
         let host_mac = self
@@ -477,15 +470,8 @@ impl Datapath {
         p.set_link(index, Some(true), None, None).await?;
         p.ensure_address(index, IpAddr::V4(pod.ipv4), pod.eni.cidr.prefix_len())
             .await?;
-        p.replace_route(&RouteSpec {
-            destination: default_v4(),
-            gateway: Some(IpAddr::V4(pod.eni.gateway)),
-            oif: index,
-            table: MAIN_TABLE,
-            scope_link: false,
-            onlink: true,
-        })
-        .await?;
+        p.replace_route(&pod_default_route(index, IpAddr::V4(pod.eni.gateway)))
+            .await?;
         p.replace_route(&RouteSpec {
             destination: IpNet::V4(Ipv4Net::new(pod.node_ip, 32).unwrap_or_default()),
             gateway: None,

@@ -215,7 +215,13 @@ pub struct OpenOptions {
     pub must_exist: bool,
     /// Inspect only: write nothing (no migration, no meta update).
     pub read_only: bool,
+    /// How long to wait for the lock of a ledger another process (or a
+    /// closing handle whose background threads are finishing) still holds.
+    /// `None`: the default, 2 s.
+    pub lock_wait: Option<Duration>,
 }
+
+const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(2);
 
 impl Ledger {
     /// Opens (creating if needed) the ledger at `path`.
@@ -229,7 +235,15 @@ impl Ledger {
                 path: path.to_path_buf(),
             });
         }
-        let db = open_db(path)?;
+        let deadline = std::time::Instant::now() + opts.lock_wait.unwrap_or(DEFAULT_LOCK_WAIT);
+        let db = loop {
+            match open_db(path) {
+                Err(LedgerError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                other => break other?,
+            }
+        };
         let tree = |name: &str| {
             db.open_tree(name)
                 .map_err(|e| storage(path, &format!("open tree {name}"), e))

@@ -7,6 +7,8 @@
 //! and `CRASH_WORKER_DIR` set.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::net::IpAddr;
@@ -91,21 +93,10 @@ fn sigkill_at_random_moments() {
     {
         let l = Ledger::open(dir.path()).unwrap();
         for e in 1..=2u8 {
-            let eni = EniRecord {
-                id: format!("eni-{e}"),
-                mac: format!("00:16:3e:00:00:0{e}"),
-                vswitch_id: "vsw".into(),
-                gateway: IpAddr::from([10, 0, e, 253]),
-                cidr: format!("10.0.{e}.0/24"),
-                primary_ip: IpAddr::from([10, 0, e, 1]),
-                status: EniStatus::InUse,
-                route_table: 1000 + u32::from(e),
-                created_by_us: true,
-                owner: None,
-            };
+            let eni = common::eni(&format!("eni-{e}"), e);
             l.adopt_eni(eni, Durability::Flush).unwrap();
-            let ips: Vec<IpAddr> = (2..=11).map(|i| IpAddr::from([10, 0, e, i])).collect();
-            l.adopt_ips(&format!("eni-{e}"), &ips, Durability::Flush).unwrap();
+            l.adopt_ips(&format!("eni-{e}"), &common::addresses(e, 2, 11), Durability::Flush)
+                .unwrap();
         }
     }
     let exe = std::env::current_exe().unwrap();

@@ -1,27 +1,15 @@
 //! The ledger's operations, opening rules, consistency check and repair.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::eni;
 use std::net::IpAddr;
 use std::time::Duration;
 use terway_statestore::*;
 
-pub fn ip(s: &str) -> IpAddr {
+fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
-}
-
-pub fn eni(id: &str, n: u8) -> EniRecord {
-    EniRecord {
-        id: id.into(),
-        mac: format!("00:16:3e:00:00:{n:02x}"),
-        vswitch_id: "vsw-1".into(),
-        gateway: ip("10.0.255.253"),
-        cidr: "10.0.0.0/16".into(),
-        primary_ip: ip(&format!("10.0.{n}.1")),
-        status: EniStatus::InUse,
-        route_table: ROUTE_TABLE_BASE + u32::from(n),
-        created_by_us: true,
-        owner: None,
-    }
 }
 
 fn req(name: &str, container: &str) -> BindRequest {
@@ -254,8 +242,15 @@ fn opening_rules() {
             },
         )
         .unwrap();
-        // a second opener, even in the same process, is refused
-        let e = Ledger::open(dir.path()).unwrap_err();
+        // a second opener, even in the same process, is refused (after a short wait)
+        let e = Ledger::open_with(
+            dir.path(),
+            &OpenOptions {
+                lock_wait: Some(Duration::ZERO),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
         assert!(matches!(e, LedgerError::Locked { .. }), "{e}");
         assert!(e.to_string().contains("held by another process"));
         drop(l);

@@ -2,6 +2,8 @@
 //! plain in-memory model, with reopens in between; they must never differ.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -101,18 +103,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
         match op.clone() {
             Op::AdoptEni(e) => {
                 let id = eni_id(e);
-                let record = EniRecord {
-                    id: id.clone(),
-                    mac: format!("00:16:3e:00:00:{e:02x}"),
-                    vswitch_id: "vsw".into(),
-                    gateway: IpAddr::from([10, 0, e, 253]),
-                    cidr: format!("10.0.{e}.0/24"),
-                    primary_ip: IpAddr::from([10, 0, e, 1]),
-                    status: EniStatus::InUse,
-                    route_table: 1000 + u32::from(e),
-                    created_by_us: true,
-                    owner: None,
-                };
+                let record = common::eni(&id, e);
                 l.adopt_eni(record, Durability::Flush).unwrap();
                 let ips: Vec<IpAddr> = (0..IPS_PER_ENI).map(|i| addr(e, i)).collect();
                 let fresh = l.adopt_ips(&id, &ips, Durability::Flush).unwrap();
