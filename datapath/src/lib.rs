@@ -8,6 +8,7 @@
 //! already gone succeeds, [`Datapath::check`] says what differs from the
 //! desired state and [`Datapath::repair`] puts it back.
 
+pub mod bandwidth;
 mod ipvlan;
 pub mod names;
 mod netlink;

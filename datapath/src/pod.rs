@@ -285,13 +285,24 @@ impl Datapath {
             .await?
             .ok_or_else(|| DatapathError::NotFound("host veth".into()))?;
         let host_mac = link_mac(&host_link).unwrap_or_default();
+        if pod.ipv6.is_some() {
+            pod_ns.write_sysctl(&format!("net/ipv6/conf/{}/disable_ipv6", pod.ifname), "0")?;
+            pod_ns.write_sysctl(&format!("net/ipv6/conf/{}/accept_ra", pod.ifname), "0")?;
+            // the address is ours alone (the cloud assigned it): no duplicate detection delay
+            pod_ns.write_sysctl(&format!("net/ipv6/conf/{}/accept_dad", pod.ifname), "0")?;
+            let host_name = pod.host_veth();
+            self.host
+                .write_sysctl(&format!("net/ipv6/conf/{host_name}/accept_dad"), "0")?;
+            self.host
+                .write_sysctl(&format!("net/ipv6/conf/{host_name}/accept_ra"), "0")?;
+            self.host
+                .write_sysctl(&format!("net/ipv6/conf/{host_name}/forwarding"), "1")?;
+        }
         self.nl
             .set_link(host_index, Some(true), Some(pod.eni.mtu), None)
             .await?;
         p.set_link(pod_index, Some(true), Some(pod.eni.mtu), None).await?;
         if let Some(v6) = pod.ipv6 {
-            pod_ns.write_sysctl(&format!("net/ipv6/conf/{}/disable_ipv6", pod.ifname), "0")?;
-            pod_ns.write_sysctl(&format!("net/ipv6/conf/{}/accept_ra", pod.ifname), "0")?;
             p.ensure_address(pod_index, IpAddr::V6(v6), 128).await?;
         }
         p.ensure_address(pod_index, IpAddr::V4(pod.ipv4), 32).await?;

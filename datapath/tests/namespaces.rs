@@ -43,6 +43,8 @@ fn datapath_in_namespaces() {
         exclusive_eni().await;
         ipvlan_or_fallback().await;
         bandwidth_is_shaped().await;
+        dual_stack_pods().await;
+        waits_for_hot_plug().await;
     });
     drop(rt);
     let after = root_state();
@@ -330,4 +332,83 @@ async fn bandwidth_is_shaped() {
     );
     dp.teardown(&egress).await.unwrap();
     dp.teardown(&ingress).await.unwrap();
+}
+
+async fn dual_stack_pods() {
+    let lab = Lab::new();
+    let eni = lab.add_eni(6);
+    let dp = Datapath::new(lab.node.handle()).unwrap();
+    let (ns_a, ns_b) = (Ns::new("p6"), Ns::new("p6"));
+    let mut a = pod(&ns_a, "six-a", Ipv4Addr::new(192, 168, 6, 10), &eni, Mode::Veth);
+    a.ipv6 = Some("fd00:6::10".parse().unwrap());
+    let mut b = pod(&ns_b, "six-b", Ipv4Addr::new(192, 168, 6, 11), &eni, Mode::Veth);
+    b.ipv6 = Some("fd00:6::11".parse().unwrap());
+    dp.setup(&a).await.unwrap();
+    dp.setup(&b).await.unwrap();
+    let pod_state = ns_a.state();
+    assert!(pod_state.contains("inet6 fd00:6::10/128"), "{pod_state}");
+    assert!(pod_state.contains("default via fe80::1 dev eth0"), "{pod_state}");
+    let node_state = lab.node.state();
+    assert!(node_state.contains("from fd00:6::10 lookup 1006"), "{node_state}");
+    assert!(node_state.contains("to fd00:6::10 lookup main"), "{node_state}");
+    assert!(
+        node_state.contains(&format!("fd00:6::10 dev {}", a.host_veth())),
+        "{node_state}"
+    );
+    assert!(
+        tcp6_reaches(ns_a.path(), ns_b.path(), "fd00:6::11".parse().unwrap(), 7600),
+        "pod a reaches pod b over IPv6"
+    );
+    assert!(dp.check(&a).await.unwrap().is_empty());
+    dp.teardown(&a).await.unwrap();
+    dp.teardown(&b).await.unwrap();
+    assert!(!lab.node.state().contains("fd00:6::"), "IPv6 rules and routes are gone");
+}
+
+async fn waits_for_hot_plug() {
+    let lab = Lab::new();
+    let dp = Datapath::new(lab.node.handle())
+        .unwrap()
+        .with_eni_wait(std::time::Duration::from_secs(5));
+    let eni = EniLink {
+        mac: names::parse_mac("00:16:3e:00:07:01").unwrap(),
+        route_table: names::eni_route_table(7),
+        gateway: Ipv4Addr::new(192, 168, 7, 253),
+        cidr: "192.168.7.0/24".parse().unwrap(),
+        mtu: 1500,
+    };
+    // the ENI is attached while the datapath waits for it
+    let (node, vpc) = (lab.node.name.clone(), lab.vpc.name.clone());
+    let plug = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        sh(&[
+            "ip",
+            "link",
+            "add",
+            "eni7",
+            "netns",
+            &node,
+            "address",
+            "00:16:3e:00:07:01",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "gw7",
+            "netns",
+            &vpc,
+        ]);
+    });
+    let index = dp.ensure_eni(&eni, NODE_IP).await.unwrap();
+    plug.join().unwrap();
+    assert!(index > 0);
+    let short = Datapath::new(lab.node.handle())
+        .unwrap()
+        .with_eni_wait(std::time::Duration::from_millis(200));
+    let missing = EniLink {
+        mac: names::parse_mac("00:16:3e:00:08:01").unwrap(),
+        ..eni
+    };
+    let e = short.ensure_eni(&missing, NODE_IP).await.unwrap_err();
+    assert!(e.to_string().contains("00:16:3e:00:08:01"), "{e}");
 }

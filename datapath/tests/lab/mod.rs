@@ -83,7 +83,9 @@ impl Ns {
             vec!["route", "show", "table", "all"],
             vec!["-6", "route", "show", "table", "all"],
             vec!["rule"],
+            vec!["-6", "rule"],
             vec!["neigh", "show", "nud", "permanent"],
+            vec!["-6", "neigh", "show", "nud", "permanent"],
         ] {
             s.push_str(&self.ip(&args));
         }
@@ -91,7 +93,11 @@ impl Ns {
         // IPv6 link-local addresses and routes come and go with DAD; they are the kernel's, not ours
         // and a link's operstate settles a moment after it is set up
         s.lines()
-            .filter(|l| !l.contains("fe80") && !l.contains("ff00::/8"))
+            .filter(|l| {
+                !["fe80::/64", "inet6 fe80", "local fe80", "ff00::/8"]
+                    .iter()
+                    .any(|k| l.contains(k))
+            })
             .map(|l| {
                 let words: Vec<&str> = l.split_whitespace().collect();
                 let mut kept = Vec::with_capacity(words.len());
@@ -238,6 +244,30 @@ pub fn in_ns<T: Send + 'static>(ns: PathBuf, f: impl FnOnce() -> T + Send + 'sta
 
 /// Whether a TCP connection from namespace `from` reaches `to:port` served in namespace `at`.
 pub fn tcp_reaches(from: PathBuf, at: PathBuf, to: Ipv4Addr, port: u16) -> bool {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let server = in_ns(at, move || {
+        let listener = TcpListener::bind((to, port)).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        tx.send(()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if listener.accept().is_ok() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
+    });
+    rx.recv().unwrap();
+    let client = in_ns(from, move || {
+        TcpStream::connect_timeout(&SocketAddr::from((to, port)), Duration::from_secs(3)).is_ok()
+    });
+    let connected = client.join().unwrap();
+    connected && server.join().unwrap()
+}
+
+/// Like [`tcp_reaches`], over IPv6.
+pub fn tcp6_reaches(from: PathBuf, at: PathBuf, to: std::net::Ipv6Addr, port: u16) -> bool {
     let (tx, rx) = std::sync::mpsc::channel();
     let server = in_ns(at, move || {
         let listener = TcpListener::bind((to, port)).unwrap();
