@@ -5,7 +5,6 @@
 //! `cargo bench -p terway-datapath --bench pod_setup`
 
 #[path = "../tests/lab/mod.rs"]
-#[allow(dead_code)]
 mod lab;
 
 use lab::*;
