@@ -1,3 +1,4 @@
 //! terway-node: the node service that ties config, cloud, ledger and datapath together.
 
+pub mod cni;
 pub mod config_check;
