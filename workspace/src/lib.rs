@@ -2,3 +2,4 @@
 
 pub mod cni;
 pub mod config_check;
+pub mod daemon;

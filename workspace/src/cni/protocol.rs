@@ -85,6 +85,12 @@ pub struct PodNetworkReply {
 #[error("bad request: {0}")]
 pub struct ProtocolError(pub String);
 
+/// The bytes a request travels as.
+pub fn encode_request(r: &Request) -> Vec<u8> {
+    // plain data: serialisation cannot fail
+    serde_json::to_vec(r).unwrap_or_default()
+}
+
 /// Decodes and checks a request: sizes, names and paths.
 pub fn decode_request(bytes: &[u8]) -> Result<Request, ProtocolError> {
     if bytes.len() > MAX_REQUEST_BYTES {

@@ -1,0 +1,319 @@
+//! The daemon's CNI service: the unix socket the `terway` plugin talks to,
+//! and what ADD, DEL, CHECK, GC and STATUS do.
+
+use super::reconciler::eni_link;
+use super::Node;
+use crate::cni::plugin::code;
+use crate::cni::protocol::{decode_request, PodNetworkReply, PodRequest, Reply, Request, MAX_REQUEST_BYTES};
+use std::net::IpAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+use terway_datapath::{bandwidth::resolve as resolve_bandwidth, names, Mode, PodSpec};
+use terway_statestore::{BindRequest, Durability, EniPreference, LedgerError, PodNetworkSettings, PodRecord, PodRef};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixListener;
+
+/// Binds the socket (mode 0600, a stale file replaced) and serves until aborted.
+pub async fn serve(node: Arc<Node>) -> anyhow::Result<()> {
+    let path = node.socket_path();
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    tracing::info!(socket = %path.display(), "CNI service listening");
+    loop {
+        let (mut stream, _) = listener.accept().await?;
+        let node = node.clone();
+        tokio::spawn(async move {
+            let mut body = Vec::new();
+            let read = (&mut stream)
+                .take(MAX_REQUEST_BYTES as u64 + 1)
+                .read_to_end(&mut body)
+                .await;
+            let reply = match read {
+                Ok(_) => match decode_request(&body) {
+                    Ok(request) => handle(&node, request).await,
+                    Err(e) => Reply::Error {
+                        code: code::DECODING_FAILURE,
+                        msg: e.to_string(),
+                        details: String::new(),
+                    },
+                },
+                Err(e) => Reply::Error {
+                    code: code::IO_FAILURE,
+                    msg: format!("reading the request: {e}"),
+                    details: String::new(),
+                },
+            };
+            let bytes = serde_json::to_vec(&reply).unwrap_or_default();
+            let _ = stream.write_all(&bytes).await;
+            let _ = stream.shutdown().await;
+        });
+    }
+}
+
+/// Answers one request.
+pub async fn handle(node: &Node, request: Request) -> Reply {
+    match request {
+        Request::Add(p) => {
+            let lock = node.pod_lock(&pod_key(&p));
+            let _guard = lock.lock().await;
+            add(node, &p).await
+        }
+        Request::Del(p) => {
+            let lock = node.pod_lock(&pod_key(&p));
+            let _guard = lock.lock().await;
+            del(node, &p).await
+        }
+        Request::Check(p) => check(node, &p).await,
+        Request::Gc { .. } => Reply::Ok { network: None },
+        Request::Status => {
+            let s = node.ledger.snapshot();
+            if s.ips.values().any(|r| r.state == terway_statestore::IpState::Idle) || node.last_error().is_none() {
+                Reply::Ok { network: None }
+            } else {
+                Reply::Error {
+                    code: code::PLUGIN_NOT_AVAILABLE,
+                    msg: node.last_error().unwrap_or_default(),
+                    details: String::new(),
+                }
+            }
+        }
+    }
+}
+
+fn pod_key(p: &PodRequest) -> String {
+    format!("{}/{}", p.pod_namespace, p.pod_name)
+}
+
+fn pod_ref(p: &PodRequest) -> PodRef {
+    PodRef::new(&p.pod_namespace, &p.pod_name, "")
+}
+
+fn fail(code: u32, msg: impl Into<String>) -> Reply {
+    Reply::Error {
+        code,
+        msg: msg.into(),
+        details: String::new(),
+    }
+}
+
+/// Decrements the waiting count however the wait ends, so a request that
+/// gave up stops asking the pool to grow.
+struct Waiting<'a>(&'a Node);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn add(node: &Node, p: &PodRequest) -> Reply {
+    let started = Instant::now();
+    let (bandwidth, bad) = resolve_bandwidth(p.ingress_bps, p.egress_bps, &Default::default());
+    for e in bad {
+        tracing::warn!(pod = %pod_key(p), error = %e, "bandwidth setting ignored");
+    }
+    let request = BindRequest {
+        pod: pod_ref(p),
+        container_id: p.container_id.clone(),
+        netns: p.netns.clone(),
+        ifname: p.ifname.clone(),
+        settings: PodNetworkSettings {
+            ingress_bps: bandwidth.ingress_bps.unwrap_or(0),
+            egress_bps: bandwidth.egress_bps.unwrap_or(0),
+            exclusive_eni: false,
+        },
+    };
+    let pref = match node.config.eni_selection_policy {
+        terway_config::EniSelectionPolicy::MostIps => EniPreference::MostUsed,
+        terway_config::EniSelectionPolicy::LeastIps => EniPreference::LeastUsed,
+    };
+    let deadline = started + node.options.add_deadline;
+    let mut waiting: Option<Waiting<'_>> = None;
+    let bound = loop {
+        let notified = node.pool_changed.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        match node.ledger.bind(&request, pref, Durability::Flush) {
+            Ok(b) => break b,
+            Err(LedgerError::NoIdleIp { cooling }) => {
+                if waiting.is_none() {
+                    node.waiting.fetch_add(1, Ordering::Relaxed);
+                    waiting = Some(Waiting(node));
+                }
+                node.wake.notify_one();
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() || tokio::time::timeout(left, notified).await.is_err() {
+                    let why = node
+                        .last_error()
+                        .unwrap_or_else(|| format!("the pool is still growing ({cooling} addresses cooling down)"));
+                    tracing::warn!(pod = %pod_key(p), reason = %why, "ADD gave up waiting for an address");
+                    return Reply::Error {
+                        code: code::TRY_AGAIN_LATER,
+                        msg: format!("no address for pod {} yet; try again later", pod_key(p)),
+                        details: why,
+                    };
+                }
+            }
+            Err(e) => return fail(code::IO_FAILURE, format!("ledger: {e}")),
+        }
+    };
+    drop(waiting);
+    node.wake.notify_one(); // the pool shrank by one: top it up
+    let IpAddr::V4(ip) = bound.ip else {
+        return fail(code::IO_FAILURE, "an IPv6 address was bound as the pod's IPv4");
+    };
+    let mut mac = String::new();
+    if let Some(dp) = &node.datapath {
+        let spec = match pod_spec(node, p, &bound.eni, ip, bandwidth) {
+            Ok(s) => s,
+            Err(e) => return fail(code::IO_FAILURE, e.to_string()),
+        };
+        match dp.setup(&spec).await {
+            Ok(r) => mac = names::format_mac(&r.pod_mac),
+            Err(e) => {
+                tracing::warn!(pod = %pod_key(p), ip = %ip, error = %e, "datapath setup failed; giving the address back");
+                let _ = dp.teardown(&spec).await;
+                let _ = node.ledger.release(
+                    &pod_ref(p),
+                    Some(&p.container_id),
+                    std::time::Duration::ZERO,
+                    Durability::Flush,
+                );
+                return Reply::Error {
+                    code: code::TRY_AGAIN_LATER,
+                    msg: format!("setting up the pod network failed; try again later: {e}"),
+                    details: String::new(),
+                };
+            }
+        }
+    }
+    tracing::info!(pod = %pod_key(p), ip = %ip, eni = %bound.eni.id, vswitch = %bound.eni.vswitch_id, existing = bound.existing,
+        took_ms = started.elapsed().as_millis() as u64, "ADD served");
+    Reply::Ok {
+        network: Some(PodNetworkReply {
+            ipv4: format!("{ip}/32"),
+            ipv4_gateway: names::POD_GATEWAY_V4.to_string(),
+            ipv6: None,
+            ipv6_gateway: None,
+            mac,
+        }),
+    }
+}
+
+fn pod_spec(
+    node: &Node,
+    p: &PodRequest,
+    eni: &terway_statestore::EniRecord,
+    ip: std::net::Ipv4Addr,
+    bandwidth: terway_datapath::Bandwidth,
+) -> anyhow::Result<PodSpec> {
+    let mode = match node.config.datapath_mode {
+        terway_config::DatapathMode::Veth => Mode::Veth,
+        terway_config::DatapathMode::Ipvlan => Mode::Ipvlan,
+        terway_config::DatapathMode::ExclusiveEni => Mode::ExclusiveEni,
+    };
+    Ok(PodSpec {
+        namespace: p.pod_namespace.clone(),
+        name: p.pod_name.clone(),
+        netns: p.netns.clone().into(),
+        ifname: p.ifname.clone(),
+        ipv4: ip,
+        ipv6: None,
+        eni: eni_link(node, eni)?,
+        node_ip: node.node_ip,
+        mode,
+        bandwidth,
+        service_cidr: node.config.service_cidr.ipv4,
+    })
+}
+
+fn spec_of_record(node: &Node, p: &PodRequest, record: &PodRecord) -> Option<PodSpec> {
+    let s = node.ledger.snapshot();
+    let IpAddr::V4(ip) = *record.ips.first()? else {
+        return None;
+    };
+    let eni_id = record
+        .eni_id
+        .clone()
+        .or_else(|| s.ips.get(&record.ips[0]).map(|r| r.eni_id.clone()))?;
+    let eni = s.enis.get(&eni_id)?;
+    let bandwidth = terway_datapath::Bandwidth {
+        ingress_bps: (record.settings.ingress_bps > 0).then_some(record.settings.ingress_bps),
+        egress_bps: (record.settings.egress_bps > 0).then_some(record.settings.egress_bps),
+    };
+    let mut spec = pod_spec(node, p, eni, ip, bandwidth).ok()?;
+    spec.netns = if p.netns.is_empty() {
+        record.netns.clone().into()
+    } else {
+        p.netns.clone().into()
+    };
+    Some(spec)
+}
+
+async fn del(node: &Node, p: &PodRequest) -> Reply {
+    let Some(record) = node.ledger.pod(&pod_ref(p)) else {
+        return Reply::Ok { network: None }; // an unknown pod: nothing to undo
+    };
+    if record.container_id != p.container_id {
+        tracing::info!(pod = %pod_key(p), "DEL for an older sandbox of the pod; nothing to do");
+        return Reply::Ok { network: None };
+    }
+    if let (Some(dp), Some(spec)) = (&node.datapath, spec_of_record(node, p, &record)) {
+        if let Err(e) = dp.teardown(&spec).await {
+            return fail(code::IO_FAILURE, format!("tearing down the pod network: {e}"));
+        }
+    }
+    match node.ledger.release(
+        &pod_ref(p),
+        Some(&p.container_id),
+        node.config.ip_cooldown,
+        Durability::Flush,
+    ) {
+        Ok(r) => {
+            tracing::info!(pod = %pod_key(p), ips = ?r.ips, "DEL served");
+            node.wake.notify_one();
+            Reply::Ok { network: None }
+        }
+        Err(e) => fail(code::IO_FAILURE, format!("ledger: {e}")),
+    }
+}
+
+async fn check(node: &Node, p: &PodRequest) -> Reply {
+    let Some(record) = node.ledger.pod(&pod_ref(p)) else {
+        return fail(
+            code::UNKNOWN_CONTAINER,
+            format!("pod {} has no address in the ledger", pod_key(p)),
+        );
+    };
+    if record.container_id != p.container_id {
+        return fail(
+            code::UNKNOWN_CONTAINER,
+            format!(
+                "pod {} belongs to container {}, not {}",
+                pod_key(p),
+                record.container_id,
+                p.container_id
+            ),
+        );
+    }
+    if let (Some(dp), Some(spec)) = (&node.datapath, spec_of_record(node, p, &record)) {
+        match dp.check(&spec).await {
+            Ok(drift) if drift.is_empty() => {}
+            Ok(drift) => {
+                let list: Vec<String> = drift.iter().map(ToString::to_string).collect();
+                return fail(
+                    code::IO_FAILURE,
+                    format!("pod network differs from the desired state: {}", list.join("; ")),
+                );
+            }
+            Err(e) => return fail(code::IO_FAILURE, e.to_string()),
+        }
+    }
+    Reply::Ok { network: None }
+}

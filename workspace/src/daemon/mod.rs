@@ -1,0 +1,188 @@
+//! terwayd's node service: start-up, shared state, and the tasks it runs
+//! (the CNI socket service and the reconciler).
+
+pub mod cni_service;
+pub mod reconciler;
+pub mod vswitch;
+
+use anyhow::Context;
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+use terway_cloud::api::DescribeNetworkInterfaces;
+use terway_cloud::{ClientOptions, CloudClient, CredentialProvider, InstanceIdentity, MetadataClient};
+use terway_config::capacity::InstanceLimits;
+use terway_config::Config;
+use terway_datapath::Datapath;
+use terway_statestore::{Ledger, OpenOptions};
+use tokio::sync::Notify;
+use vswitch::VSwitchSelector;
+
+/// Tag every ENI terway-rs creates carries (as upstream's controlplane does).
+pub const CREATOR_TAG: (&str, &str) = ("creator", "terway");
+/// Tag naming the instance an ENI was created for, so `eni gc` finds its own.
+pub const NODE_TAG: &str = "terway.alibabacloud.com/node";
+
+/// What terwayd needs that does not come from the config file.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    /// The datapath's host namespace; `None` runs IPAM only (no pod networking).
+    pub datapath: Option<Arc<Datapath>>,
+    /// How long an ADD waits for an address before answering "try again later".
+    pub add_deadline: Duration,
+    /// Overrides `socket_path` of the config (tests, the demo).
+    pub socket_path: Option<PathBuf>,
+    /// Overrides `ledger_path` of the config.
+    pub ledger_path: Option<PathBuf>,
+}
+
+impl Default for NodeOptions {
+    fn default() -> Self {
+        Self {
+            datapath: None,
+            add_deadline: Duration::from_secs(60),
+            socket_path: None,
+            ledger_path: None,
+        }
+    }
+}
+
+/// The node service's shared state.
+#[derive(Debug)]
+pub struct Node {
+    pub config: Arc<Config>,
+    pub identity: InstanceIdentity,
+    pub node_ip: Ipv4Addr,
+    pub limits: InstanceLimits,
+    pub security_groups: Vec<String>,
+    pub ledger: Arc<Ledger>,
+    pub cloud: CloudClient,
+    pub metadata: Arc<MetadataClient>,
+    pub datapath: Option<Arc<Datapath>>,
+    pub options: NodeOptions,
+    pub vswitches: Mutex<VSwitchSelector>,
+    /// ADD requests waiting for an address.
+    pub waiting: AtomicU32,
+    /// Wakes the reconciler.
+    pub wake: Notify,
+    /// Wakes waiting ADDs when the pool changed.
+    pub pool_changed: Notify,
+    /// Why the pool last failed to grow (shown to waiting ADDs).
+    pub last_error: Mutex<Option<String>>,
+    pub reconcile_passes: AtomicU64,
+    pod_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Node {
+    /// Reads the instance's identity, opens the cloud client and the ledger.
+    pub async fn start(config: Arc<Config>, options: NodeOptions) -> anyhow::Result<Arc<Self>> {
+        let metadata = Arc::new(MetadataClient::new(&config.endpoints.metadata, Duration::from_secs(5))?);
+        let identity = metadata
+            .identity()
+            .await
+            .context("reading the instance identity from the metadata service")?;
+        let node_ip: Ipv4Addr = metadata
+            .get("private-ipv4")
+            .await?
+            .parse()
+            .context("metadata private-ipv4 is not an IPv4 address")?;
+        let credentials = Arc::new(CredentialProvider::resolve(
+            config.access_key.as_deref(),
+            config.access_secret.as_ref(),
+            metadata.clone(),
+        ));
+        let cloud = CloudClient::new(ClientOptions::from_config(&config, &identity.region_id), credentials)?;
+        let ledger_path = options
+            .ledger_path
+            .clone()
+            .unwrap_or_else(|| config.ledger_path.clone());
+        if let Some(parent) = ledger_path.parent() {
+            std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        }
+        let ledger = Arc::new(Ledger::open_with(
+            &ledger_path,
+            &OpenOptions {
+                instance_id: Some(identity.instance_id.clone()),
+                ..OpenOptions::default()
+            },
+        )?);
+        for problem in ledger.check() {
+            tracing::error!(%problem, "ledger inconsistency (terway-ledger repair moves it aside)");
+        }
+        let itype = cloud
+            .instance_type(&identity.instance_type)
+            .await
+            .context("reading the instance type's ENI quotas")?;
+        let limits = InstanceLimits {
+            enis: itype.eni_quantity,
+            ipv4_per_eni: itype.eni_private_ip_address_quantity,
+        };
+        let security_groups = if config.security_groups.is_empty() {
+            let primary = cloud
+                .call(&DescribeNetworkInterfaces {
+                    region_id: identity.region_id.clone(),
+                    instance_id: Some(identity.instance_id.clone()),
+                    kind: Some("Primary".into()),
+                    ..Default::default()
+                })
+                .await?;
+            primary
+                .network_interface_sets
+                .items
+                .first()
+                .map(|e| e.security_group_ids.items.clone())
+                .unwrap_or_default()
+        } else {
+            config.security_groups.clone()
+        };
+        tracing::info!(
+            instance = %identity.instance_id, zone = %identity.zone_id, instance_type = %identity.instance_type,
+            enis = limits.enis, ips_per_eni = limits.ipv4_per_eni, max_pods = config.max_pods(limits),
+            "node identity and capacity"
+        );
+        Ok(Arc::new(Self {
+            config,
+            identity,
+            node_ip,
+            limits,
+            security_groups,
+            ledger,
+            cloud,
+            metadata,
+            datapath: options.datapath.clone(),
+            options,
+            vswitches: Mutex::new(VSwitchSelector::default()),
+            waiting: AtomicU32::new(0),
+            wake: Notify::new(),
+            pool_changed: Notify::new(),
+            last_error: Mutex::new(None),
+            reconcile_passes: AtomicU64::new(0),
+            pod_locks: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// The lock serialising requests for one pod.
+    pub(crate) fn pod_lock(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.pod_locks.lock().unwrap_or_else(PoisonError::into_inner);
+        locks.retain(|_, l| Arc::strong_count(l) > 1);
+        locks.entry(key.to_owned()).or_default().clone()
+    }
+
+    pub(crate) fn set_last_error(&self, e: Option<String>) {
+        *self.last_error.lock().unwrap_or_else(PoisonError::into_inner) = e;
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    pub fn socket_path(&self) -> PathBuf {
+        self.options
+            .socket_path
+            .clone()
+            .unwrap_or_else(|| self.config.socket_path.clone())
+    }
+}

@@ -1,0 +1,214 @@
+//! terwayd's IPAM end to end against the emulator, through the real socket
+//! protocol (no datapath: these run without root).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use terway_cloud::emulator::{Emulator, Scenario, DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET, DEFAULT_ZONE};
+use terway_node::cni::exchange;
+use terway_node::cni::protocol::{PodRequest, Reply, Request};
+use terway_node::daemon::{cni_service, reconciler, Node, NodeOptions};
+use terway_statestore::IpState;
+
+fn config(em: &Emulator, vswitches: &[&str], extra: &str) -> Arc<terway_config::Config> {
+    let list: Vec<String> = vswitches.iter().map(|v| format!("\"{v}\"")).collect();
+    let text = format!(
+        r#"{{"max_pool_size": 25, "min_pool_size": 10, "vswitches": {{"{DEFAULT_ZONE}": [{}]}},
+            "access_key": "{DEFAULT_ACCESS_KEY_ID}", "access_secret": "{DEFAULT_ACCESS_KEY_SECRET}",
+            "ecs_endpoint": "{url}", "vpc_endpoint": "{url}", "metadata_endpoint": "{url}",
+            "ip_pool_sync_period": "1s", "ip_cooldown": "0s" {extra}}}"#,
+        list.join(","),
+        url = em.url()
+    );
+    Arc::new(terway_config::Config::parse(&text, None).unwrap().config)
+}
+
+struct Running {
+    node: Arc<Node>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+async fn start(config: Arc<terway_config::Config>, add_deadline: Duration) -> Running {
+    let dir = tempfile::tempdir().unwrap();
+    let options = NodeOptions {
+        datapath: None,
+        add_deadline,
+        socket_path: Some(dir.path().join("eni.socket")),
+        ledger_path: Some(dir.path().join("ledger")),
+    };
+    let node = Node::start(config, options).await.unwrap();
+    let server = tokio::spawn({
+        let node = node.clone();
+        async move {
+            cni_service::serve(node).await.unwrap();
+        }
+    });
+    let reconcile = tokio::spawn(reconciler::run(node.clone()));
+    for _ in 0..100 {
+        if node.socket_path().exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Running {
+        node,
+        tasks: vec![server, reconcile],
+        _dir: dir,
+    }
+}
+
+fn pod(i: usize) -> PodRequest {
+    PodRequest {
+        container_id: format!("container-{i}"),
+        netns: format!("/var/run/netns/pod-{i}"),
+        ifname: "eth0".into(),
+        pod_namespace: "default".into(),
+        pod_name: format!("pod-{i}"),
+        infra_container_id: format!("container-{i}"),
+        ingress_bps: None,
+        egress_bps: None,
+        cni_version: "1.0.0".into(),
+    }
+}
+
+async fn call(socket: &Path, request: Request) -> Reply {
+    let socket = socket.to_path_buf();
+    tokio::task::spawn_blocking(move || exchange(&socket, &request, Duration::from_secs(60)).unwrap())
+        .await
+        .unwrap()
+}
+
+/// Addresses the cloud shows on the instance's secondary ENIs.
+fn cloud_ips(em: &Emulator) -> BTreeSet<String> {
+    let dump = em.dump();
+    dump["enis"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["primary"] == false && e["instance_id"].is_string())
+        .flat_map(|e| {
+            let mut v = vec![e["primary_ip"].as_str().unwrap().to_owned()];
+            v.extend(
+                e["secondary_ips"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|i| i.as_str().unwrap().to_owned()),
+            );
+            v
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_get_confirmed_addresses_and_the_pool_settles() {
+    let em = Emulator::start(Scenario::default()).await.unwrap();
+    let running = start(config(&em, &["vsw-large0000000001"], ""), Duration::from_secs(30)).await;
+    let socket = running.node.socket_path();
+    let mut ips = BTreeSet::new();
+    let mut tasks = Vec::new();
+    for i in 0..25 {
+        let socket = socket.clone();
+        tasks.push(tokio::spawn(
+            async move { (i, call(&socket, Request::Add(pod(i))).await) },
+        ));
+    }
+    for t in tasks {
+        let (i, reply) = t.await.unwrap();
+        let Reply::Ok { network: Some(net) } = reply else {
+            panic!("pod {i}: {reply:?}")
+        };
+        assert!(ips.insert(net.ipv4.clone()), "{} handed out twice", net.ipv4);
+    }
+    // a repeated ADD gets the same address
+    let Reply::Ok { network: Some(again) } = call(&socket, Request::Add(pod(3))).await else {
+        panic!()
+    };
+    assert!(ips.contains(&again.ipv4));
+    let confirmed = cloud_ips(&em);
+    for ip in &ips {
+        assert!(
+            confirmed.contains(ip.trim_end_matches("/32")),
+            "{ip} is not on an attached ENI in the cloud"
+        );
+    }
+    for i in 0..25 {
+        assert_eq!(call(&socket, Request::Del(pod(i))).await, Reply::Ok { network: None });
+    }
+    // DEL of an unknown pod succeeds too
+    assert_eq!(call(&socket, Request::Del(pod(999))).await, Reply::Ok { network: None });
+    // at rest the idle pool is within [min, max] and every cloud address is in the ledger
+    let mut settled = false;
+    for _ in 0..100 {
+        running.node.wake.notify_one();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let s = running.node.ledger.snapshot();
+        let idle = s.ips.values().filter(|r| r.state == IpState::Idle).count();
+        let ledger_ips: BTreeSet<String> = s.ips.keys().map(ToString::to_string).collect();
+        if (10..=25).contains(&idle) && s.intents.is_empty() && ledger_ips == cloud_ips(&em) {
+            settled = true;
+            break;
+        }
+    }
+    let s = running.node.ledger.snapshot();
+    assert!(
+        settled,
+        "pool did not settle: {} idle, {} intents",
+        s.ips.values().filter(|r| r.state == IpState::Idle).count(),
+        s.intents.len()
+    );
+    assert!(running.node.ledger.check().is_empty());
+    let calls = running.node.cloud.stats();
+    println!(
+        "API calls: {:?}",
+        calls.iter().map(|(k, v)| (k, v.calls)).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exhausted_vswitch_gives_a_clear_error() {
+    let em = Emulator::start(Scenario::default()).await.unwrap();
+    // only the /28: 12 addresses in all
+    let running = start(
+        config(
+            &em,
+            &["vsw-small0000000001"],
+            r#", "max_pool_size": 0, "min_pool_size": 0"#,
+        ),
+        Duration::from_secs(3),
+    )
+    .await;
+    let socket = running.node.socket_path();
+    let mut served = 0;
+    let mut last = None;
+    for i in 0..14 {
+        match call(&socket, Request::Add(pod(i))).await {
+            Reply::Ok { network: Some(_) } => served += 1,
+            other => {
+                last = Some(other);
+                break;
+            }
+        }
+    }
+    assert_eq!(served, 12, "the /28 serves 12 pods");
+    let Some(Reply::Error { code, msg, details }) = last else {
+        panic!("{last:?}")
+    };
+    assert_eq!(code, 11);
+    assert!(msg.contains("try again later"), "{msg}");
+    assert!(
+        details.contains("vsw-small0000000001"),
+        "the vSwitch is named: {details}"
+    );
+}
