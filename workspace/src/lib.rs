@@ -3,3 +3,4 @@
 pub mod cni;
 pub mod config_check;
 pub mod daemon;
+pub mod demo;

@@ -129,7 +129,7 @@ async fn add(node: &Node, p: &PodRequest) -> Reply {
             exclusive_eni: false,
         },
     };
-    let pref = match node.config.eni_selection_policy {
+    let pref = match node.config().eni_selection_policy {
         terway_config::EniSelectionPolicy::MostIps => EniPreference::MostUsed,
         terway_config::EniSelectionPolicy::LeastIps => EniPreference::LeastUsed,
     };
@@ -213,7 +213,7 @@ fn pod_spec(
     ip: std::net::Ipv4Addr,
     bandwidth: terway_datapath::Bandwidth,
 ) -> anyhow::Result<PodSpec> {
-    let mode = match node.config.datapath_mode {
+    let mode = match node.config().datapath_mode {
         terway_config::DatapathMode::Veth => Mode::Veth,
         terway_config::DatapathMode::Ipvlan => Mode::Ipvlan,
         terway_config::DatapathMode::ExclusiveEni => Mode::ExclusiveEni,
@@ -229,7 +229,7 @@ fn pod_spec(
         node_ip: node.node_ip,
         mode,
         bandwidth,
-        service_cidr: node.config.service_cidr.ipv4,
+        service_cidr: node.config().service_cidr.ipv4,
     })
 }
 
@@ -272,7 +272,7 @@ async fn del(node: &Node, p: &PodRequest) -> Reply {
     match node.ledger.release(
         &pod_ref(p),
         Some(&p.container_id),
-        node.config.ip_cooldown,
+        node.config().ip_cooldown,
         Durability::Flush,
     ) {
         Ok(r) => {

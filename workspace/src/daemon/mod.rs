@@ -3,6 +3,7 @@
 
 pub mod cni_service;
 pub mod reconciler;
+pub mod service;
 pub mod vswitch;
 
 use anyhow::Context;
@@ -53,7 +54,8 @@ impl Default for NodeOptions {
 /// The node service's shared state.
 #[derive(Debug)]
 pub struct Node {
-    pub config: Arc<Config>,
+    /// The configuration in force; replaced live by [`Node::set_config`].
+    config: std::sync::RwLock<Arc<Config>>,
     pub identity: InstanceIdentity,
     pub node_ip: Ipv4Addr,
     pub limits: InstanceLimits,
@@ -144,7 +146,7 @@ impl Node {
             "node identity and capacity"
         );
         Ok(Arc::new(Self {
-            config,
+            config: std::sync::RwLock::new(config),
             identity,
             node_ip,
             limits,
@@ -162,6 +164,28 @@ impl Node {
             reconcile_passes: AtomicU64::new(0),
             pod_locks: Mutex::new(HashMap::new()),
         }))
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Puts a reloaded configuration in force (its restart-only settings were
+    /// already held at their running values by the watcher) and wakes the reconciler.
+    pub fn set_config(&self, config: Arc<Config>) {
+        *self.config.write().unwrap_or_else(PoisonError::into_inner) = config;
+        self.wake.notify_one();
+        self.pool_changed.notify_waiters();
+    }
+
+    /// Follows a config watcher until the task is aborted.
+    pub async fn follow_config(self: Arc<Self>, mut updates: tokio::sync::watch::Receiver<Arc<Config>>) {
+        while updates.changed().await.is_ok() {
+            let next = updates.borrow_and_update().clone();
+            tracing::info!("configuration reloaded");
+            self.set_config(next);
+        }
     }
 
     /// The lock serialising requests for one pod.
@@ -183,6 +207,6 @@ impl Node {
         self.options
             .socket_path
             .clone()
-            .unwrap_or_else(|| self.config.socket_path.clone())
+            .unwrap_or_else(|| self.config().socket_path.clone())
     }
 }

@@ -57,7 +57,7 @@ pub async fn run(node: std::sync::Arc<Node>) {
         let wait = if failures > 0 {
             Duration::from_millis(200u64.saturating_mul(1 << failures.min(7))).min(Duration::from_secs(30))
         } else {
-            node.config.ip_pool_sync_period
+            node.config().ip_pool_sync_period
         };
         tokio::select! {
             _ = node.wake.notified() => {}
@@ -67,7 +67,7 @@ pub async fn run(node: std::sync::Arc<Node>) {
 }
 
 fn bounds(node: &Node) -> PoolBounds {
-    let c = &node.config;
+    let c = node.config();
     PoolBounds {
         min_idle: c.min_pool_size.max(c.min_eni * node.limits.ipv4_per_eni),
         max_idle: c.max_pool_size,
@@ -109,7 +109,17 @@ pub async fn pass(node: &Node) -> anyhow::Result<PassReport> {
             })
             .collect()
     };
-    let plan = pool::plan(counts, bounds(node), &rooms);
+    let b = bounds(node);
+    let plan = pool::plan(counts, b, &rooms);
+    if pool::deficit(counts, b) > 0 && plan.assign.is_empty() && plan.new_enis.is_empty() {
+        node.set_last_error(Some(format!(
+            "no room left on this node: {} of {} secondary ENIs ({}: {} ENIs including the primary) are in use, none can take more addresses",
+            rooms.len(),
+            b.max_secondary_enis,
+            node.identity.instance_type,
+            node.limits.enis
+        )));
+    }
     // one cloud step per pass keeps each pass's picture fresh; the loop runs again while it progresses
     if let Some((eni_id, n)) = plan.assign.first() {
         report.assigned += assign(node, eni_id, *n).await?;
@@ -141,8 +151,8 @@ async fn observe(node: &Node) -> anyhow::Result<Vec<NetworkInterfaceSet>> {
             ..Default::default()
         })
         .await?;
-    let filter = &node.config.eni_tag_filter;
-    let blocked = &node.config.eni_tag_block_list;
+    let filter = &node.config().eni_tag_filter;
+    let blocked = &node.config().eni_tag_block_list;
     Ok(enis
         .into_iter()
         .filter(|e| filter.iter().all(|(k, v)| e.tag(k) == Some(v.as_str())))
@@ -239,7 +249,7 @@ pub(crate) fn eni_link(node: &Node, e: &EniRecord) -> anyhow::Result<terway_data
         route_table: e.route_table,
         gateway,
         cidr: e.cidr.parse()?,
-        mtu: node.config.mtu,
+        mtu: node.config().mtu,
     })
 }
 
@@ -289,7 +299,7 @@ async fn assign(node: &Node, eni_id: &str, n: u32) -> anyhow::Result<usize> {
                     node.vswitches
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .set_aside(&vswitch, node.config.vswitch_cooldown);
+                        .set_aside(&vswitch, node.config().vswitch_cooldown);
                     node.ledger.complete_intent(intent.id, Durability::Flush)?;
                 }
                 // the outcome is unknown: the intent stays until the cloud tells
@@ -303,14 +313,15 @@ async fn assign(node: &Node, eni_id: &str, n: u32) -> anyhow::Result<usize> {
 
 /// Creates and attaches an ENI on the first vSwitch that has room.
 async fn create_eni(node: &Node, secondaries: u32) -> anyhow::Result<bool> {
-    let configured = node.config.vswitches_in_zone(&node.identity.zone_id);
+    let config = node.config();
+    let configured = config.vswitches_in_zone(&node.identity.zone_id);
     let configured: Vec<String> = if configured.is_empty() {
         vec![node.identity.vswitch_id.clone()]
     } else {
         configured.to_vec()
     };
     let mut free = HashMap::new();
-    if node.config.vswitch_selection_policy == terway_config::VSwitchSelectionPolicy::Ordered {
+    if node.config().vswitch_selection_policy == terway_config::VSwitchSelectionPolicy::Ordered {
         for v in node
             .cloud
             .describe_vswitches_all(DescribeVSwitches {
@@ -327,7 +338,7 @@ async fn create_eni(node: &Node, secondaries: u32) -> anyhow::Result<bool> {
         .vswitches
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .candidates(&configured, node.config.vswitch_selection_policy, &free);
+        .candidates(&configured, node.config().vswitch_selection_policy, &free);
     if candidates.is_empty() {
         node.set_last_error(Some(format!(
             "no vSwitch of zone {} has room (configured: {}; set aside after running out: {})",
@@ -348,7 +359,7 @@ async fn create_eni(node: &Node, secondaries: u32) -> anyhow::Result<bool> {
         (CREATOR_TAG.0.into(), CREATOR_TAG.1.into()),
         (NODE_TAG.into(), node.identity.instance_id.clone()),
     ];
-    tags.extend(node.config.eni_tags.iter().map(|(k, v)| (k.clone(), v.clone())));
+    tags.extend(node.config().eni_tags.iter().map(|(k, v)| (k.clone(), v.clone())));
     for vswitch in candidates {
         let token = new_client_token();
         let intent = node.ledger.record_intent(
@@ -363,7 +374,7 @@ async fn create_eni(node: &Node, secondaries: u32) -> anyhow::Result<bool> {
             security_group_ids: node.security_groups.clone(),
             secondary_private_ip_address_count: (secondaries > 0).then_some(secondaries),
             tags: tags.clone(),
-            resource_group_id: node.config.resource_group_id.clone(),
+            resource_group_id: node.config().resource_group_id.clone(),
             description: Some(format!("terway-rs ENI of {}", node.identity.instance_id)),
             client_token: Some(token),
             ..Default::default()
@@ -381,7 +392,7 @@ async fn create_eni(node: &Node, secondaries: u32) -> anyhow::Result<bool> {
                         node.vswitches
                             .lock()
                             .unwrap_or_else(std::sync::PoisonError::into_inner)
-                            .set_aside(&vswitch, node.config.vswitch_cooldown);
+                            .set_aside(&vswitch, node.config().vswitch_cooldown);
                         node.ledger.complete_intent(intent.id, Durability::Flush)?;
                         continue;
                     }
