@@ -80,6 +80,14 @@ fn bounds(node: &Node) -> PoolBounds {
 /// One pass: observe, reconcile the ledger with the cloud, then grow or shrink.
 pub async fn pass(node: &Node) -> anyhow::Result<PassReport> {
     let mut report = PassReport::default();
+    let unresolved_eni_work = node
+        .ledger
+        .intents()
+        .iter()
+        .any(|i| matches!(i.kind, IntentKind::CreateEni { .. } | IntentKind::AttachEni { .. }));
+    if unresolved_eni_work || node.reconcile_passes.load(Ordering::Relaxed) % 20 == 0 {
+        delete_leftover_enis(node).await?;
+    }
     let cloud_enis = observe(node).await?;
     report.adopted_ips += adopt(node, &cloud_enis).await?;
     node.ledger.promote_cooled(now_millis(), Durability::Lazy)?;
@@ -137,6 +145,42 @@ pub async fn pass(node: &Node) -> anyhow::Result<PassReport> {
         node.pool_changed.notify_waiters();
     }
     Ok(report)
+}
+
+/// Deletes ENIs terway-rs created for this instance that were left
+/// Available (a crash between create and attach): they hold addresses and
+/// count against the region's ENI quota.
+async fn delete_leftover_enis(node: &Node) -> anyhow::Result<()> {
+    let leftovers = node
+        .cloud
+        .describe_network_interfaces_all(DescribeNetworkInterfaces {
+            region_id: node.identity.region_id.clone(),
+            status: Some("Available".into()),
+            tags: vec![(super::NODE_TAG.to_owned(), node.identity.instance_id.clone())],
+            max_results: Some(100),
+            ..Default::default()
+        })
+        .await?;
+    for eni in leftovers {
+        let id = eni.network_interface_id;
+        let intent = node
+            .ledger
+            .record_intent(IntentKind::DeleteEni { eni_id: id.clone() }, None)?;
+        match node
+            .cloud
+            .call(&DeleteNetworkInterface {
+                region_id: node.identity.region_id.clone(),
+                network_interface_id: id.clone(),
+            })
+            .await
+        {
+            Ok(r) => tracing::info!(eni = %id, request_id = %r.request_id, "deleted an ENI left Available"),
+            Err(e) if e.class() == ErrorClass::AlreadyDone => {}
+            Err(e) => tracing::warn!(eni = %id, error = %e, "could not delete an ENI left Available"),
+        }
+        node.ledger.complete_intent(intent.id, Durability::Flush)?;
+    }
+    Ok(())
 }
 
 /// The secondary ENIs attached to this instance, as the cloud shows them.

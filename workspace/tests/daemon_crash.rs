@@ -1,0 +1,286 @@
+//! terwayd killed with SIGKILL at random moments during bursts of ADD and DEL
+//! (50 kills). After each restart no pod has lost its address and no address
+//! is in two pods; at the end the cloud and the ledger agree: nothing leaked.
+//! terwayd runs as its own process (`terwayd run --no-datapath`); the cloud
+//! is the emulator in this test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use terway_cloud::emulator::{
+    Delays, Emulator, Scenario, DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET, DEFAULT_ZONE,
+};
+use terway_node::cni::exchange;
+use terway_node::cni::protocol::{PodRequest, Reply, Request};
+
+const KILLS: usize = 50;
+const PODS: usize = 16;
+
+fn write_config(dir: &Path, url: &str) -> PathBuf {
+    let path = dir.join("eni_conf");
+    let text = format!(
+        r#"{{"max_pool_size": 12, "min_pool_size": 4, "vswitches": {{"{DEFAULT_ZONE}": ["vsw-large0000000001"]}},
+            "access_key": "{DEFAULT_ACCESS_KEY_ID}", "access_secret": "{DEFAULT_ACCESS_KEY_SECRET}",
+            "ecs_endpoint": "{url}", "vpc_endpoint": "{url}", "metadata_endpoint": "{url}",
+            "ledger_path": "{}", "socket_path": "{}",
+            "ip_pool_sync_period": "1s", "ip_cooldown": "0s"}}"#,
+        dir.join("ledger").display(),
+        dir.join("eni.socket").display()
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn spawn_terwayd(config: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_terwayd"))
+        .args(["run", "--no-datapath", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn pod(i: usize) -> PodRequest {
+    PodRequest {
+        container_id: format!("crash{i:03}"),
+        netns: format!("/var/run/netns/crash-{i}"),
+        ifname: "eth0".into(),
+        pod_namespace: "crash".into(),
+        pod_name: format!("pod-{i}"),
+        infra_container_id: format!("crash{i:03}"),
+        ingress_bps: None,
+        egress_bps: None,
+        cni_version: "1.0.0".into(),
+    }
+}
+
+fn wait_serving(socket: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if exchange(socket, &Request::Del(pod(999)), Duration::from_secs(5)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("terwayd did not start serving");
+}
+
+/// Addresses on the instance's attached secondary ENIs, and Available ENIs terway-rs made.
+fn cloud_view(em: &Emulator) -> (BTreeSet<String>, usize) {
+    let dump = em.dump();
+    let enis = dump["enis"].as_array().unwrap();
+    let ips = enis
+        .iter()
+        .filter(|e| e["primary"] == false && e["status"] == "InUse")
+        .flat_map(|e| {
+            let mut v = vec![e["primary_ip"].as_str().unwrap().to_owned()];
+            v.extend(
+                e["secondary_ips"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|i| i.as_str().unwrap().to_owned()),
+            );
+            v
+        })
+        .collect();
+    let leftovers = enis
+        .iter()
+        .filter(|e| e["primary"] == false && e["status"] == "Available")
+        .count();
+    (ips, leftovers)
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Known {
+    Bound(String),
+    Absent,
+    InFlight,
+}
+
+#[test]
+fn sigkill_during_bursts_keeps_the_invariants() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let scenario = Scenario {
+        delays: Delays {
+            attach_ms: 50,
+            detach_ms: 50,
+            ..Delays::default()
+        },
+        ..Scenario::default()
+    };
+    let em = rt.block_on(Emulator::start(scenario)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &em.url());
+    let socket = dir.path().join("eni.socket");
+    let mut known: BTreeMap<usize, Known> = BTreeMap::new();
+    let mut rng = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let started = Instant::now();
+    let mut acked = 0usize;
+    for kill in 0..KILLS {
+        let mut child = spawn_terwayd(&config);
+        wait_serving(&socket);
+        // every pod the daemon acknowledged still has its address: a repeated ADD returns it
+        let mut owners: BTreeMap<String, usize> = BTreeMap::new();
+        for (i, k) in known.clone() {
+            if let Known::Bound(ip) = k {
+                match exchange(&socket, &Request::Add(pod(i)), Duration::from_secs(30)).unwrap() {
+                    Reply::Ok { network: Some(n) } => assert_eq!(n.ipv4, ip, "kill {kill}: pod {i} lost its address"),
+                    other => panic!("kill {kill}: pod {i}: {other:?}"),
+                }
+            }
+        }
+        for (i, k) in &known {
+            if let Known::Bound(ip) = k {
+                if let Some(other) = owners.insert(ip.clone(), *i) {
+                    panic!("kill {kill}: {ip} is bound to pod {other} and pod {i}");
+                }
+            }
+        }
+        // a burst of ADD and DEL from several threads, and SIGKILL in the middle of it
+        let deadline = Instant::now() + Duration::from_millis(100 + next() % 500);
+        let results = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut workers = Vec::new();
+        for w in 0..3u64 {
+            let socket = socket.clone();
+            let results = results.clone();
+            let mut r = next().wrapping_add(w);
+            workers.push(std::thread::spawn(move || {
+                while Instant::now() < deadline + Duration::from_secs(2) {
+                    r ^= r << 13;
+                    r ^= r >> 7;
+                    r ^= r << 17;
+                    let i = (r % PODS as u64) as usize;
+                    let add = r % 3 != 0;
+                    results.lock().unwrap().push((i, None::<Known>));
+                    let req = if add {
+                        Request::Add(pod(i))
+                    } else {
+                        Request::Del(pod(i))
+                    };
+                    let outcome = match exchange(&socket, &req, Duration::from_secs(10)) {
+                        Ok(Reply::Ok { network: Some(n) }) => Known::Bound(n.ipv4),
+                        Ok(Reply::Ok { network: None }) => Known::Absent,
+                        _ => Known::InFlight,
+                    };
+                    let failed = outcome == Known::InFlight;
+                    results.lock().unwrap().push((i, Some(outcome)));
+                    if failed {
+                        return; // the daemon is gone
+                    }
+                }
+            }));
+        }
+        std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        for w in workers {
+            w.join().unwrap();
+        }
+        for (i, outcome) in results.lock().unwrap().drain(..) {
+            match outcome {
+                None => {
+                    known.insert(i, Known::InFlight);
+                }
+                Some(Known::InFlight) => {}
+                Some(k) => {
+                    acked += 1;
+                    known.insert(i, k);
+                }
+            }
+        }
+        // what was in flight is settled by asking the restarted daemon in the next round
+        let in_flight: Vec<usize> = known
+            .iter()
+            .filter(|(_, k)| **k == Known::InFlight)
+            .map(|(i, _)| *i)
+            .collect();
+        if !in_flight.is_empty() {
+            let mut child = spawn_terwayd(&config);
+            wait_serving(&socket);
+            for i in in_flight {
+                // DEL settles it either way: the pod is gone afterwards
+                let r = exchange(&socket, &Request::Del(pod(i)), Duration::from_secs(30)).unwrap();
+                assert_eq!(r, Reply::Ok { network: None }, "kill {kill}: DEL of pod {i}");
+                known.insert(i, Known::Absent);
+            }
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+    // at rest: the daemon, restarted once more, makes the ledger and the cloud agree
+    let mut child = spawn_terwayd(&config);
+    wait_serving(&socket);
+    let mut agreed = false;
+    let mut last = String::new();
+    for _ in 0..150 {
+        std::thread::sleep(Duration::from_millis(200));
+        let Some(export) = snapshot(&dir.path().join("ledger")) else {
+            continue;
+        };
+        let ledger_ips: BTreeSet<String> = export.ips.iter().map(|r| r.ip.to_string()).collect();
+        let intents = export.intents.len();
+        let (cloud_ips, leftovers) = rt.block_on(async { cloud_view(&em) });
+        last = format!(
+            "ledger {} addresses, cloud {}, intents {intents}, leftover ENIs {leftovers}",
+            ledger_ips.len(),
+            cloud_ips.len()
+        );
+        if ledger_ips == cloud_ips && intents == 0 && leftovers == 0 {
+            agreed = true;
+            break;
+        }
+    }
+    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let _ = child.wait();
+    println!(
+        "{KILLS} SIGKILLs of terwayd in {:.1} s, {acked} acknowledged ADD/DEL checked; at rest: {last}",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(agreed, "the cloud and the ledger never agreed: {last}");
+    let ledger = terway_statestore::Ledger::open(&dir.path().join("ledger")).unwrap();
+    assert!(ledger.check().is_empty(), "{:?}", ledger.check());
+}
+
+/// The ledger terwayd holds, read from a copy (as `terway-ledger --snapshot` does).
+fn snapshot(path: &Path) -> Option<terway_statestore::Export> {
+    let copy = tempfile::tempdir().ok()?;
+    copy_dir(path, copy.path()).ok()?;
+    let opts = terway_statestore::OpenOptions {
+        read_only: true,
+        lock_wait: Some(Duration::ZERO),
+        ..Default::default()
+    };
+    terway_statestore::Ledger::open_with(copy.path(), &opts)
+        .ok()?
+        .export()
+        .ok()
+}
+
+fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), target)?;
+        }
+    }
+    Ok(())
+}
