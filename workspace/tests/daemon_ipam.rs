@@ -212,3 +212,90 @@ async fn an_exhausted_vswitch_gives_a_clear_error() {
         "the vSwitch is named: {details}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloud_faults_during_a_burst() {
+    let em = Emulator::start(Scenario::default()).await.unwrap();
+    let running = start(config(&em, &["vsw-large0000000001"], r#", "max_pool_size": 5, "min_pool_size": 2"#), Duration::from_secs(45)).await;
+    // throttling-like refusals, server errors, lost answers and a Describe that lags
+    em.set_faults(terway_cloud::emulator::Faults {
+        error_rate: 0.2,
+        drop_rate: 0.15,
+        describe_lag_ms: 300,
+        latency_ms: [("*".to_owned(), 20)].into(),
+        ..Default::default()
+    });
+    let socket = running.node.socket_path();
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let socket = socket.clone();
+        tasks.push(tokio::spawn(async move { (i, call(&socket, Request::Add(pod(i))).await) }));
+    }
+    let mut ips = BTreeSet::new();
+    for t in tasks {
+        let (i, reply) = t.await.unwrap();
+        let Reply::Ok { network: Some(net) } = reply else { panic!("pod {i}: {reply:?}") };
+        assert!(ips.insert(net.ipv4.clone()), "{} handed out twice", net.ipv4);
+    }
+    em.set_faults(Default::default());
+    // no ENI or address twice in the cloud, and the ledger agrees with it at rest
+    let mut agreed = false;
+    for _ in 0..100 {
+        running.node.wake.notify_one();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let s = running.node.ledger.snapshot();
+        let ledger_ips: BTreeSet<String> = s.ips.keys().map(ToString::to_string).collect();
+        if s.intents.is_empty() && ledger_ips == cloud_ips(&em) {
+            agreed = true;
+            break;
+        }
+    }
+    assert!(agreed, "ledger and cloud never agreed after the faults stopped");
+    let dump = em.dump();
+    let ours = dump["enis"].as_array().unwrap().iter().filter(|e| e["primary"] == false).count();
+    assert!(ours <= 3, "{ours} secondary ENIs: the instance allows 3, so no ENI was made twice");
+    let stats = running.node.cloud.stats();
+    let errors: u64 = stats.values().map(|s| s.errors.values().sum::<u64>()).sum();
+    println!("faults met: {errors} failed attempts, every pod served");
+    assert!(errors > 0, "the faults were injected");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capacity_returns_when_a_vswitch_is_added_to_the_file() {
+    let em = Emulator::start(Scenario::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let write = |vswitches: &str| {
+        let text = format!(
+            r#"{{"max_pool_size": 0, "min_pool_size": 0, "vswitches": {{"{DEFAULT_ZONE}": [{vswitches}]}},
+                "access_key": "{DEFAULT_ACCESS_KEY_ID}", "access_secret": "{DEFAULT_ACCESS_KEY_SECRET}",
+                "ecs_endpoint": "{url}", "vpc_endpoint": "{url}", "metadata_endpoint": "{url}",
+                "ip_pool_sync_period": "1s", "ip_cooldown": "0s"}}"#,
+            url = em.url()
+        );
+        std::fs::write(dir.path().join("eni_conf"), text).unwrap();
+    };
+    write(r#""vsw-small0000000001""#);
+    let options = NodeOptions {
+        datapath: None,
+        add_deadline: Duration::from_secs(3),
+        socket_path: Some(dir.path().join("eni.socket")),
+        ledger_path: Some(dir.path().join("ledger")),
+    };
+    let running = terway_node::daemon::service::start(dir.path().join("eni_conf"), None, options).await.unwrap();
+    let socket = running.node.socket_path();
+    let mut i = 0;
+    let refusal = loop {
+        match call(&socket, Request::Add(pod(i))).await {
+            Reply::Ok { .. } => i += 1,
+            other => break other,
+        }
+    };
+    assert_eq!(i, 12, "the /28 served its 12 addresses");
+    assert!(matches!(refusal, Reply::Error { code: 11, .. }), "{refusal:?}");
+    // the operator adds a vSwitch to the live file: no restart
+    write(r#""vsw-small0000000001", "vsw-large0000000001""#);
+    let Reply::Ok { network: Some(net) } = call(&socket, Request::Add(pod(i))).await else { panic!("ADD still refused") };
+    assert!(net.ipv4.starts_with("192.168.16."), "{}", net.ipv4);
+    // and addresses freed on the exhausted vSwitch serve again too
+    assert_eq!(call(&socket, Request::Del(pod(0))).await, Reply::Ok { network: None });
+}
