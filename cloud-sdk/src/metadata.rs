@@ -11,7 +11,7 @@ const TOKEN_HEADER: &str = "X-aliyun-ecs-metadata-token";
 const TOKEN_TTL_SECS: u64 = 21_600;
 
 /// The node's identity, read once at start.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct InstanceIdentity {
     pub instance_id: String,
     pub region_id: String,

@@ -469,6 +469,21 @@ impl Ledger {
         Ok(())
     }
 
+    /// A value the node keeps between runs (its identity, its capacity), under `node.<key>`.
+    pub fn node_fact<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, LedgerError> {
+        let Some(text) = self.meta_get(format!("node.{key}").as_bytes())? else {
+            return Ok(None);
+        };
+        Ok(decode(text.as_bytes()).ok())
+    }
+
+    /// Records a node fact, flushed.
+    pub fn set_node_fact<T: Serialize>(&self, key: &str, value: &T) -> Result<(), LedgerError> {
+        let text = String::from_utf8(encode(value)).unwrap_or_default();
+        self.meta_put(format!("node.{key}").as_bytes(), &text)?;
+        self.flush()
+    }
+
     /// Writes everything to disk now.
     pub fn flush(&self) -> Result<(), LedgerError> {
         self.db.flush().map(|_| ()).map_err(|e| storage(&self.path, "flush", e))

@@ -28,7 +28,20 @@ fn config(em: &Emulator, vswitches: &[&str], extra: &str) -> Arc<terway_config::
 struct Running {
     node: Arc<Node>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-    _dir: tempfile::TempDir,
+    dir: Option<tempfile::TempDir>,
+}
+
+impl Running {
+    /// Stops every task and hands back the directory holding the ledger.
+    async fn stop(mut self) -> tempfile::TempDir {
+        for t in &self.tasks {
+            t.abort();
+        }
+        for t in std::mem::take(&mut self.tasks) {
+            let _ = t.await;
+        }
+        self.dir.take().unwrap()
+    }
 }
 
 impl Drop for Running {
@@ -40,7 +53,10 @@ impl Drop for Running {
 }
 
 async fn start(config: Arc<terway_config::Config>, add_deadline: Duration) -> Running {
-    let dir = tempfile::tempdir().unwrap();
+    start_in(config, add_deadline, tempfile::tempdir().unwrap()).await
+}
+
+async fn start_in(config: Arc<terway_config::Config>, add_deadline: Duration, dir: tempfile::TempDir) -> Running {
     let options = NodeOptions {
         datapath: None,
         add_deadline,
@@ -64,7 +80,7 @@ async fn start(config: Arc<terway_config::Config>, add_deadline: Duration) -> Ru
     Running {
         node,
         tasks: vec![server, reconcile],
-        _dir: dir,
+        dir: Some(dir),
     }
 }
 
@@ -216,7 +232,15 @@ async fn an_exhausted_vswitch_gives_a_clear_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cloud_faults_during_a_burst() {
     let em = Emulator::start(Scenario::default()).await.unwrap();
-    let running = start(config(&em, &["vsw-large0000000001"], r#", "max_pool_size": 5, "min_pool_size": 2"#), Duration::from_secs(45)).await;
+    let running = start(
+        config(
+            &em,
+            &["vsw-large0000000001"],
+            r#", "max_pool_size": 5, "min_pool_size": 2"#,
+        ),
+        Duration::from_secs(45),
+    )
+    .await;
     // throttling-like refusals, server errors, lost answers and a Describe that lags
     em.set_faults(terway_cloud::emulator::Faults {
         error_rate: 0.2,
@@ -229,12 +253,16 @@ async fn cloud_faults_during_a_burst() {
     let mut tasks = Vec::new();
     for i in 0..20 {
         let socket = socket.clone();
-        tasks.push(tokio::spawn(async move { (i, call(&socket, Request::Add(pod(i))).await) }));
+        tasks.push(tokio::spawn(
+            async move { (i, call(&socket, Request::Add(pod(i))).await) },
+        ));
     }
     let mut ips = BTreeSet::new();
     for t in tasks {
         let (i, reply) = t.await.unwrap();
-        let Reply::Ok { network: Some(net) } = reply else { panic!("pod {i}: {reply:?}") };
+        let Reply::Ok { network: Some(net) } = reply else {
+            panic!("pod {i}: {reply:?}")
+        };
         assert!(ips.insert(net.ipv4.clone()), "{} handed out twice", net.ipv4);
     }
     em.set_faults(Default::default());
@@ -252,8 +280,16 @@ async fn cloud_faults_during_a_burst() {
     }
     assert!(agreed, "ledger and cloud never agreed after the faults stopped");
     let dump = em.dump();
-    let ours = dump["enis"].as_array().unwrap().iter().filter(|e| e["primary"] == false).count();
-    assert!(ours <= 3, "{ours} secondary ENIs: the instance allows 3, so no ENI was made twice");
+    let ours = dump["enis"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["primary"] == false)
+        .count();
+    assert!(
+        ours <= 3,
+        "{ours} secondary ENIs: the instance allows 3, so no ENI was made twice"
+    );
     let stats = running.node.cloud.stats();
     let errors: u64 = stats.values().map(|s| s.errors.values().sum::<u64>()).sum();
     println!("faults met: {errors} failed attempts, every pod served");
@@ -281,7 +317,9 @@ async fn capacity_returns_when_a_vswitch_is_added_to_the_file() {
         socket_path: Some(dir.path().join("eni.socket")),
         ledger_path: Some(dir.path().join("ledger")),
     };
-    let running = terway_node::daemon::service::start(dir.path().join("eni_conf"), None, options).await.unwrap();
+    let running = terway_node::daemon::service::start(dir.path().join("eni_conf"), None, options)
+        .await
+        .unwrap();
     let socket = running.node.socket_path();
     let mut i = 0;
     let refusal = loop {
@@ -294,8 +332,66 @@ async fn capacity_returns_when_a_vswitch_is_added_to_the_file() {
     assert!(matches!(refusal, Reply::Error { code: 11, .. }), "{refusal:?}");
     // the operator adds a vSwitch to the live file: no restart
     write(r#""vsw-small0000000001", "vsw-large0000000001""#);
-    let Reply::Ok { network: Some(net) } = call(&socket, Request::Add(pod(i))).await else { panic!("ADD still refused") };
+    let Reply::Ok { network: Some(net) } = call(&socket, Request::Add(pod(i))).await else {
+        panic!("ADD still refused")
+    };
     assert!(net.ipv4.starts_with("192.168.16."), "{}", net.ipv4);
     // and addresses freed on the exhausted vSwitch serve again too
     assert_eq!(call(&socket, Request::Del(pod(0))).await, Reply::Ok { network: None });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_metadata_and_cloud_at_start_still_serve() {
+    let em = Emulator::start(Scenario::default()).await.unwrap();
+    let cfg = config(&em, &["vsw-large0000000001"], "");
+    let running = start(cfg.clone(), Duration::from_secs(30)).await;
+    let socket = running.node.socket_path();
+    let Reply::Ok { network: Some(first) } = call(&socket, Request::Add(pod(0))).await else {
+        panic!()
+    };
+    for _ in 0..100 {
+        let idle = running
+            .node
+            .ledger
+            .snapshot()
+            .ips
+            .values()
+            .filter(|r| r.state == IpState::Idle)
+            .count();
+        if idle >= 10 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // stop, keeping the ledger directory
+    let dir = running.stop().await;
+    // the metadata service is down and every cloud call fails
+    em.set_faults(terway_cloud::emulator::Faults {
+        metadata_unavailable: true,
+        error_rate: 1.0,
+        ..Default::default()
+    });
+    let running = start_in(cfg, Duration::from_secs(5), dir).await;
+    let socket = running.node.socket_path();
+    assert_eq!(
+        call(&socket, Request::Del(pod(0))).await,
+        Reply::Ok { network: None },
+        "DEL from local state"
+    );
+    for i in 1..=5 {
+        let reply = call(&socket, Request::Add(pod(i))).await;
+        let Reply::Ok { network: Some(net) } = reply else {
+            panic!("pod {i}: {reply:?}")
+        };
+        assert_ne!(net.ipv4, "", "served from a confirmed idle address");
+    }
+    let Reply::Ok { network: Some(again) } = call(&socket, Request::Add(pod(0))).await else {
+        panic!()
+    };
+    assert!(
+        again.ipv4.starts_with("192.168.16."),
+        "{} vs {}",
+        again.ipv4,
+        first.ipv4
+    );
 }

@@ -80,23 +80,22 @@ pub struct Node {
 
 impl Node {
     /// Reads the instance's identity, opens the cloud client and the ledger.
+    /// When the metadata service or the cloud cannot be reached, the facts
+    /// recorded at the last start are used, so DEL and ADD from confirmed idle
+    /// addresses keep working; the reconciler catches up when the cloud is back.
     pub async fn start(config: Arc<Config>, options: NodeOptions) -> anyhow::Result<Arc<Self>> {
-        let metadata = Arc::new(MetadataClient::new(&config.endpoints.metadata, Duration::from_secs(5))?);
-        let identity = metadata
-            .identity()
-            .await
-            .context("reading the instance identity from the metadata service")?;
-        let node_ip: Ipv4Addr = metadata
-            .get("private-ipv4")
-            .await?
-            .parse()
-            .context("metadata private-ipv4 is not an IPv4 address")?;
-        let credentials = Arc::new(CredentialProvider::resolve(
-            config.access_key.as_deref(),
-            config.access_secret.as_ref(),
-            metadata.clone(),
-        ));
-        let cloud = CloudClient::new(ClientOptions::from_config(&config, &identity.region_id), credentials)?;
+        let metadata =
+            Arc::new(MetadataClient::new(&config.endpoints.metadata, Duration::from_secs(3))?.with_attempts(2));
+        let from_metadata = async {
+            let identity = metadata.identity().await?;
+            let ip: Ipv4Addr = metadata
+                .get("private-ipv4")
+                .await?
+                .parse()
+                .map_err(|_| anyhow::anyhow!("metadata private-ipv4 is not an IPv4 address"))?;
+            anyhow::Ok((identity, ip))
+        }
+        .await;
         let ledger_path = options
             .ledger_path
             .clone()
@@ -104,42 +103,84 @@ impl Node {
         if let Some(parent) = ledger_path.parent() {
             std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
         }
+        let instance_id = from_metadata.as_ref().ok().map(|(i, _)| i.instance_id.clone());
         let ledger = Arc::new(Ledger::open_with(
             &ledger_path,
             &OpenOptions {
-                instance_id: Some(identity.instance_id.clone()),
+                instance_id,
                 ..OpenOptions::default()
             },
         )?);
         for problem in ledger.check() {
             tracing::error!(%problem, "ledger inconsistency (terway-ledger repair moves it aside)");
         }
-        let itype = cloud
-            .instance_type(&identity.instance_type)
-            .await
-            .context("reading the instance type's ENI quotas")?;
-        let limits = InstanceLimits {
-            enis: itype.eni_quantity,
-            ipv4_per_eni: itype.eni_private_ip_address_quantity,
+        let (identity, node_ip) = match from_metadata {
+            Ok(found) => {
+                ledger.set_node_fact("identity", &found.0)?;
+                ledger.set_node_fact("ip", &found.1)?;
+                found
+            }
+            Err(e) => {
+                let cached = ledger
+                    .node_fact::<InstanceIdentity>("identity")?
+                    .zip(ledger.node_fact::<Ipv4Addr>("ip")?);
+                let Some(cached) = cached else {
+                    return Err(e.context("reading the instance identity from the metadata service (and none is recorded from an earlier start)"));
+                };
+                tracing::warn!(error = %e, "metadata service unreachable; using the identity recorded at the last start");
+                cached
+            }
         };
-        let security_groups = if config.security_groups.is_empty() {
-            let primary = cloud
-                .call(&DescribeNetworkInterfaces {
-                    region_id: identity.region_id.clone(),
-                    instance_id: Some(identity.instance_id.clone()),
-                    kind: Some("Primary".into()),
-                    ..Default::default()
-                })
-                .await?;
-            primary
-                .network_interface_sets
-                .items
-                .first()
-                .map(|e| e.security_group_ids.items.clone())
-                .unwrap_or_default()
-        } else {
-            config.security_groups.clone()
+        let credentials = Arc::new(CredentialProvider::resolve(
+            config.access_key.as_deref(),
+            config.access_secret.as_ref(),
+            metadata.clone(),
+        ));
+        let cloud = CloudClient::new(ClientOptions::from_config(&config, &identity.region_id), credentials)?;
+        let from_cloud = async {
+            let itype = cloud.instance_type(&identity.instance_type).await?;
+            let limits = (itype.eni_quantity, itype.eni_private_ip_address_quantity);
+            let groups = if config.security_groups.is_empty() {
+                let primary = cloud
+                    .call(&DescribeNetworkInterfaces {
+                        region_id: identity.region_id.clone(),
+                        instance_id: Some(identity.instance_id.clone()),
+                        kind: Some("Primary".into()),
+                        ..Default::default()
+                    })
+                    .await?;
+                primary
+                    .network_interface_sets
+                    .items
+                    .first()
+                    .map(|e| e.security_group_ids.items.clone())
+                    .unwrap_or_default()
+            } else {
+                config.security_groups.clone()
+            };
+            anyhow::Ok((limits, groups))
+        }
+        .await;
+        let ((enis, ipv4_per_eni), security_groups) = match from_cloud {
+            Ok(found) => {
+                ledger.set_node_fact("limits", &found.0)?;
+                ledger.set_node_fact("security_groups", &found.1)?;
+                found
+            }
+            Err(e) => {
+                let cached = ledger
+                    .node_fact::<(u32, u32)>("limits")?
+                    .zip(ledger.node_fact::<Vec<String>>("security_groups")?);
+                let Some(cached) = cached else {
+                    return Err(e.context(
+                        "reading the instance type's ENI quotas (and none are recorded from an earlier start)",
+                    ));
+                };
+                tracing::warn!(error = %e, "cloud unreachable; using the capacity recorded at the last start");
+                cached
+            }
         };
+        let limits = InstanceLimits { enis, ipv4_per_eni };
         tracing::info!(
             instance = %identity.instance_id, zone = %identity.zone_id, instance_type = %identity.instance_type,
             enis = limits.enis, ips_per_eni = limits.ipv4_per_eni, max_pods = config.max_pods(limits),
