@@ -164,6 +164,21 @@ async fn pods_get_confirmed_addresses_and_the_pool_settles() {
     }
     // DEL of an unknown pod succeeds too
     assert_eq!(call(&socket, Request::Del(pod(999))).await, Reply::Ok { network: None });
+    // CNI GC releases what the runtime no longer lists
+    for i in 0..3 {
+        call(&socket, Request::Add(pod(i))).await;
+    }
+    let keep = vec![terway_node::cni::protocol::Attachment {
+        container_id: "container-1".into(),
+        ifname: "eth0".into(),
+    }];
+    assert_eq!(
+        call(&socket, Request::Gc { valid: keep }).await,
+        Reply::Ok { network: None }
+    );
+    let pods: Vec<String> = running.node.ledger.snapshot().pods.keys().cloned().collect();
+    assert_eq!(pods, ["default/pod-1"]);
+    call(&socket, Request::Del(pod(1))).await;
     // at rest the idle pool is within [min, max] and every cloud address is in the ledger
     let mut settled = false;
     for _ in 0..100 {

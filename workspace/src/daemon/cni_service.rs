@@ -70,7 +70,7 @@ pub async fn handle(node: &Node, request: Request) -> Reply {
             del(node, &p).await
         }
         Request::Check(p) => check(node, &p).await,
-        Request::Gc { .. } => Reply::Ok { network: None },
+        Request::Gc { valid } => gc(node, &valid).await,
         Request::Status => {
             let s = node.ledger.snapshot();
             if s.ips.values().any(|r| r.state == terway_statestore::IpState::Idle) || node.last_error().is_none() {
@@ -282,6 +282,45 @@ async fn del(node: &Node, p: &PodRequest) -> Reply {
         }
         Err(e) => fail(code::IO_FAILURE, format!("ledger: {e}")),
     }
+}
+
+/// CNI GC: every pod the runtime no longer lists gives its address back.
+async fn gc(node: &Node, valid: &[crate::cni::protocol::Attachment]) -> Reply {
+    let stale: Vec<PodRecord> = node
+        .ledger
+        .snapshot()
+        .pods
+        .into_values()
+        .filter(|p| {
+            !valid
+                .iter()
+                .any(|a| a.container_id == p.container_id && a.ifname == p.ifname)
+        })
+        .collect();
+    for record in stale {
+        let request = PodRequest {
+            container_id: record.container_id.clone(),
+            netns: record.netns.clone(),
+            ifname: record.ifname.clone(),
+            pod_namespace: record.pod.namespace.clone(),
+            pod_name: record.pod.name.clone(),
+            infra_container_id: record.container_id.clone(),
+            ingress_bps: None,
+            egress_bps: None,
+            cni_version: "1.1.0".into(),
+        };
+        tracing::info!(pod = %record.pod, container = %record.container_id, "GC: the runtime no longer lists this attachment");
+        let lock = node.pod_lock(&pod_key(&request));
+        let _guard = lock.lock().await;
+        if let Reply::Error { code, msg, details } = del(node, &request).await {
+            return Reply::Error {
+                code,
+                msg: format!("GC of pod {}: {msg}", record.pod),
+                details,
+            };
+        }
+    }
+    Reply::Ok { network: None }
 }
 
 async fn check(node: &Node, p: &PodRequest) -> Reply {
