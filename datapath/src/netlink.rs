@@ -21,6 +21,9 @@ const ENOENT: i32 = 2;
 const ESRCH: i32 = 3;
 const ENODEV: i32 = 19;
 const EADDRNOTAVAIL: i32 = 99;
+const EBUSY: i32 = 16;
+/// How often a dump interrupted by concurrent changes is taken again.
+const DUMP_RETRIES: u32 = 8;
 
 /// The errno of a netlink error, if it is one.
 pub(crate) fn errno(e: &rtnetlink::Error) -> Option<i32> {
@@ -188,14 +191,25 @@ impl Netlink {
 
     // ---- links ----
 
+    /// Runs a dump, taking it again when a concurrent change interrupted it
+    /// (the kernel answers EBUSY for NLM_F_DUMP_INTR).
+    async fn dump<T, F, Fut>(&self, what: &str, mut take: F) -> Result<Vec<T>, DatapathError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<Vec<T>, rtnetlink::Error>>,
+    {
+        let mut attempt = 0;
+        loop {
+            match take().await {
+                Err(e) if errno(&e) == Some(EBUSY) && attempt < DUMP_RETRIES => attempt += 1,
+                other => return other.map_err(|e| self.err(what, e)),
+            }
+        }
+    }
+
     pub async fn links(&self) -> Result<Vec<LinkMessage>, DatapathError> {
-        self.handle
-            .link()
-            .get()
-            .execute()
-            .try_collect()
+        self.dump("list links", || self.handle.link().get().execute().try_collect())
             .await
-            .map_err(|e| self.err("list links", e))
     }
 
     pub async fn link_by_name(&self, name: &str) -> Result<Option<LinkMessage>, DatapathError> {
@@ -310,14 +324,15 @@ impl Netlink {
     pub async fn addresses(&self, index: u32) -> Result<Vec<(IpAddr, u8)>, DatapathError> {
         use rtnetlink::packet_route::address::AddressAttribute;
         let msgs: Vec<_> = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(index)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| self.err("list addresses", e))?;
+            .dump("list addresses", || {
+                self.handle
+                    .address()
+                    .get()
+                    .set_link_index_filter(index)
+                    .execute()
+                    .try_collect()
+            })
+            .await?;
         Ok(msgs
             .iter()
             .filter(|m| m.header.index == index)
@@ -391,13 +406,10 @@ impl Netlink {
             RouteMessageBuilder::<std::net::Ipv6Addr>::new().table_id(table).build()
         };
         let all: Vec<RouteMessage> = self
-            .handle
-            .route()
-            .get(query)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| self.err("list routes", e))?;
+            .dump("list routes", || {
+                self.handle.route().get(query.clone()).execute().try_collect()
+            })
+            .await?;
         Ok(all.into_iter().filter(|m| route_table(m) == table).collect())
     }
 
@@ -421,13 +433,10 @@ impl Netlink {
 
     pub async fn rules(&self, v4: bool) -> Result<Vec<RuleMessage>, DatapathError> {
         let version = if v4 { IpVersion::V4 } else { IpVersion::V6 };
-        self.handle
-            .rule()
-            .get(version)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| self.err("list rules", e))
+        self.dump("list rules", || {
+            self.handle.rule().get(version.clone()).execute().try_collect()
+        })
+        .await
     }
 
     /// Adds the rule unless an identical one exists (the kernel would add a duplicate).
@@ -535,13 +544,10 @@ impl Netlink {
     /// The permanent neighbour entry of `ip` on `index`, as its MAC.
     pub async fn permanent_neighbour(&self, index: u32, ip: IpAddr) -> Result<Option<Vec<u8>>, DatapathError> {
         let all: Vec<NeighbourMessage> = self
-            .handle
-            .neighbours()
-            .get()
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| self.err("list neighbours", e))?;
+            .dump("list neighbours", || {
+                self.handle.neighbours().get().execute().try_collect()
+            })
+            .await?;
         Ok(all.into_iter().find_map(|m| {
             let dst = m.attributes.iter().find_map(|a| match a {
                 NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => Some(IpAddr::V4(*v4)),
@@ -562,14 +568,10 @@ impl Netlink {
 
     pub async fn root_qdisc(&self, index: u32) -> Result<Option<RootQdisc>, DatapathError> {
         let all: Vec<TcMessage> = self
-            .handle
-            .qdisc()
-            .get()
-            .index(index as i32)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| self.err("list qdiscs", e))?;
+            .dump("list qdiscs", || {
+                self.handle.qdisc().get().index(index as i32).execute().try_collect()
+            })
+            .await?;
         Ok(all
             .into_iter()
             .find(|m| m.header.index == index as i32 && u32::from(m.header.parent) == u32::MAX)

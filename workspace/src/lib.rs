@@ -4,3 +4,4 @@ pub mod cni;
 pub mod config_check;
 pub mod daemon;
 pub mod demo;
+pub mod simulated_node;
