@@ -410,3 +410,63 @@ async fn unreachable_metadata_and_cloud_at_start_still_serve() {
         first.ipv4
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exclusive_eni_mode_up_to_the_quota() {
+    let em = Emulator::start(Scenario::default()).await.unwrap();
+    // ecs.g6.2xlarge: 4 ENIs, so 3 pods with an ENI each
+    let cfg = config(
+        &em,
+        &["vsw-large0000000001"],
+        r#", "datapath_mode": "exclusive_eni", "max_pool_size": 1, "min_pool_size": 0"#,
+    );
+    let running = start(cfg, Duration::from_secs(5)).await;
+    let socket = running.node.socket_path();
+    let mut enis = BTreeSet::new();
+    for i in 0..3 {
+        let reply = call(&socket, Request::Add(pod(i))).await;
+        let Reply::Ok { network: Some(net) } = reply else {
+            panic!("pod {i}: {reply:?}")
+        };
+        assert_eq!(
+            net.ipv4_gateway, "192.168.31.253",
+            "an exclusive ENI routes to its vSwitch gateway"
+        );
+        let record = running.node.ledger.snapshot().pods[&format!("default/pod-{i}")].clone();
+        assert!(enis.insert(record.eni_id.clone().unwrap()), "each pod has its own ENI");
+        assert_eq!(
+            running.node.ledger.snapshot().enis[record.eni_id.as_ref().unwrap()]
+                .primary_ip
+                .to_string()
+                + "/32",
+            net.ipv4
+        );
+    }
+    let Reply::Error { code, details, .. } = call(&socket, Request::Add(pod(3))).await else {
+        panic!("a fourth pod got an ENI")
+    };
+    assert_eq!(code, 11);
+    assert!(
+        details.contains("ecs.g6.2xlarge") && details.contains("EniQuantity 4"),
+        "names the quota: {details}"
+    );
+    // DEL returns the ENI: the next pod gets it
+    assert_eq!(call(&socket, Request::Del(pod(0))).await, Reply::Ok { network: None });
+    let Reply::Ok { network: Some(_) } = call(&socket, Request::Add(pod(3))).await else {
+        panic!("the returned ENI was not reused")
+    };
+    // above max_pool_size (1 idle ENI) the extra ones are detached and deleted
+    for i in 1..=3 {
+        call(&socket, Request::Del(pod(i))).await;
+    }
+    let mut retired = false;
+    for _ in 0..100 {
+        running.node.wake.notify_one();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if running.node.ledger.snapshot().enis.len() == 1 {
+            retired = true;
+            break;
+        }
+    }
+    assert!(retired, "idle ENIs above max_pool_size were not given back");
+}

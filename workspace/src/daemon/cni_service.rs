@@ -139,9 +139,22 @@ async fn add(node: &Node, p: &PodRequest) -> Reply {
         let notified = node.pool_changed.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        match node.ledger.bind(&request, pref, Durability::Flush) {
+        let exclusive = node.config().datapath_mode.is_exclusive();
+        let attempt = if exclusive {
+            node.ledger.reserve_eni(&request, Durability::Flush)
+        } else {
+            node.ledger.bind(&request, pref, Durability::Flush)
+        };
+        match attempt {
             Ok(b) => break b,
-            Err(LedgerError::NoIdleIp { cooling }) => {
+            Err(LedgerError::NoIdleIp { .. } | LedgerError::NoIdleEni) => {
+                let cooling = node
+                    .ledger
+                    .snapshot()
+                    .ips
+                    .values()
+                    .filter(|r| matches!(r.state, terway_statestore::IpState::Cooling { .. }))
+                    .count();
                 if waiting.is_none() {
                     node.waiting.fetch_add(1, Ordering::Relaxed);
                     waiting = Some(Waiting(node));
@@ -195,10 +208,16 @@ async fn add(node: &Node, p: &PodRequest) -> Reply {
     }
     tracing::info!(pod = %pod_key(p), ip = %ip, eni = %bound.eni.id, vswitch = %bound.eni.vswitch_id, existing = bound.existing,
         took_ms = started.elapsed().as_millis() as u64, "ADD served");
+    // an exclusive ENI routes straight to its vSwitch gateway; shared ones through the link-local one
+    let gateway = if node.config().datapath_mode.is_exclusive() {
+        bound.eni.gateway.to_string()
+    } else {
+        names::POD_GATEWAY_V4.to_string()
+    };
     Reply::Ok {
         network: Some(PodNetworkReply {
             ipv4: format!("{ip}/32"),
-            ipv4_gateway: names::POD_GATEWAY_V4.to_string(),
+            ipv4_gateway: gateway,
             ipv6: None,
             ipv6_gateway: None,
             mac,

@@ -91,6 +91,9 @@ pub async fn pass(node: &Node) -> anyhow::Result<PassReport> {
     let cloud_enis = observe(node).await?;
     report.adopted_ips += adopt(node, &cloud_enis).await?;
     node.ledger.promote_cooled(now_millis(), Durability::Lazy)?;
+    if node.config().datapath_mode.is_exclusive() {
+        return exclusive_pass(node, report).await;
+    }
 
     let s = node.ledger.snapshot();
     let held = s.ips_held_by_intents();
@@ -145,6 +148,110 @@ pub async fn pass(node: &Node) -> anyhow::Result<PassReport> {
         node.pool_changed.notify_waiters();
     }
     Ok(report)
+}
+
+/// Exclusive-ENI mode: the pool counts whole idle ENIs, within
+/// [`min_pool_size`, `max_pool_size`] and the instance's quota.
+async fn exclusive_pass(node: &Node, mut report: PassReport) -> anyhow::Result<PassReport> {
+    let s = node.ledger.snapshot();
+    let config = node.config();
+    let max_enis = config.usable_secondary_enis(node.limits);
+    let idle: Vec<&EniRecord> = s
+        .enis
+        .values()
+        .filter(|e| e.status == EniStatus::InUse && e.owner.is_none())
+        .collect();
+    let idle_count = idle.len() as u32;
+    let waiting = node.waiting.load(Ordering::Relaxed);
+    let min = config.min_pool_size.min(max_enis);
+    let max = config.max_pool_size.max(min);
+    let want = (min + waiting)
+        .saturating_sub(idle_count)
+        .max(waiting.saturating_sub(idle_count));
+    if want > 0 {
+        if (s.enis.len() as u32) < max_enis {
+            if create_eni(node, 0).await? {
+                report.enis_created += 1;
+                report.progressed = true;
+                node.pool_changed.notify_waiters();
+            }
+        } else if waiting > 0 {
+            node.set_last_error(Some(format!(
+                "exclusive ENI mode: all {max_enis} secondary ENIs this node may use are taken ({}: EniQuantity {} including the primary)",
+                node.identity.instance_type, node.limits.enis
+            )));
+        }
+    } else if waiting == 0 && idle_count > max {
+        if let Some(eni) = idle.iter().find(|e| e.created_by_us) {
+            retire_eni(node, &eni.id).await?;
+            report.progressed = true;
+        }
+    }
+    Ok(report)
+}
+
+/// Detaches and deletes an idle ENI terway-rs created, behind intents.
+async fn retire_eni(node: &Node, eni_id: &str) -> anyhow::Result<()> {
+    node.ledger
+        .set_eni_status(eni_id, EniStatus::Draining, Durability::Flush)?;
+    let region = node.identity.region_id.clone();
+    let detach = node
+        .ledger
+        .record_intent(IntentKind::DetachEni { eni_id: eni_id.into() }, None)?;
+    let r = node
+        .cloud
+        .call(&DetachNetworkInterface {
+            region_id: region.clone(),
+            instance_id: node.identity.instance_id.clone(),
+            network_interface_id: eni_id.into(),
+        })
+        .await;
+    if let Err(e) = r {
+        if e.class() != ErrorClass::AlreadyDone {
+            tracing::warn!(eni = eni_id, error = %e, "detach failed");
+            if e.class() != ErrorClass::Retryable {
+                node.ledger.complete_intent(detach.id, Durability::Flush)?;
+            }
+            return Ok(());
+        }
+    }
+    // wait until the cloud shows it Available, then delete it
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let r = node
+            .cloud
+            .call(&DescribeNetworkInterfaces {
+                region_id: region.clone(),
+                network_interface_ids: vec![eni_id.into()],
+                ..Default::default()
+            })
+            .await?;
+        match r.network_interface_sets.items.first() {
+            Some(e) if e.status == "Available" => break,
+            None => break,
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    node.ledger.complete_intent(detach.id, Durability::Flush)?;
+    let delete = node
+        .ledger
+        .record_intent(IntentKind::DeleteEni { eni_id: eni_id.into() }, None)?;
+    match node
+        .cloud
+        .call(&DeleteNetworkInterface {
+            region_id: region,
+            network_interface_id: eni_id.into(),
+        })
+        .await
+    {
+        Ok(_) => {}
+        Err(e) if e.class() == ErrorClass::AlreadyDone => {}
+        Err(e) => tracing::warn!(eni = eni_id, error = %e, "delete failed; the leftover sweep retries"),
+    }
+    node.ledger.remove_eni(eni_id, Durability::Flush)?;
+    node.ledger.complete_intent(delete.id, Durability::Flush)?;
+    tracing::info!(eni = eni_id, "idle ENI above max_pool_size detached and deleted");
+    Ok(())
 }
 
 /// Deletes ENIs terway-rs created for this instance that were left
