@@ -40,6 +40,7 @@ impl Running {
         for t in std::mem::take(&mut self.tasks) {
             let _ = t.await;
         }
+        let _ = std::fs::remove_file(self.node.socket_path());
         self.dir.take().unwrap()
     }
 }
@@ -71,7 +72,7 @@ async fn start_in(config: Arc<terway_config::Config>, add_deadline: Duration, di
         }
     });
     let reconcile = tokio::spawn(reconciler::run(node.clone()));
-    for _ in 0..100 {
+    for _ in 0..1000 {
         if node.socket_path().exists() {
             break;
         }

@@ -55,7 +55,7 @@ pub async fn start(config: PathBuf, override_path: Option<PathBuf>, options: Nod
             tracing::error!(error = %e, "CNI service stopped");
         }
     }));
-    for _ in 0..200 {
+    for _ in 0..1000 {
         if node.socket_path().exists() {
             break;
         }
