@@ -1,0 +1,368 @@
+//! The node service's figures, in one run:
+//! 1. CNI ADD and DEL from a warm pool through the real `terway` binary (root:
+//!    datapath in a simulated node), beside Debian's ptp + host-local doing
+//!    the same pods;
+//! 2. a cold burst of 50 pods with 100 ms of emulator latency per API call:
+//!    wall time and API calls, beside the ideal;
+//! 3. terwayd's resident memory holding 250 pods.
+//!
+//! `cargo bench -p terway-node --bench node_service`
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use terway_cloud::emulator::*;
+use terway_node::cni::exchange;
+use terway_node::cni::protocol::{PodRequest, Reply, Request};
+use terway_node::daemon::{service, NodeOptions};
+
+fn eni_conf(dir: &Path, url: &str, extra: &str) -> PathBuf {
+    let path = dir.join("eni_conf");
+    std::fs::write(
+        &path,
+        format!(
+            r#"{{"vswitches": {{"{DEFAULT_ZONE}": ["vsw-large0000000001"]}}, "service_cidr": "172.21.0.0/20",
+                "access_key": "{DEFAULT_ACCESS_KEY_ID}", "access_secret": "{DEFAULT_ACCESS_KEY_SECRET}",
+                "ecs_endpoint": "{url}", "vpc_endpoint": "{url}", "metadata_endpoint": "{url}",
+                "ip_pool_sync_period": "2s", "ip_cooldown": "0s", "ledger_path": "{}", "socket_path": "{}" {extra}}}"#,
+            dir.join("ledger").display(),
+            dir.join("eni.socket").display()
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    path
+}
+
+fn pod(i: usize) -> PodRequest {
+    PodRequest {
+        container_id: format!("b{i:05}"),
+        netns: format!("/var/run/netns/b-{i}"),
+        ifname: "eth0".into(),
+        pod_namespace: "bench".into(),
+        pod_name: format!("pod-{i}"),
+        infra_container_id: format!("b{i:05}"),
+        ingress_bps: None,
+        egress_bps: None,
+        cni_version: "1.0.0".into(),
+    }
+}
+
+fn pct(sorted: &[Duration], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)].as_secs_f64() * 1e3
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+fn exec_cni(plugin: &str, node_ns: Option<&str>, env: &[(&str, String)], conf: &str) -> bool {
+    let mut cmd = match node_ns {
+        Some(ns) => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net=/var/run/netns/{ns}")).arg(plugin);
+            c
+        }
+        None => Command::new(plugin),
+    };
+    cmd.env_clear();
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = match cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(_) => return false,
+    };
+    child.stdin.take().map(|mut s| s.write_all(conf.as_bytes()));
+    child.wait().is_ok_and(|s| s.success())
+}
+
+fn warm_pool_through_the_plugin(rt: &tokio::runtime::Runtime) {
+    const PODS: usize = 50;
+    let sim = Arc::new(
+        terway_node::simulated_node::SimulatedNode::new(&format!("b{}", std::process::id() % 10_000))
+            .unwrap_or_else(|e| panic!("{e}")),
+    );
+    let mut scenario = Scenario::default();
+    scenario.instances[0].instance_type = "ecs.g6.8xlarge".into();
+    let em = rt.block_on(Emulator::start(scenario)).unwrap_or_else(|e| panic!("{e}"));
+    em.add_hotplug_hook(sim.clone());
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let conf_path = eni_conf(dir.path(), &em.url(), r#", "max_pool_size": 60, "min_pool_size": 55"#);
+    let running = rt
+        .block_on(async {
+            let dp = Arc::new(terway_datapath::Datapath::new(terway_datapath::NetNs::open(
+                &sim.node_ns_path(),
+            )?)?);
+            service::start(
+                conf_path,
+                None,
+                NodeOptions {
+                    datapath: Some(dp),
+                    add_deadline: Duration::from_secs(60),
+                    ..Default::default()
+                },
+            )
+            .await
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    // warm: wait until the pool holds enough idle addresses
+    rt.block_on(async {
+        for _ in 0..300 {
+            let idle = running
+                .node
+                .ledger
+                .snapshot()
+                .ips
+                .values()
+                .filter(|r| r.state == terway_statestore::IpState::Idle)
+                .count();
+            if idle >= PODS {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let socket = running.node.socket_path();
+    let terway_conf = format!(
+        r#"{{"cniVersion":"1.0.0","name":"terway","type":"terway","socket":"{}"}}"#,
+        socket.display()
+    );
+    let namespaces = Namespaces(
+        (0..PODS)
+            .map(|i| format!("trwb{}p{i}", std::process::id() % 10_000))
+            .collect(),
+    );
+    for ns in namespaces.0.iter() {
+        let _ = Command::new("ip").args(["netns", "add", ns]).status();
+    }
+    let env = |cmd: &str, i: usize, ns: &str| -> Vec<(&'static str, String)> {
+        vec![
+            ("CNI_COMMAND", cmd.into()),
+            ("CNI_CONTAINERID", format!("b{i:05}")),
+            ("CNI_NETNS", format!("/var/run/netns/{ns}")),
+            ("CNI_IFNAME", "eth0".into()),
+            (
+                "CNI_ARGS",
+                format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME=pod-{i}"),
+            ),
+            ("CNI_PATH", "/usr/lib/cni".into()),
+            ("PATH", "/usr/sbin:/usr/bin:/sbin:/bin".into()),
+        ]
+    };
+    let binary = env!("CARGO_BIN_EXE_terway");
+    let (mut adds, mut dels) = (Vec::new(), Vec::new());
+    for (i, ns) in namespaces.0.iter().enumerate() {
+        let t = Instant::now();
+        assert!(
+            exec_cni(binary, None, &env("ADD", i, ns), &terway_conf),
+            "terway ADD {i}"
+        );
+        adds.push(t.elapsed());
+    }
+    for (i, ns) in namespaces.0.iter().enumerate() {
+        let t = Instant::now();
+        assert!(
+            exec_cni(binary, None, &env("DEL", i, ns), &terway_conf),
+            "terway DEL {i}"
+        );
+        dels.push(t.elapsed());
+    }
+    adds.sort();
+    dels.sort();
+    println!("warm pool, {PODS} pods through the plugin binary (datapath in a simulated node):");
+    println!(
+        "  terway-rs        ADD p50 {:>6.2} ms  p99 {:>6.2} ms   DEL p50 {:>6.2} ms  p99 {:>6.2} ms",
+        pct(&adds, 0.5),
+        pct(&adds, 0.99),
+        pct(&dels, 0.5),
+        pct(&dels, 0.99)
+    );
+    let ptp = ["/usr/lib/cni/ptp", "/opt/cni/bin/ptp"]
+        .into_iter()
+        .find(|p| Path::new(p).exists());
+    if let Some(ptp) = ptp {
+        let conf = format!(
+            r#"{{"cniVersion":"1.0.0","name":"bench","type":"ptp","ipMasq":false,"ipam":{{"type":"host-local","dataDir":"{}","subnet":"10.123.0.0/24"}}}}"#,
+            dir.path().join("host-local").display()
+        );
+        let (mut padds, mut pdels) = (Vec::new(), Vec::new());
+        for (i, ns) in namespaces.0.iter().enumerate() {
+            let t = Instant::now();
+            assert!(
+                exec_cni(ptp, Some(&sim.node_ns), &env("ADD", i, ns), &conf),
+                "ptp ADD {i}"
+            );
+            padds.push(t.elapsed());
+        }
+        for (i, ns) in namespaces.0.iter().enumerate() {
+            let t = Instant::now();
+            assert!(
+                exec_cni(ptp, Some(&sim.node_ns), &env("DEL", i, ns), &conf),
+                "ptp DEL {i}"
+            );
+            pdels.push(t.elapsed());
+        }
+        padds.sort();
+        pdels.sort();
+        println!(
+            "  ptp + host-local ADD p50 {:>6.2} ms  p99 {:>6.2} ms   DEL p50 {:>6.2} ms  p99 {:>6.2} ms",
+            pct(&padds, 0.5),
+            pct(&padds, 0.99),
+            pct(&pdels, 0.5),
+            pct(&pdels, 0.99)
+        );
+        println!(
+            "  ratio (ptp / terway-rs, p50): ADD {:.2}x, DEL {:.2}x",
+            pct(&padds, 0.5) / pct(&adds, 0.5),
+            pct(&pdels, 0.5) / pct(&dels, 0.5)
+        );
+    } else {
+        println!("  ptp + host-local not installed: no comparison");
+    }
+    drop(namespaces);
+    running.stop();
+}
+
+/// Pod namespaces of the benchmark, removed however it ends.
+struct Namespaces(Vec<String>);
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for ns in &self.0 {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+fn cold_burst(rt: &tokio::runtime::Runtime) {
+    const PODS: usize = 50;
+    let mut scenario = Scenario::default();
+    scenario.instances[0].instance_type = "ecs.g6.8xlarge".into(); // 20 addresses per ENI
+    scenario.faults.latency_ms.insert("*".into(), 100);
+    let em = rt.block_on(Emulator::start(scenario)).unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let conf_path = eni_conf(dir.path(), &em.url(), r#", "max_pool_size": 0, "min_pool_size": 0"#);
+    let running = rt
+        .block_on(service::start(
+            conf_path,
+            None,
+            NodeOptions {
+                add_deadline: Duration::from_secs(120),
+                ..Default::default()
+            },
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let socket = running.node.socket_path();
+    let before: u64 = running.node.cloud.stats().values().map(|s| s.calls).sum();
+    let started = Instant::now();
+    let handles: Vec<_> = (0..PODS)
+        .map(|i| {
+            let socket = socket.clone();
+            std::thread::spawn(move || exchange(&socket, &Request::Add(pod(i)), Duration::from_secs(120)))
+        })
+        .collect();
+    for h in handles {
+        let r = h.join().unwrap_or_else(|_| panic!("thread"));
+        assert!(matches!(r, Ok(Reply::Ok { network: Some(_) })), "{r:?}");
+    }
+    let wall = started.elapsed();
+    let stats = running.node.cloud.stats();
+    let after: u64 = stats.values().map(|s| s.calls).sum();
+    let mutating: u64 = [
+        "AssignPrivateIpAddresses",
+        "CreateNetworkInterface",
+        "AttachNetworkInterface",
+    ]
+    .iter()
+    .filter_map(|a| stats.get(a))
+    .map(|s| s.calls)
+    .sum();
+    let enis_needed = PODS.div_ceil(20);
+    println!("cold burst of {PODS} pods, 100 ms emulator latency per call:");
+    println!(
+        "  wall time {:.2} s; API calls {} ({} mutating: {})",
+        wall.as_secs_f64(),
+        after - before,
+        mutating,
+        stats
+            .iter()
+            .filter(|(a, _)| !a.starts_with("DescribeInstance"))
+            .map(|(a, s)| format!("{a} {}", s.calls))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
+        "  ideal: {} assign calls (⌈50/10⌉) or, on new ENIs, {enis_needed} creates + {enis_needed} attaches",
+        PODS.div_ceil(10)
+    );
+    running.stop();
+}
+
+fn memory_at_250_pods(rt: &tokio::runtime::Runtime) {
+    let mut scenario = Scenario::default();
+    scenario.instance_types.push(InstanceTypeSpec {
+        id: "ecs.bench.xlarge".into(),
+        eni_quantity: 16,
+        ipv4_per_eni: 30,
+        ipv6_per_eni: 0,
+        eni_total_quantity: None,
+    });
+    scenario.instances[0].instance_type = "ecs.bench.xlarge".into();
+    let em = rt.block_on(Emulator::start(scenario)).unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let conf_path = eni_conf(dir.path(), &em.url(), r#", "max_pool_size": 25, "min_pool_size": 10"#);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_terwayd"))
+        .args(["run", "--no-datapath", "--config"])
+        .arg(&conf_path)
+        .env("RUST_LOG", "error")
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let socket = dir.path().join("eni.socket");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while exchange(&socket, &Request::Status, Duration::from_secs(5)).is_err() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let rss = || {
+        std::fs::read_to_string(format!("/proc/{}/status", child.id()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:").map(|v| v.trim().to_owned()))
+            })
+            .unwrap_or_default()
+    };
+    let idle_rss = rss();
+    for i in 0..250 {
+        let r = exchange(&socket, &Request::Add(pod(i)), Duration::from_secs(60));
+        assert!(matches!(r, Ok(Reply::Ok { network: Some(_) })), "pod {i}: {r:?}");
+    }
+    println!("terwayd resident memory: {idle_rss} at start, {} with 250 pods", rss());
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    if is_root() {
+        warm_pool_through_the_plugin(&rt);
+    } else {
+        println!("SKIPPED the warm-pool comparison: not root (it builds network namespaces)");
+    }
+    cold_burst(&rt);
+    memory_at_250_pods(&rt);
+}
