@@ -28,6 +28,7 @@ pub async fn serve(node: Arc<Node>) -> anyhow::Result<()> {
     loop {
         let (mut stream, _) = listener.accept().await?;
         let node = node.clone();
+        node.in_flight.fetch_add(1, Ordering::SeqCst);
         tokio::spawn(async move {
             let mut body = Vec::new();
             let read = (&mut stream)
@@ -52,6 +53,8 @@ pub async fn serve(node: Arc<Node>) -> anyhow::Result<()> {
             let bytes = serde_json::to_vec(&reply).unwrap_or_default();
             let _ = stream.write_all(&bytes).await;
             let _ = stream.shutdown().await;
+            node.in_flight.fetch_sub(1, Ordering::SeqCst);
+            node.request_done.notify_waiters();
         });
     }
 }

@@ -75,6 +75,9 @@ pub struct Node {
     /// Why the pool last failed to grow (shown to waiting ADDs).
     pub last_error: Mutex<Option<String>>,
     pub reconcile_passes: AtomicU64,
+    /// CNI requests being answered; SIGTERM waits for them.
+    pub in_flight: std::sync::atomic::AtomicUsize,
+    pub request_done: Notify,
     pod_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -203,6 +206,8 @@ impl Node {
             pool_changed: Notify::new(),
             last_error: Mutex::new(None),
             reconcile_passes: AtomicU64::new(0),
+            in_flight: std::sync::atomic::AtomicUsize::new(0),
+            request_done: Notify::new(),
             pod_locks: Mutex::new(HashMap::new()),
         }))
     }

@@ -11,6 +11,9 @@ use terway_config::{ConfigSource, ConfigWatcher};
 /// How often the config file is re-read (a ConfigMap update lands within kubelet's sync period anyway).
 pub const CONFIG_POLL: Duration = Duration::from_secs(2);
 
+/// How long SIGTERM waits for CNI requests under way.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// A running node service; dropping it stops every task.
 #[derive(Debug)]
 pub struct Running {
@@ -20,6 +23,28 @@ pub struct Running {
 }
 
 impl Running {
+    /// Stops taking CNI requests, lets those under way finish (bounded), then stops.
+    pub async fn drain(&self, within: Duration) {
+        if let Some(server) = self.tasks.last() {
+            server.abort(); // the accept loop; requests under way run in their own tasks
+        }
+        let _ = std::fs::remove_file(self.node.socket_path());
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let done = self.node.request_done.notified();
+            let left = self.node.in_flight.load(std::sync::atomic::Ordering::SeqCst);
+            if left == 0 {
+                break;
+            }
+            tracing::info!(in_flight = left, "waiting for CNI requests under way");
+            if tokio::time::timeout_at(deadline, done).await.is_err() {
+                tracing::warn!(in_flight = left, "stopping with CNI requests still under way");
+                break;
+            }
+        }
+        self.stop();
+    }
+
     pub fn stop(&self) {
         for t in &self.tasks {
             t.abort();
@@ -69,10 +94,10 @@ pub async fn run(config: PathBuf, override_path: Option<PathBuf>, options: NodeO
     let running = start(config, override_path, options).await?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: stopping"),
+        _ = term.recv() => tracing::info!("SIGTERM: draining CNI requests, then stopping"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: draining CNI requests, then stopping"),
     }
-    running.stop();
+    running.drain(DRAIN_TIMEOUT).await;
     running.node.ledger.flush()?;
     Ok(())
 }
