@@ -101,6 +101,9 @@ pub struct Datapath {
     nl: Netlink,
     ipvlan: AtomicU8,
     eni_wait: Duration,
+    /// ENIs set up by [`Datapath::ensure_eni`]: MAC → (ifindex, name). A pod's
+    /// setup skips the ENI work for these; `repair` forgets the entry first.
+    ready_enis: std::sync::Mutex<std::collections::HashMap<[u8; 6], (u32, String)>>,
 }
 
 impl Datapath {
@@ -112,6 +115,7 @@ impl Datapath {
             nl,
             ipvlan: AtomicU8::new(IPVLAN_UNKNOWN),
             eni_wait: Duration::from_secs(10),
+            ready_enis: std::sync::Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -144,11 +148,37 @@ impl Datapath {
         }
         self.nl.ensure_address(index, IpAddr::V4(node_ip), 32).await?;
         self.nl.replace_route(&eni_default_route(eni, index)).await?;
-        if let Some(name) = link_name(&link) {
+        let name = link_name(&link).unwrap_or_default();
+        if !name.is_empty() {
             self.host
                 .write_sysctl(&format!("net/ipv4/conf/{name}/rp_filter"), "0")?;
         }
+        self.ready_enis
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(eni.mac, (index, name));
         Ok(index)
+    }
+
+    /// The ENI's (ifindex, link name), setting it up first unless it is known ready.
+    async fn ready_eni(&self, eni: &EniLink, node_ip: Ipv4Addr) -> Result<(u32, String), DatapathError> {
+        let known = self
+            .ready_enis
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&eni.mac)
+            .cloned();
+        if let Some(k) = known {
+            return Ok(k);
+        }
+        let index = self.ensure_eni(eni, node_ip).await?;
+        let cached = self
+            .ready_enis
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&eni.mac)
+            .cloned();
+        Ok(cached.unwrap_or((index, String::new())))
     }
 
     /// The ENI's link on the host, waiting up to `eni_wait` for it to be hot-plugged.
@@ -185,9 +215,9 @@ impl Datapath {
     /// Puts the pod's network in place; doing it again changes nothing.
     pub async fn setup(&self, pod: &PodSpec) -> Result<SetupResult, DatapathError> {
         // an exclusive ENI goes into the pod whole: the host does not route through it
-        let eni_index = match pod.mode {
-            Mode::ExclusiveEni => 0,
-            _ => self.ensure_eni(&pod.eni, pod.node_ip).await?,
+        let (eni_index, eni_name) = match pod.mode {
+            Mode::ExclusiveEni => (0, String::new()),
+            _ => self.ready_eni(&pod.eni, pod.node_ip).await?,
         };
         let pod_ns = NetNs::open(&pod.netns)?;
         let p = Netlink::open(&pod_ns)?;
@@ -197,7 +227,7 @@ impl Datapath {
             }
         }
         match pod.mode {
-            Mode::Veth => self.setup_veth(pod, &pod_ns, &p, Vec::new()).await,
+            Mode::Veth => self.setup_veth(pod, &pod_ns, &p, &eni_name, Vec::new()).await,
             Mode::ExclusiveEni => self.setup_exclusive(pod, &pod_ns, &p).await,
             Mode::Ipvlan => {
                 if self.ipvlan.load(Ordering::Relaxed) != IPVLAN_NO {
@@ -215,7 +245,7 @@ impl Datapath {
                     }
                 }
                 let warning = "ipvlan is not supported by this kernel; the pod uses veth + policy routing".to_owned();
-                let r = self.setup_veth(pod, &pod_ns, &p, vec![warning]).await?;
+                let r = self.setup_veth(pod, &pod_ns, &p, &eni_name, vec![warning]).await?;
                 Ok(r)
             }
         }
@@ -276,6 +306,7 @@ impl Datapath {
         pod: &PodSpec,
         pod_ns: &NetNs,
         p: &Netlink,
+        eni_name: &str,
         warnings: Vec<String>,
     ) -> Result<SetupResult, DatapathError> {
         let (host_index, pod_index) = self.ensure_veth_pair(pod, pod_ns, p, &pod.ifname).await?;
@@ -323,13 +354,8 @@ impl Datapath {
             }
         }
         let host_name = pod.host_veth();
-        let eni_name = self
-            .nl
-            .link_by_mac(&pod.eni.mac)
-            .await?
-            .and_then(|l| link_name(&l))
-            .unwrap_or_default();
-        self.host_sysctls(&[&host_name, &eni_name], pod.ipv6.is_some())?;
+
+        self.host_sysctls(&[&host_name, eni_name], pod.ipv6.is_some())?;
         self.apply_bandwidth(&self.nl, host_index, pod.bandwidth.ingress_bps, pod.eni.mtu)
             .await?;
         self.apply_bandwidth(p, pod_index, pod.bandwidth.egress_bps, pod.eni.mtu)
@@ -704,6 +730,11 @@ impl Datapath {
     pub async fn repair(&self, pod: &PodSpec) -> Result<Vec<Drift>, DatapathError> {
         let drift = self.check(pod).await?;
         if !drift.is_empty() {
+            // the ENI's own set-up may be part of what drifted: redo it too
+            self.ready_enis
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&pod.eni.mac);
             tracing::info!(pod = %format!("{}/{}", pod.namespace, pod.name), drift = ?drift, "repairing pod datapath");
             self.setup(pod).await?;
         }

@@ -287,14 +287,21 @@ fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
 
 #[test]
 fn sigterm_lets_requests_under_way_finish() {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let mut scenario = Scenario::default();
     scenario.faults.latency_ms.insert("*".into(), 300);
     let em = rt.block_on(Emulator::start(scenario)).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &em.url());
     // a cold pool: the ADD waits for an ENI, several slow calls away
-    let text = std::fs::read_to_string(&config).unwrap().replace("\"min_pool_size\": 4", "\"min_pool_size\": 0").replace("\"max_pool_size\": 12", "\"max_pool_size\": 0");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("\"min_pool_size\": 4", "\"min_pool_size\": 0")
+        .replace("\"max_pool_size\": 12", "\"max_pool_size\": 0");
     std::fs::write(&config, text).unwrap();
     let socket = dir.path().join("eni.socket");
     let mut child = spawn_terwayd(&config);
@@ -304,9 +311,16 @@ fn sigterm_lets_requests_under_way_finish() {
         move || exchange(&socket, &Request::Add(pod(1)), Duration::from_secs(30))
     });
     std::thread::sleep(Duration::from_millis(300));
-    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
     let reply = add.join().unwrap();
-    assert!(matches!(reply, Ok(Reply::Ok { network: Some(_) })), "the ADD under way was answered: {reply:?}");
+    assert!(
+        matches!(reply, Ok(Reply::Ok { network: Some(_) })),
+        "the ADD under way was answered: {reply:?}"
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
@@ -316,5 +330,8 @@ fn sigterm_lets_requests_under_way_finish() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "{status:?}");
-    assert!(exchange(&socket, &Request::Status, Duration::from_secs(1)).is_err(), "no longer serving");
+    assert!(
+        exchange(&socket, &Request::Status, Duration::from_secs(1)).is_err(),
+        "no longer serving"
+    );
 }
