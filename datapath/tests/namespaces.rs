@@ -356,7 +356,12 @@ async fn dual_stack_pods() {
         "{node_state}"
     );
     assert!(
-        tcp6_reaches(ns_a.path(), ns_b.path(), "fd00:6::11".parse().unwrap(), 7600),
+        tcp_reaches(
+            ns_a.path(),
+            ns_b.path(),
+            "fd00:6::11".parse::<std::net::Ipv6Addr>().unwrap(),
+            7600
+        ),
         "pod a reaches pod b over IPv6"
     );
     assert!(dp.check(&a).await.unwrap().is_empty());

@@ -274,6 +274,22 @@ impl Ledger {
         &self.path
     }
 
+    /// Opens a read-only copy of a ledger another process may hold open (sled
+    /// recovers a copy like a crash image); the copy lives as long as the
+    /// returned directory.
+    pub fn open_snapshot(path: &Path) -> Result<(Self, tempfile::TempDir), LedgerError> {
+        let dir = tempfile::tempdir().map_err(|e| storage(path, "create a snapshot directory", e))?;
+        copy_dir(path, dir.path()).map_err(|e| storage(path, "copy for a snapshot", e))?;
+        let opts = OpenOptions {
+            must_exist: true,
+            read_only: true,
+            lock_wait: Some(Duration::ZERO),
+            ..OpenOptions::default()
+        };
+        let ledger = Self::open_with(dir.path(), &opts)?;
+        Ok((ledger, dir))
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -1010,6 +1026,20 @@ impl Ledger {
         inner.next_intent_id = next;
         Ok(moved)
     }
+}
+
+fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), target)?;
+        }
+    }
+    Ok(())
 }
 
 fn open_db(path: &Path) -> Result<sled::Db, LedgerError> {

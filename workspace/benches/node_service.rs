@@ -36,17 +36,12 @@ fn eni_conf(dir: &Path, url: &str, extra: &str) -> PathBuf {
 }
 
 fn pod(i: usize) -> PodRequest {
-    PodRequest {
-        container_id: format!("b{i:05}"),
-        netns: format!("/var/run/netns/b-{i}"),
-        ifname: "eth0".into(),
-        pod_namespace: "bench".into(),
-        pod_name: format!("pod-{i}"),
-        infra_container_id: format!("b{i:05}"),
-        ingress_bps: None,
-        egress_bps: None,
-        cni_version: "1.0.0".into(),
-    }
+    PodRequest::new(
+        "bench",
+        &format!("pod-{i}"),
+        &format!("b{i:05}"),
+        &format!("/var/run/netns/b-{i}"),
+    )
 }
 
 fn pct(sorted: &[Duration], p: f64) -> f64 {

@@ -38,17 +38,12 @@ fn eni_conf(url: &str, vswitches: &[&str]) -> String {
 }
 
 fn pod(i: usize) -> PodRequest {
-    PodRequest {
-        container_id: format!("demo{i:04}"),
-        netns: format!("/var/run/netns/demo-{i}"),
-        ifname: "eth0".into(),
-        pod_namespace: "demo".into(),
-        pod_name: format!("pod-{i:02}"),
-        infra_container_id: format!("demo{i:04}"),
-        ingress_bps: None,
-        egress_bps: None,
-        cni_version: "1.0.0".into(),
-    }
+    PodRequest::new(
+        "demo",
+        &format!("pod-{i:02}"),
+        &format!("demo{i:04}"),
+        &format!("/var/run/netns/demo-{i}"),
+    )
 }
 
 async fn call(socket: &Path, request: Request) -> anyhow::Result<Reply> {

@@ -45,17 +45,12 @@ fn spawn_terwayd(config: &Path) -> Child {
 }
 
 fn pod(i: usize) -> PodRequest {
-    PodRequest {
-        container_id: format!("crash{i:03}"),
-        netns: format!("/var/run/netns/crash-{i}"),
-        ifname: "eth0".into(),
-        pod_namespace: "crash".into(),
-        pod_name: format!("pod-{i}"),
-        infra_container_id: format!("crash{i:03}"),
-        ingress_bps: None,
-        egress_bps: None,
-        cni_version: "1.0.0".into(),
-    }
+    PodRequest::new(
+        "crash",
+        &format!("pod-{i}"),
+        &format!("crash{i:03}"),
+        &format!("/var/run/netns/crash-{i}"),
+    )
 }
 
 fn wait_serving(socket: &Path) {
@@ -164,7 +159,8 @@ fn sigkill_during_bursts_keeps_the_invariants() {
                     r ^= r << 13;
                     r ^= r >> 7;
                     r ^= r << 17;
-                    let i = (r % PODS as u64) as usize;
+                    // each worker has pods of its own, so each pod's operations are in order
+                    let i = (w as usize) + 3 * ((r % (PODS as u64 / 3)) as usize);
                     let add = r % 3 != 0;
                     results.lock().unwrap().push((i, None::<Known>));
                     let req = if add {
@@ -258,31 +254,8 @@ fn sigkill_during_bursts_keeps_the_invariants() {
 
 /// The ledger terwayd holds, read from a copy (as `terway-ledger --snapshot` does).
 fn snapshot(path: &Path) -> Option<terway_statestore::Export> {
-    let copy = tempfile::tempdir().ok()?;
-    copy_dir(path, copy.path()).ok()?;
-    let opts = terway_statestore::OpenOptions {
-        read_only: true,
-        lock_wait: Some(Duration::ZERO),
-        ..Default::default()
-    };
-    terway_statestore::Ledger::open_with(copy.path(), &opts)
-        .ok()?
-        .export()
-        .ok()
-}
-
-fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let target = to.join(entry.file_name());
-        if entry.file_type()?.is_dir() {
-            copy_dir(&entry.path(), &target)?;
-        } else {
-            std::fs::copy(entry.path(), target)?;
-        }
-    }
-    Ok(())
+    let (ledger, _copy) = terway_statestore::Ledger::open_snapshot(path).ok()?;
+    ledger.export().ok()
 }
 
 #[test]

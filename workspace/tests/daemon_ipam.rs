@@ -86,17 +86,12 @@ async fn start_in(config: Arc<terway_config::Config>, add_deadline: Duration, di
 }
 
 fn pod(i: usize) -> PodRequest {
-    PodRequest {
-        container_id: format!("container-{i}"),
-        netns: format!("/var/run/netns/pod-{i}"),
-        ifname: "eth0".into(),
-        pod_namespace: "default".into(),
-        pod_name: format!("pod-{i}"),
-        infra_container_id: format!("container-{i}"),
-        ingress_bps: None,
-        egress_bps: None,
-        cni_version: "1.0.0".into(),
-    }
+    PodRequest::new(
+        "default",
+        &format!("pod-{i}"),
+        &format!("container-{i}"),
+        &format!("/var/run/netns/pod-{i}"),
+    )
 }
 
 async fn call(socket: &Path, request: Request) -> Reply {

@@ -243,31 +243,8 @@ pub fn in_ns<T: Send + 'static>(ns: PathBuf, f: impl FnOnce() -> T + Send + 'sta
 }
 
 /// Whether a TCP connection from namespace `from` reaches `to:port` served in namespace `at`.
-pub fn tcp_reaches(from: PathBuf, at: PathBuf, to: Ipv4Addr, port: u16) -> bool {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let server = in_ns(at, move || {
-        let listener = TcpListener::bind((to, port)).unwrap();
-        listener.set_nonblocking(true).unwrap();
-        tx.send(()).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if listener.accept().is_ok() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        false
-    });
-    rx.recv().unwrap();
-    let client = in_ns(from, move || {
-        TcpStream::connect_timeout(&SocketAddr::from((to, port)), Duration::from_secs(3)).is_ok()
-    });
-    let connected = client.join().unwrap();
-    connected && server.join().unwrap()
-}
-
-/// Like [`tcp_reaches`], over IPv6.
-pub fn tcp6_reaches(from: PathBuf, at: PathBuf, to: std::net::Ipv6Addr, port: u16) -> bool {
+pub fn tcp_reaches(from: PathBuf, at: PathBuf, to: impl Into<std::net::IpAddr>, port: u16) -> bool {
+    let to: std::net::IpAddr = to.into();
     let (tx, rx) = std::sync::mpsc::channel();
     let server = in_ns(at, move || {
         let listener = TcpListener::bind((to, port)).unwrap();

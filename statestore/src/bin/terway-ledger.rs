@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use terway_statestore::*;
 
@@ -53,21 +53,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// Copies a (possibly live) ledger directory: sled recovers a copy like a crash image.
-fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let target = to.join(entry.file_name());
-        if entry.file_type()?.is_dir() {
-            copy_dir(&entry.path(), &target)?;
-        } else {
-            std::fs::copy(entry.path(), target)?;
-        }
-    }
-    Ok(())
-}
-
 fn open(cli: &Cli, writable: bool) -> anyhow::Result<(Ledger, Option<tempfile::TempDir>)> {
     let opts = OpenOptions {
         must_exist: true,
@@ -79,10 +64,7 @@ fn open(cli: &Cli, writable: bool) -> anyhow::Result<(Ledger, Option<tempfile::T
             !writable,
             "--snapshot reads a copy; repair must run on the ledger itself, with terwayd stopped"
         );
-        let dir = tempfile::tempdir().context("creating a directory for the snapshot")?;
-        copy_dir(&cli.path, dir.path()).with_context(|| format!("copying {}", cli.path.display()))?;
-        let ledger = Ledger::open_with(dir.path(), &opts)
-            .map_err(|e| anyhow::anyhow!("snapshot of {}: {e}", cli.path.display()))?;
+        let (ledger, dir) = Ledger::open_snapshot(&cli.path).context("reading a snapshot")?;
         return Ok((ledger, Some(dir)));
     }
     Ok((Ledger::open_with(&cli.path, &opts)?, None))

@@ -50,6 +50,23 @@ pub struct PodRequest {
     pub cni_version: String,
 }
 
+impl PodRequest {
+    /// A request for interface `eth0` at cniVersion 1.0.0, the sandbox being the infra container.
+    pub fn new(pod_namespace: &str, pod_name: &str, container_id: &str, netns: &str) -> Self {
+        Self {
+            container_id: container_id.into(),
+            netns: netns.into(),
+            ifname: "eth0".into(),
+            pod_namespace: pod_namespace.into(),
+            pod_name: pod_name.into(),
+            infra_container_id: container_id.into(),
+            ingress_bps: None,
+            egress_bps: None,
+            cni_version: "1.0.0".into(),
+        }
+    }
+}
+
 /// The daemon's answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]

@@ -215,23 +215,8 @@ async fn retire_eni(node: &Node, eni_id: &str) -> anyhow::Result<()> {
             return Ok(());
         }
     }
-    // wait until the cloud shows it Available, then delete it
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        let r = node
-            .cloud
-            .call(&DescribeNetworkInterfaces {
-                region_id: region.clone(),
-                network_interface_ids: vec![eni_id.into()],
-                ..Default::default()
-            })
-            .await?;
-        match r.network_interface_sets.items.first() {
-            Some(e) if e.status == "Available" => break,
-            None => break,
-            _ => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
+    // wait until the cloud shows it Available (or gone), then delete it
+    wait_for_eni(node, eni_id, |e| e.is_none_or(|e| e.status == "Available")).await?;
     node.ledger.complete_intent(detach.id, Durability::Flush)?;
     let delete = node
         .ledger
@@ -600,6 +585,23 @@ async fn create_eni(node: &Node, secondaries: u32) -> anyhow::Result<bool> {
 
 /// Polls until the ENI is InUse (bounded); `None` if it did not get there.
 async fn wait_in_use(node: &Node, eni_id: &str) -> anyhow::Result<Option<NetworkInterfaceSet>> {
+    let found = wait_for_eni(node, eni_id, |e| e.is_some_and(|e| e.status == "InUse")).await?;
+    if found.is_none() {
+        tracing::warn!(
+            eni = eni_id,
+            "ENI did not become InUse in time; the next pass picks it up"
+        );
+    }
+    Ok(found)
+}
+
+/// Polls DescribeNetworkInterfaces (backing off, for at most a minute) until
+/// `done` holds for what the cloud shows of the ENI (`None`: it is gone).
+async fn wait_for_eni(
+    node: &Node,
+    eni_id: &str,
+    done: impl Fn(Option<&NetworkInterfaceSet>) -> bool,
+) -> anyhow::Result<Option<NetworkInterfaceSet>> {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut delay = Duration::from_millis(100);
     while Instant::now() < deadline {
@@ -611,16 +613,13 @@ async fn wait_in_use(node: &Node, eni_id: &str) -> anyhow::Result<Option<Network
                 ..Default::default()
             })
             .await?;
-        if let Some(e) = r.network_interface_sets.items.into_iter().find(|e| e.status == "InUse") {
-            return Ok(Some(e));
+        let eni = r.network_interface_sets.items.into_iter().next();
+        if done(eni.as_ref()) {
+            return Ok(eni);
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(2));
     }
-    tracing::warn!(
-        eni = eni_id,
-        "ENI did not become InUse in time; the next pass picks it up"
-    );
     Ok(None)
 }
 
