@@ -7,13 +7,15 @@ use crate::cni::exchange;
 use crate::cni::protocol::{PodRequest, Reply, Request};
 use crate::daemon::service;
 use crate::daemon::NodeOptions;
+use crate::simulated_node::SimulatedNode;
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use terway_cloud::emulator::{Emulator, Scenario, DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET, DEFAULT_ZONE};
 
 const SMALL: &str = "vsw-small0000000001";
 const LARGE: &str = "vsw-large0000000001";
+const VPC_ADDR: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 99, 0, 1);
 
 fn eni_conf(url: &str, vswitches: &[&str]) -> String {
     let list: Vec<String> = vswitches.iter().map(|v| format!("\"{v}\"")).collect();
@@ -35,6 +37,153 @@ fn eni_conf(url: &str, vswitches: &[&str]) -> String {
 "#,
         list.join(", ")
     )
+}
+
+/// How the demo's pods reach terwayd.
+enum Pods {
+    /// The CNI socket protocol, without network namespaces.
+    Socket(PathBuf),
+    /// As root: the real `terway` binary, each pod in a namespace of its own,
+    /// the node and the VPC simulated by namespaces.
+    Plugin {
+        binary: PathBuf,
+        conf: String,
+        sim: std::sync::Arc<SimulatedNode>,
+        namespaces: Vec<String>,
+    },
+}
+
+impl Pods {
+    fn netns(&self, i: usize) -> String {
+        format!("trwdemo{}p{i}", std::process::id() % 10_000)
+    }
+
+    async fn add(&mut self, i: usize) -> anyhow::Result<Reply> {
+        match self {
+            Pods::Socket(socket) => call(socket, Request::Add(pod(i))).await,
+            Pods::Plugin { .. } => {
+                let ns = self.netns(i);
+                let Pods::Plugin { namespaces, .. } = self else {
+                    unreachable!()
+                };
+                if !namespaces.contains(&ns) {
+                    let ok = std::process::Command::new("ip")
+                        .args(["netns", "add", &ns])
+                        .status()?
+                        .success();
+                    anyhow::ensure!(ok, "ip netns add {ns} failed");
+                    namespaces.push(ns.clone());
+                }
+                self.plugin("ADD", i, &ns)
+            }
+        }
+    }
+
+    async fn del(&mut self, i: usize) -> anyhow::Result<Reply> {
+        match self {
+            Pods::Socket(socket) => call(socket, Request::Del(pod(i))).await,
+            Pods::Plugin { .. } => {
+                let ns = self.netns(i);
+                self.plugin("DEL", i, &ns)
+            }
+        }
+    }
+
+    fn plugin(&self, command: &str, i: usize, ns: &str) -> anyhow::Result<Reply> {
+        use std::io::Write;
+        let Pods::Plugin { binary, conf, .. } = self else {
+            anyhow::bail!("not the plugin")
+        };
+        let request = pod(i);
+        let mut child = std::process::Command::new(binary)
+            .env_clear()
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", &request.container_id)
+            .env("CNI_NETNS", format!("/var/run/netns/{ns}"))
+            .env("CNI_IFNAME", "eth0")
+            .env(
+                "CNI_ARGS",
+                format!(
+                    "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={}",
+                    request.pod_namespace, request.pod_name
+                ),
+            )
+            .env("CNI_PATH", "/opt/cni/bin")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        child.stdin.take().map(|mut s| s.write_all(conf.as_bytes()));
+        let out = child.wait_with_output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        if text.trim().is_empty() && out.status.success() {
+            return Ok(Reply::Ok { network: None });
+        }
+        let v: serde_json::Value = serde_json::from_str(&text)?;
+        if out.status.success() {
+            let s = |k: &str| v["ips"][0][k].as_str().unwrap_or_default().to_owned();
+            let mac = v["interfaces"][0]["mac"].as_str().unwrap_or_default().to_owned();
+            Ok(Reply::Ok {
+                network: Some(crate::cni::protocol::PodNetworkReply {
+                    ipv4: s("address"),
+                    ipv4_gateway: s("gateway"),
+                    ipv6: None,
+                    ipv6_gateway: None,
+                    mac,
+                }),
+            })
+        } else {
+            Ok(Reply::Error {
+                code: v["code"].as_u64().unwrap_or(0) as u32,
+                msg: v["msg"].as_str().unwrap_or_default().to_owned(),
+                details: v["details"].as_str().unwrap_or_default().to_owned(),
+            })
+        }
+    }
+}
+
+impl Drop for Pods {
+    fn drop(&mut self) {
+        if let Pods::Plugin { namespaces, .. } = self {
+            for ns in namespaces.iter() {
+                let _ = std::process::Command::new("ip").args(["netns", "del", ns]).status();
+            }
+        }
+    }
+}
+
+/// Whether TCP from the pod's namespace reaches `to` in the vpc namespace.
+fn reaches_vpc(pod_ns: &str, vpc_ns: &str, to: std::net::Ipv4Addr, port: u16) -> bool {
+    use terway_datapath::NetNs;
+    let vpc = format!("/var/run/netns/{vpc_ns}");
+    let pod = format!("/var/run/netns/{pod_ns}");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let server = std::thread::spawn(move || {
+        NetNs::open(std::path::Path::new(&vpc))
+            .ok()?
+            .enter(move || {
+                let l = std::net::TcpListener::bind((to, port)).ok()?;
+                l.set_nonblocking(true).ok()?;
+                let _ = tx.send(());
+                let deadline = Instant::now() + Duration::from_secs(3);
+                while Instant::now() < deadline {
+                    if l.accept().is_ok() {
+                        return Some(());
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                None
+            })
+            .ok()?
+    });
+    if rx.recv_timeout(Duration::from_secs(3)).is_err() {
+        return false;
+    }
+    let client = NetNs::open(std::path::Path::new(&pod))
+        .and_then(|ns| {
+            ns.enter(|| std::net::TcpStream::connect_timeout(&(to, port).into(), Duration::from_secs(2)).is_ok())
+        })
+        .unwrap_or(false);
+    client && server.join().ok().flatten().is_some()
 }
 
 fn pod(i: usize) -> PodRequest {
@@ -73,10 +222,53 @@ pub async fn run(pods: usize, interval: Duration) -> anyhow::Result<()> {
         conf_path.display()
     );
     println!("  ledger        {}", dir.path().join("ledger").display());
-    println!("  datapath      off: pods are served through the CNI socket protocol without network namespaces");
+    let plugin = std::env::current_exe()?.with_file_name("terway");
+    let is_root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false);
+    let sim = if is_root && plugin.exists() {
+        match SimulatedNode::new(&format!("demo{}", std::process::id() % 10_000)) {
+            Ok(sim) => {
+                let sim = std::sync::Arc::new(sim);
+                sim.add_vpc_address(&format!("{VPC_ADDR}/32"))
+                    .map_err(anyhow::Error::msg)?;
+                em.add_hotplug_hook(sim.clone());
+                Some(sim)
+            }
+            Err(e) => {
+                println!("  (cannot build namespaces: {e})");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    match &sim {
+        Some(sim) => println!(
+            "  datapath      on: node namespace {}, VPC namespace {}, pods through {}",
+            sim.node_ns,
+            sim.vpc_ns,
+            plugin.display()
+        ),
+        None if !is_root => println!(
+            "  datapath      off (not root): pods are served through the CNI socket protocol, without namespaces"
+        ),
+        None => println!(
+            "  datapath      off ({} not built: `cargo build -p terway-node --bins`): pods use the CNI socket protocol",
+            plugin.display()
+        ),
+    }
     println!();
+    let datapath = match &sim {
+        Some(sim) => Some(std::sync::Arc::new(terway_datapath::Datapath::new(
+            terway_datapath::NetNs::open(&sim.node_ns_path())?,
+        )?)),
+        None => None,
+    };
     let options = NodeOptions {
-        datapath: None,
+        datapath,
         add_deadline: Duration::from_secs(4),
         socket_path: Some(dir.path().join("eni.socket")),
         ledger_path: Some(dir.path().join("ledger")),
@@ -84,6 +276,18 @@ pub async fn run(pods: usize, interval: Duration) -> anyhow::Result<()> {
     let running = service::start(conf_path.clone(), None, options).await?;
     let node = running.node.clone();
     let socket = node.socket_path();
+    let mut driver = match &sim {
+        Some(sim) => Pods::Plugin {
+            binary: plugin.clone(),
+            conf: format!(
+                r#"{{"cniVersion":"1.0.0","name":"terway","type":"terway","socket":"{}"}}"#,
+                socket.display()
+            ),
+            sim: sim.clone(),
+            namespaces: Vec::new(),
+        },
+        None => Pods::Socket(socket.clone()),
+    };
     let mut latencies = Vec::new();
     let mut fixed = false;
     let started = Instant::now();
@@ -91,12 +295,18 @@ pub async fn run(pods: usize, interval: Duration) -> anyhow::Result<()> {
     while i < pods {
         tokio::time::sleep(interval).await;
         let t = Instant::now();
-        match call(&socket, Request::Add(pod(i))).await? {
+        match driver.add(i).await? {
             Reply::Ok { network: Some(net) } => {
                 latencies.push(t.elapsed());
                 let s = node.ledger.snapshot();
                 let ip: std::net::IpAddr = net.ipv4.trim_end_matches("/32").parse()?;
                 let eni = s.ips.get(&ip).and_then(|r| s.enis.get(&r.eni_id));
+                let mut reach = String::new();
+                if let (Pods::Plugin { sim, .. }, Some(eni)) = (&driver, eni) {
+                    let _ = sim.route_to_pod(&ip.to_string(), &eni.mac);
+                    let ok = reaches_vpc(&driver.netns(i), &sim.vpc_ns, VPC_ADDR, 7000 + i as u16);
+                    reach = format!("  reaches {VPC_ADDR}: {}", if ok { "yes" } else { "NO" });
+                }
                 println!(
                     "  [{:>5.1}s] ADD demo/pod-{i:02} -> {:<18} {} {}  ({:.0} ms)",
                     started.elapsed().as_secs_f64(),
@@ -105,6 +315,9 @@ pub async fn run(pods: usize, interval: Duration) -> anyhow::Result<()> {
                     eni.map_or("?", |e| e.vswitch_id.as_str()),
                     t.elapsed().as_secs_f64() * 1e3
                 );
+                if !reach.is_empty() {
+                    println!("           {reach}");
+                }
                 i += 1;
             }
             Reply::Error { code, msg, details } if !fixed => {
@@ -168,9 +381,11 @@ pub async fn run(pods: usize, interval: Duration) -> anyhow::Result<()> {
         dir.path().display()
     );
     for i in 0..pods {
-        call(&socket, Request::Del(pod(i))).await?;
+        driver.del(i).await?;
     }
+    drop(driver);
     running.stop();
     em.stop();
+    drop(sim);
     Ok(())
 }
