@@ -254,3 +254,141 @@ fn hundred_pods_through_the_terway_binary() {
     drop(sim);
     assert_eq!(before, root_state(), "the root namespace changed");
 }
+
+#[test]
+fn exclusive_eni_pods_through_the_terway_binary() {
+    if let Some(why) = skip_reason() {
+        println!("SKIPPED exclusive_eni_pods_through_the_terway_binary: {why}");
+        return;
+    }
+    let before = root_state();
+    let tag = format!("x{}", std::process::id() % 100_000);
+    let sim = Arc::new(SimulatedNode::new(&tag).unwrap());
+    sim.add_vpc_address(&format!("{VPC_ADDR}/32")).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    // ecs.g6.2xlarge: 4 ENIs, so 3 pods with an ENI each
+    let scenario = Scenario {
+        delays: Delays {
+            attach_ms: 50,
+            detach_ms: 50,
+            ..Delays::default()
+        },
+        ..Scenario::default()
+    };
+    let em = rt.block_on(Emulator::start(scenario)).unwrap();
+    em.add_hotplug_hook(sim.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let conf_path = dir.path().join("eni_conf");
+    std::fs::write(
+        &conf_path,
+        format!(
+            r#"{{"max_pool_size": 3, "min_pool_size": 0, "datapath_mode": "exclusive_eni",
+                "vswitches": {{"{DEFAULT_ZONE}": ["vsw-large0000000001"]}}, "service_cidr": "172.21.0.0/20",
+                "access_key": "{DEFAULT_ACCESS_KEY_ID}", "access_secret": "{DEFAULT_ACCESS_KEY_SECRET}",
+                "ecs_endpoint": "{url}", "vpc_endpoint": "{url}", "metadata_endpoint": "{url}",
+                "ip_pool_sync_period": "1s", "ip_cooldown": "0s"}}"#,
+            url = em.url()
+        ),
+    )
+    .unwrap();
+    let socket = dir.path().join("eni.socket");
+    let running = rt
+        .block_on(async {
+            let dp = Arc::new(Datapath::new(NetNs::open(&sim.node_ns_path())?)?);
+            let options = NodeOptions {
+                datapath: Some(dp),
+                add_deadline: Duration::from_secs(5),
+                socket_path: Some(socket.clone()),
+                ledger_path: Some(dir.path().join("ledger")),
+            };
+            service::start(conf_path.clone(), None, options).await
+        })
+        .unwrap();
+    let node = running.node.clone();
+    let conf = format!(
+        r#"{{"cniVersion":"1.0.0","name":"terway","type":"terway","socket":"{}"}}"#,
+        socket.display()
+    );
+    let namespaces = PodNamespaces((0..4).map(|i| format!("trw{tag}p{i}")).collect());
+    for ns in &namespaces.0 {
+        assert!(Command::new("ip")
+            .args(["netns", "add", ns])
+            .status()
+            .unwrap()
+            .success());
+    }
+    let mut macs = BTreeSet::new();
+    for i in 0..3 {
+        let ns = &namespaces.0[i];
+        let (ok, result) = plugin(
+            "ADD",
+            &format!("x{i:04}"),
+            &format!("/var/run/netns/{ns}"),
+            &format!("x-{i}"),
+            &conf,
+        );
+        assert!(ok, "ADD x-{i}: {result}");
+        let ip = result["ips"][0]["address"]
+            .as_str()
+            .unwrap()
+            .trim_end_matches("/32")
+            .to_owned();
+        let s = node.ledger.snapshot();
+        let eni = &s.enis[s.pods[&format!("e2e/x-{i}")].eni_id.as_ref().unwrap()];
+        assert_eq!(eni.primary_ip.to_string(), ip);
+        assert!(macs.insert(eni.mac.clone()), "each pod has its own ENI");
+        sim.route_to_pod(&ip, &eni.mac).unwrap();
+        let pod_ns = PathBuf::from(format!("/var/run/netns/{ns}"));
+        let vpc_ns = PathBuf::from(format!("/var/run/netns/{}", sim.vpc_ns));
+        assert!(
+            tcp_reaches(pod_ns, vpc_ns, VPC_ADDR, 7800 + i as u16),
+            "x-{i} reaches the VPC through its own ENI"
+        );
+    }
+    let (ok, result) = plugin(
+        "ADD",
+        "x0003",
+        &format!("/var/run/netns/{}", namespaces.0[3]),
+        "x-3",
+        &conf,
+    );
+    assert!(!ok, "a fourth pod got an ENI: {result}");
+    assert_eq!(result["code"], 11);
+    assert!(
+        result["details"].as_str().unwrap().contains("ecs.g6.2xlarge"),
+        "{result}"
+    );
+    for i in 0..3 {
+        let (ok, result) = plugin(
+            "DEL",
+            &format!("x{i:04}"),
+            &format!("/var/run/netns/{}", namespaces.0[i]),
+            &format!("x-{i}"),
+            &conf,
+        );
+        assert!(ok, "DEL x-{i}: {result}");
+    }
+    // the ENIs are back on the node
+    let links = String::from_utf8_lossy(
+        &Command::new("ip")
+            .args(["-n", &sim.node_ns, "-o", "link"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .into_owned();
+    for mac in &macs {
+        assert!(links.contains(mac.as_str()), "ENI {mac} returned to the node: {links}");
+    }
+    drop(namespaces);
+    running.stop();
+    drop(running);
+    drop(rt);
+    drop(em);
+    drop(sim);
+    assert_eq!(before, root_state(), "the root namespace changed");
+}
