@@ -108,6 +108,96 @@ impl Drop for PodNamespaces {
     }
 }
 
+/// A simulated node with the emulator hot-plugging ENIs into it, and the
+/// node service running there with the datapath.
+struct Lab {
+    rt: tokio::runtime::Runtime,
+    sim: Arc<SimulatedNode>,
+    em: Emulator,
+    running: service::Running,
+    /// The plugin's network configuration.
+    conf: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Lab {
+    /// `pool` holds the eni_conf keys that differ between the tests.
+    fn start(tag: &str, instance_type: &str, pool: &str, add_deadline: Duration) -> Self {
+        let sim = Arc::new(SimulatedNode::new(tag).unwrap());
+        sim.add_vpc_address(&format!("{VPC_ADDR}/32")).unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut scenario = Scenario {
+            delays: Delays {
+                attach_ms: 50,
+                detach_ms: 50,
+                ..Delays::default()
+            },
+            ..Scenario::default()
+        };
+        scenario.instances[0].instance_type = instance_type.into();
+        let em = rt.block_on(Emulator::start(scenario)).unwrap();
+        em.add_hotplug_hook(sim.clone());
+        let dir = tempfile::tempdir().unwrap();
+        let conf_path = dir.path().join("eni_conf");
+        std::fs::write(
+            &conf_path,
+            format!(
+                r#"{{{pool}, "vswitches": {{"{DEFAULT_ZONE}": ["vsw-large0000000001"]}}, "service_cidr": "172.21.0.0/20",
+                    "access_key": "{DEFAULT_ACCESS_KEY_ID}", "access_secret": "{DEFAULT_ACCESS_KEY_SECRET}",
+                    "ecs_endpoint": "{url}", "vpc_endpoint": "{url}", "metadata_endpoint": "{url}",
+                    "ip_pool_sync_period": "1s", "ip_cooldown": "1s"}}"#,
+                url = em.url()
+            ),
+        )
+        .unwrap();
+        let socket = dir.path().join("eni.socket");
+        let running = rt
+            .block_on(async {
+                let dp = Arc::new(Datapath::new(NetNs::open(&sim.node_ns_path())?)?);
+                let options = NodeOptions {
+                    datapath: Some(dp),
+                    add_deadline,
+                    socket_path: Some(socket.clone()),
+                    ledger_path: Some(dir.path().join("ledger")),
+                };
+                service::start(conf_path, None, options).await
+            })
+            .unwrap();
+        let conf = format!(
+            r#"{{"cniVersion":"1.0.0","name":"terway","type":"terway","socket":"{}"}}"#,
+            socket.display()
+        );
+        Self {
+            rt,
+            sim,
+            em,
+            running,
+            conf,
+            _dir: dir,
+        }
+    }
+
+    fn vpc_ns(&self) -> PathBuf {
+        PathBuf::from(format!("/var/run/netns/{}", self.sim.vpc_ns))
+    }
+
+    /// Stops the service, then the emulator, then removes the namespaces.
+    fn stop(self) {
+        let Self {
+            rt, sim, em, running, ..
+        } = self;
+        running.stop();
+        drop(running);
+        drop(rt);
+        drop(em);
+        drop(sim);
+    }
+}
+
 #[test]
 fn hundred_pods_through_the_terway_binary() {
     if let Some(why) = skip_reason() {
@@ -116,56 +206,14 @@ fn hundred_pods_through_the_terway_binary() {
     }
     let before = root_state();
     let tag = format!("{}", std::process::id() % 100_000);
-    let sim = Arc::new(SimulatedNode::new(&tag).unwrap());
-    sim.add_vpc_address(&format!("{VPC_ADDR}/32")).unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let mut scenario = Scenario {
-        delays: Delays {
-            attach_ms: 50,
-            detach_ms: 50,
-            ..Delays::default()
-        },
-        ..Scenario::default()
-    };
-    scenario.instances[0].instance_type = "ecs.g6.8xlarge".into(); // 8 ENIs x 20 addresses
-    let em = rt.block_on(Emulator::start(scenario)).unwrap();
-    em.add_hotplug_hook(sim.clone());
-    let dir = tempfile::tempdir().unwrap();
-    let conf_path = dir.path().join("eni_conf");
-    std::fs::write(
-        &conf_path,
-        format!(
-            r#"{{"version": "1", "max_pool_size": 25, "min_pool_size": 10,
-                "vswitches": {{"{DEFAULT_ZONE}": ["vsw-large0000000001"]}}, "service_cidr": "172.21.0.0/20",
-                "access_key": "{DEFAULT_ACCESS_KEY_ID}", "access_secret": "{DEFAULT_ACCESS_KEY_SECRET}",
-                "ecs_endpoint": "{url}", "vpc_endpoint": "{url}", "metadata_endpoint": "{url}",
-                "ip_pool_sync_period": "1s", "ip_cooldown": "1s"}}"#,
-            url = em.url()
-        ),
-    )
-    .unwrap();
-    let socket = dir.path().join("eni.socket");
-    let running = rt
-        .block_on(async {
-            let dp = Arc::new(Datapath::new(NetNs::open(&sim.node_ns_path())?)?);
-            let options = NodeOptions {
-                datapath: Some(dp),
-                add_deadline: Duration::from_secs(60),
-                socket_path: Some(socket.clone()),
-                ledger_path: Some(dir.path().join("ledger")),
-            };
-            service::start(conf_path.clone(), None, options).await
-        })
-        .unwrap();
-    let node = running.node.clone();
-    let conf = format!(
-        r#"{{"cniVersion":"1.0.0","name":"terway","type":"terway","socket":"{}"}}"#,
-        socket.display()
+    // 8 ENIs x 20 addresses, the seed's pool settings
+    let lab = Lab::start(
+        &tag,
+        "ecs.g6.8xlarge",
+        r#""version": "1", "max_pool_size": 25, "min_pool_size": 10"#,
+        Duration::from_secs(60),
     );
+    let (node, conf, sim, rt) = (lab.running.node.clone(), lab.conf.clone(), lab.sim.clone(), &lab.rt);
     let mut namespaces = PodNamespaces(Vec::new());
     let mut ips = Vec::new();
     let started = Instant::now();
@@ -206,9 +254,8 @@ fn hundred_pods_through_the_terway_binary() {
         let eni = &s.enis[&s.ips[&ip].eni_id];
         sim.route_to_pod(&ips[i], &eni.mac).unwrap();
         let pod_ns = PathBuf::from(format!("/var/run/netns/{}", namespaces.0[i]));
-        let vpc_ns = PathBuf::from(format!("/var/run/netns/{}", sim.vpc_ns));
         assert!(
-            tcp_reaches(pod_ns, vpc_ns, VPC_ADDR, 7700 + i as u16),
+            tcp_reaches(pod_ns, lab.vpc_ns(), VPC_ADDR, 7700 + i as u16),
             "pod-{i} ({}) reaches the VPC",
             ips[i]
         );
@@ -247,11 +294,8 @@ fn hundred_pods_through_the_terway_binary() {
     });
     assert!(ok, "the pool did not settle: {settled}");
     println!("at rest: {settled}");
-    running.stop();
-    drop(running);
-    drop(rt);
-    drop(em);
     drop(sim);
+    lab.stop();
     assert_eq!(before, root_state(), "the root namespace changed");
 }
 
@@ -263,56 +307,10 @@ fn exclusive_eni_pods_through_the_terway_binary() {
     }
     let before = root_state();
     let tag = format!("x{}", std::process::id() % 100_000);
-    let sim = Arc::new(SimulatedNode::new(&tag).unwrap());
-    sim.add_vpc_address(&format!("{VPC_ADDR}/32")).unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
     // ecs.g6.2xlarge: 4 ENIs, so 3 pods with an ENI each
-    let scenario = Scenario {
-        delays: Delays {
-            attach_ms: 50,
-            detach_ms: 50,
-            ..Delays::default()
-        },
-        ..Scenario::default()
-    };
-    let em = rt.block_on(Emulator::start(scenario)).unwrap();
-    em.add_hotplug_hook(sim.clone());
-    let dir = tempfile::tempdir().unwrap();
-    let conf_path = dir.path().join("eni_conf");
-    std::fs::write(
-        &conf_path,
-        format!(
-            r#"{{"max_pool_size": 3, "min_pool_size": 0, "datapath_mode": "exclusive_eni",
-                "vswitches": {{"{DEFAULT_ZONE}": ["vsw-large0000000001"]}}, "service_cidr": "172.21.0.0/20",
-                "access_key": "{DEFAULT_ACCESS_KEY_ID}", "access_secret": "{DEFAULT_ACCESS_KEY_SECRET}",
-                "ecs_endpoint": "{url}", "vpc_endpoint": "{url}", "metadata_endpoint": "{url}",
-                "ip_pool_sync_period": "1s", "ip_cooldown": "0s"}}"#,
-            url = em.url()
-        ),
-    )
-    .unwrap();
-    let socket = dir.path().join("eni.socket");
-    let running = rt
-        .block_on(async {
-            let dp = Arc::new(Datapath::new(NetNs::open(&sim.node_ns_path())?)?);
-            let options = NodeOptions {
-                datapath: Some(dp),
-                add_deadline: Duration::from_secs(5),
-                socket_path: Some(socket.clone()),
-                ledger_path: Some(dir.path().join("ledger")),
-            };
-            service::start(conf_path.clone(), None, options).await
-        })
-        .unwrap();
-    let node = running.node.clone();
-    let conf = format!(
-        r#"{{"cniVersion":"1.0.0","name":"terway","type":"terway","socket":"{}"}}"#,
-        socket.display()
-    );
+    let pool = r#""max_pool_size": 3, "min_pool_size": 0, "datapath_mode": "exclusive_eni""#;
+    let lab = Lab::start(&tag, "ecs.g6.2xlarge", pool, Duration::from_secs(5));
+    let (node, conf, sim) = (lab.running.node.clone(), lab.conf.clone(), lab.sim.clone());
     let namespaces = PodNamespaces((0..4).map(|i| format!("trw{tag}p{i}")).collect());
     for ns in &namespaces.0 {
         assert!(Command::new("ip")
@@ -343,9 +341,8 @@ fn exclusive_eni_pods_through_the_terway_binary() {
         assert!(macs.insert(eni.mac.clone()), "each pod has its own ENI");
         sim.route_to_pod(&ip, &eni.mac).unwrap();
         let pod_ns = PathBuf::from(format!("/var/run/netns/{ns}"));
-        let vpc_ns = PathBuf::from(format!("/var/run/netns/{}", sim.vpc_ns));
         assert!(
-            tcp_reaches(pod_ns, vpc_ns, VPC_ADDR, 7800 + i as u16),
+            tcp_reaches(pod_ns, lab.vpc_ns(), VPC_ADDR, 7800 + i as u16),
             "x-{i} reaches the VPC through its own ENI"
         );
     }
@@ -385,10 +382,7 @@ fn exclusive_eni_pods_through_the_terway_binary() {
         assert!(links.contains(mac.as_str()), "ENI {mac} returned to the node: {links}");
     }
     drop(namespaces);
-    running.stop();
-    drop(running);
-    drop(rt);
-    drop(em);
     drop(sim);
+    lab.stop();
     assert_eq!(before, root_state(), "the root namespace changed");
 }

@@ -241,6 +241,14 @@ impl Node {
         locks.entry(key.to_owned()).or_default().clone()
     }
 
+    /// `vswitch` ran out: skip it for the configured cooldown.
+    pub(crate) fn set_vswitch_aside(&self, vswitch: &str) {
+        self.vswitches
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .set_aside(vswitch, self.config().vswitch_cooldown);
+    }
+
     pub(crate) fn set_last_error(&self, e: Option<String>) {
         *self.last_error.lock().unwrap_or_else(PoisonError::into_inner) = e;
     }

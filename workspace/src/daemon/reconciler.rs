@@ -432,10 +432,7 @@ async fn assign(node: &Node, eni_id: &str, n: u32) -> anyhow::Result<usize> {
             note_failure(node, &e);
             match e.class() {
                 ErrorClass::VSwitchExhausted => {
-                    node.vswitches
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .set_aside(&vswitch, node.config().vswitch_cooldown);
+                    node.set_vswitch_aside(&vswitch);
                     node.ledger.complete_intent(intent.id, Durability::Flush)?;
                 }
                 // the outcome is unknown: the intent stays until the cloud tells
@@ -525,10 +522,7 @@ async fn create_eni(node: &Node, secondaries: u32) -> anyhow::Result<bool> {
                 note_failure(node, &e);
                 match e.class() {
                     ErrorClass::VSwitchExhausted => {
-                        node.vswitches
-                            .lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner)
-                            .set_aside(&vswitch, node.config().vswitch_cooldown);
+                        node.set_vswitch_aside(&vswitch);
                         node.ledger.complete_intent(intent.id, Durability::Flush)?;
                         continue;
                     }
