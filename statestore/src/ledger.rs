@@ -895,6 +895,35 @@ impl Ledger {
         )
     }
 
+    /// Takes a whole ENI out of service (status `Draining`, so no bind picks
+    /// it) if, at this moment, every address on it is idle, none is touched
+    /// by an unresolved intent and no pod owns it. Returns whether it did:
+    /// checking and marking under one lock is what keeps a concurrent bind
+    /// from landing on an ENI about to be detached.
+    pub fn drain_eni_if_idle(&self, eni_id: &str, durability: Durability) -> Result<bool, LedgerError> {
+        let mut inner = self.lock();
+        let s = &inner.state;
+        let Some(eni) = s.enis.get(eni_id) else {
+            return Err(LedgerError::UnknownEni { eni_id: eni_id.into() });
+        };
+        let held = s.ips_held_by_intents();
+        let all_idle = s
+            .ips
+            .values()
+            .filter(|r| r.eni_id == eni_id)
+            .all(|r| r.state == IpState::Idle && !held.contains(&r.ip));
+        if eni.status != EniStatus::InUse || eni.owner.is_some() || !all_idle || s.enis_held_by_intents().contains(eni_id)
+        {
+            return Ok(false);
+        }
+        let eni = EniRecord {
+            status: EniStatus::Draining,
+            ..eni.clone()
+        };
+        self.commit(&mut inner, vec![Change::PutEni(eni)], durability)?;
+        Ok(true)
+    }
+
     /// Forgets an ENI and its addresses. Refused while a pod uses it.
     pub fn remove_eni(&self, eni_id: &str, durability: Durability) -> Result<(), LedgerError> {
         let mut inner = self.lock();

@@ -238,6 +238,151 @@ async fn an_exhausted_vswitch_gives_a_clear_error() {
         details.contains("vsw-small0000000001"),
         "the vSwitch is named: {details}"
     );
+    // an address freed on the exhausted vSwitch (given back to the cloud, as
+    // max_pool_size is 0) serves the next pod, with no restart and before
+    // the vSwitch's cooldown is over
+    assert_eq!(call(&socket, Request::Del(pod(0))).await, Reply::Ok { network: None });
+    let mut served_again = None;
+    for _ in 0..5 {
+        if let Reply::Ok { network: Some(net) } = call(&socket, Request::Add(pod(100))).await {
+            served_again = Some(net);
+            break;
+        }
+    }
+    assert!(served_again.is_some(), "the freed address never served again");
+}
+
+/// Captures everything the daemon logs (a global subscriber: one per test binary).
+#[derive(Clone, Default)]
+struct LogCapture(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogCapture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vswitch_runs_out_mid_run_and_the_next_one_serves() {
+    let logs = LogCapture::default();
+    let writer = logs.clone();
+    tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_env_filter("terway_node=info")
+        .init();
+    let em = Emulator::start(Scenario::default()).await.unwrap();
+    let mid = "vsw-mid000000000001";
+    em.add_vswitch(mid, DEFAULT_ZONE, "192.168.2.0/26").unwrap();
+    // "ordered" starts on the vSwitch with most free addresses: the /26 (60) before the /28 (12)
+    let running = start(
+        config(
+            &em,
+            &[mid, "vsw-small0000000001"],
+            r#", "max_pool_size": 0, "min_pool_size": 0, "vswitch_selection_policy": "ordered""#,
+        ),
+        Duration::from_secs(20),
+    )
+    .await;
+    let socket = running.node.socket_path();
+    let mut ips = BTreeSet::new();
+    let Reply::Ok { network: Some(first) } = call(&socket, Request::Add(pod(0))).await else {
+        panic!("first pod")
+    };
+    assert!(first.ipv4.starts_with("192.168.2."), "{}", first.ipv4);
+    ips.insert(first.ipv4);
+    // other nodes take all but three of the /26's addresses
+    let free = em.available_addresses(mid).unwrap() as usize;
+    em.take_addresses(mid, free - 3).unwrap();
+    for i in 1..10 {
+        let reply = call(&socket, Request::Add(pod(i))).await;
+        let Reply::Ok { network: Some(net) } = reply else {
+            panic!("pod {i}: {reply:?}")
+        };
+        assert!(ips.insert(net.ipv4.clone()), "{} handed out twice", net.ipv4);
+    }
+    let s = running.node.ledger.snapshot();
+    let vswitch_of = |ip: &str| {
+        let r = &s.ips[&ip.trim_end_matches("/32").parse().unwrap()];
+        s.enis[&r.eni_id].vswitch_id.clone()
+    };
+    let on_small = ips.iter().filter(|ip| vswitch_of(ip) == "vsw-small0000000001").count();
+    assert!(on_small > 0, "no pod was served from the next vSwitch");
+    assert_eq!(ips.len() - on_small, 4, "the /26 served what it had left");
+    let aside = running.node.vswitches.lock().unwrap().set_aside_now();
+    assert!(aside.iter().any(|(v, _)| v == mid), "{aside:?}");
+    let refused = em.calls()["AssignPrivateIpAddresses"]
+        .get("InvalidVSwitchId.IpNotEnough")
+        .copied()
+        .unwrap_or(0);
+    assert!(refused > 0, "the cloud refused an assignment on the /26");
+    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let logged = logs
+        .lines()
+        .find(|l| l.contains("InvalidVSwitchId.IpNotEnough") && l.contains(mid))
+        .unwrap_or_else(|| panic!("the IpNotEnough was not logged with the vSwitch:\n{logs}"));
+    assert!(logged.contains("request_id="), "the log names the cloud request: {logged}");
+    assert!(
+        logs.lines().any(|l| l.contains("set aside") && l.contains(mid)),
+        "setting the vSwitch aside was not logged"
+    );
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("ENI created") && l.contains("vsw-small0000000001")),
+        "the next ENI's creation on the next vSwitch was not logged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_enis_above_max_are_given_back_whole() {
+    let em = Emulator::start(Scenario::default()).await.unwrap();
+    let running = start(
+        config(
+            &em,
+            &["vsw-large0000000001"],
+            r#", "max_pool_size": 5, "min_pool_size": 0"#,
+        ),
+        Duration::from_secs(30),
+    )
+    .await;
+    let socket = running.node.socket_path();
+    // 25 pods need three secondary ENIs of ten addresses
+    for i in 0..25 {
+        let reply = call(&socket, Request::Add(pod(i))).await;
+        assert!(matches!(reply, Reply::Ok { network: Some(_) }), "pod {i}: {reply:?}");
+    }
+    assert_eq!(running.node.ledger.snapshot().enis.len(), 3);
+    for i in 0..25 {
+        call(&socket, Request::Del(pod(i))).await;
+    }
+    // 30 idle, max 5: two whole ENIs go back, then five addresses of the last
+    let mut settled = false;
+    for _ in 0..150 {
+        running.node.wake.notify_one();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let s = running.node.ledger.snapshot();
+        if s.enis.len() == 1 && s.ips.len() == 5 && s.intents.is_empty() {
+            settled = true;
+            break;
+        }
+    }
+    let s = running.node.ledger.snapshot();
+    assert!(settled, "{} ENIs, {} addresses at rest", s.enis.len(), s.ips.len());
+    let dump = em.dump();
+    let secondary: Vec<&serde_json::Value> = dump["enis"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["primary"] == false)
+        .collect();
+    assert_eq!(secondary.len(), 1, "the retired ENIs were deleted in the cloud, not left Available");
+    let ledger_ips: BTreeSet<String> = s.ips.keys().map(ToString::to_string).collect();
+    assert_eq!(ledger_ips, cloud_ips(&em));
+    assert_eq!(em.calls()["DeleteNetworkInterface"].values().sum::<u64>(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -78,6 +78,16 @@ impl Emulator {
         lock(&self.shared.world).add_vswitch(id, zone_id, cidr)
     }
 
+    /// Another tenant takes `n` free addresses of a vSwitch for good.
+    pub fn take_addresses(&self, vswitch_id: &str, n: usize) -> Result<Vec<std::net::Ipv4Addr>, String> {
+        lock(&self.shared.world).take_addresses(vswitch_id, n)
+    }
+
+    /// Free addresses of a vSwitch right now.
+    pub fn available_addresses(&self, vswitch_id: &str) -> Option<u64> {
+        lock(&self.shared.world).vswitches.get(vswitch_id).map(|v| v.available())
+    }
+
     pub fn add_hotplug_hook(&self, hook: Arc<dyn HotPlug>) {
         lock(&self.shared.hooks).push(hook);
     }

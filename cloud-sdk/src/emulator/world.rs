@@ -320,6 +320,17 @@ impl World {
         Ok(())
     }
 
+    /// Someone else in the VPC takes `n` free addresses of `vswitch_id`
+    /// (they stay taken), so a test can run a vSwitch out at a chosen moment.
+    pub fn take_addresses(&mut self, vswitch_id: &str, n: usize) -> std::result::Result<Vec<Ipv4Addr>, String> {
+        let v = self
+            .vswitches
+            .get_mut(vswitch_id)
+            .ok_or_else(|| format!("no vSwitch {vswitch_id}"))?;
+        v.allocate(n)
+            .ok_or_else(|| format!("vSwitch {vswitch_id} has only {} free addresses", v.available()))
+    }
+
     fn next(&mut self) -> u64 {
         self.next_id += 1;
         self.next_id

@@ -91,6 +91,9 @@ pub async fn pass(node: &Node) -> anyhow::Result<PassReport> {
     let cloud_enis = observe(node).await?;
     report.adopted_ips += adopt(node, &cloud_enis).await?;
     node.ledger.promote_cooled(now_millis(), Durability::Lazy)?;
+    if node.waiting.load(Ordering::Relaxed) > 0 {
+        recheck_set_aside(node).await?;
+    }
     if node.config().datapath_mode.is_exclusive() {
         return exclusive_pass(node, report).await;
     }
@@ -141,6 +144,13 @@ pub async fn pass(node: &Node) -> anyhow::Result<PassReport> {
             report.progressed = true;
         }
     } else if plan.release > 0 {
+        if let Some(eni_id) = idle_eni_to_retire(node, &s, plan.release) {
+            if retire_eni(node, &eni_id).await? {
+                report.released += 1;
+                report.progressed = true;
+                return Ok(report);
+            }
+        }
         report.released += release(node, plan.release as usize).await?;
         report.progressed = report.released > 0;
     }
@@ -148,6 +158,35 @@ pub async fn pass(node: &Node) -> anyhow::Result<PassReport> {
         node.pool_changed.notify_waiters();
     }
     Ok(report)
+}
+
+/// ADDs are waiting and vSwitches are set aside: if the cloud shows free
+/// addresses on one again (freed by this node or another), use it now rather
+/// than after `vswitch_cooldown`.
+async fn recheck_set_aside(node: &Node) -> anyhow::Result<()> {
+    let due = node
+        .vswitches
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .recheck_due();
+    if !due {
+        return Ok(());
+    }
+    let zone = node
+        .cloud
+        .describe_vswitches_all(DescribeVSwitches {
+            region_id: node.identity.region_id.clone(),
+            zone_id: Some(node.identity.zone_id.clone()),
+            ..Default::default()
+        })
+        .await?;
+    let mut selector = node.vswitches.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    for v in zone {
+        if v.available_ip_address_count > 0 && selector.is_set_aside(&v.vswitch_id) {
+            selector.lift(&v.vswitch_id, v.available_ip_address_count);
+        }
+    }
+    Ok(())
 }
 
 /// Exclusive-ENI mode: the pool counts whole idle ENIs, within
@@ -183,17 +222,38 @@ async fn exclusive_pass(node: &Node, mut report: PassReport) -> anyhow::Result<P
         }
     } else if waiting == 0 && idle_count > max {
         if let Some(eni) = idle.iter().find(|e| e.created_by_us) {
-            retire_eni(node, &eni.id).await?;
-            report.progressed = true;
+            report.progressed = retire_eni(node, &eni.id).await?;
         }
     }
     Ok(report)
 }
 
+/// Shared mode: an ENI terway-rs created whose addresses are all idle and
+/// together within the surplus, so giving the whole ENI back (rather than
+/// address by address) keeps the pool within bounds and frees an ENI slot.
+/// `min_eni` ENIs are always kept.
+fn idle_eni_to_retire(node: &Node, s: &terway_statestore::State, surplus: u32) -> Option<String> {
+    if (s.enis.len() as u32) <= node.config().min_eni {
+        return None;
+    }
+    let held = s.ips_held_by_intents();
+    s.enis
+        .values()
+        .filter(|e| e.created_by_us && e.status == EniStatus::InUse && e.owner.is_none())
+        .find(|e| {
+            let ips: Vec<_> = s.ips.values().filter(|r| r.eni_id == e.id).collect();
+            ips.len() as u32 <= surplus && ips.iter().all(|r| r.state == IpState::Idle && !held.contains(&r.ip))
+        })
+        .map(|e| e.id.clone())
+}
+
 /// Detaches and deletes an idle ENI terway-rs created, behind intents.
-async fn retire_eni(node: &Node, eni_id: &str) -> anyhow::Result<()> {
-    node.ledger
-        .set_eni_status(eni_id, EniStatus::Draining, Durability::Flush)?;
+/// Returns `false` without a cloud call if a pod took one of its addresses
+/// (or an intent touches it) since the caller looked.
+async fn retire_eni(node: &Node, eni_id: &str) -> anyhow::Result<bool> {
+    if !node.ledger.drain_eni_if_idle(eni_id, Durability::Flush)? {
+        return Ok(false);
+    }
     let region = node.identity.region_id.clone();
     let detach = node
         .ledger
@@ -212,7 +272,7 @@ async fn retire_eni(node: &Node, eni_id: &str) -> anyhow::Result<()> {
             if e.class() != ErrorClass::Retryable {
                 node.ledger.complete_intent(detach.id, Durability::Flush)?;
             }
-            return Ok(());
+            return Ok(false);
         }
     }
     // wait until the cloud shows it Available (or gone), then delete it
@@ -236,7 +296,7 @@ async fn retire_eni(node: &Node, eni_id: &str) -> anyhow::Result<()> {
     node.ledger.remove_eni(eni_id, Durability::Flush)?;
     node.ledger.complete_intent(delete.id, Durability::Flush)?;
     tracing::info!(eni = eni_id, "idle ENI above max_pool_size detached and deleted");
-    Ok(())
+    Ok(true)
 }
 
 /// Deletes ENIs terway-rs created for this instance that were left

@@ -5,9 +5,13 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use terway_config::VSwitchSelectionPolicy;
 
+/// How often, at most, a set-aside vSwitch is re-checked while ADDs wait.
+pub const RECHECK_INTERVAL: Duration = Duration::from_secs(3);
+
 #[derive(Debug, Default)]
 pub struct VSwitchSelector {
     set_aside: HashMap<String, Instant>,
+    last_recheck: Option<Instant>,
 }
 
 impl VSwitchSelector {
@@ -19,6 +23,27 @@ impl VSwitchSelector {
             "vSwitch has no free address; set aside"
         );
         self.set_aside.insert(vswitch.to_owned(), Instant::now() + cooldown);
+    }
+
+    /// The cloud shows free addresses on `vswitch` again (another node gave
+    /// some back): use it before its cooldown is over.
+    pub fn lift(&mut self, vswitch: &str, free: u64) {
+        if self.set_aside.remove(vswitch).is_some() {
+            tracing::info!(vswitch, free, "set-aside vSwitch has free addresses again; back in use");
+        }
+    }
+
+    /// Whether it is time to ask the cloud about set-aside vSwitches again
+    /// (only while some are set aside; at most every [`RECHECK_INTERVAL`]).
+    pub fn recheck_due(&mut self) -> bool {
+        let now = Instant::now();
+        if !self.set_aside.values().any(|until| *until > now)
+            || self.last_recheck.is_some_and(|t| now < t + RECHECK_INTERVAL)
+        {
+            return false;
+        }
+        self.last_recheck = Some(now);
+        true
     }
 
     pub fn is_set_aside(&self, vswitch: &str) -> bool {
