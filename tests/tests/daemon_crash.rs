@@ -34,7 +34,7 @@ fn write_config(dir: &Path, url: &str) -> PathBuf {
 }
 
 fn spawn_terwayd(config: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_terwayd"))
+    Command::new(terway_tests::binary("terwayd"))
         .args(["run", "--no-datapath", "--config"])
         .arg(config)
         .env("RUST_LOG", "error")

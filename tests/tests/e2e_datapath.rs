@@ -44,7 +44,7 @@ fn root_state() -> String {
 }
 
 fn plugin(command: &str, container: &str, netns: &str, pod: &str, conf: &str) -> (bool, serde_json::Value) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_terway"))
+    let mut child = Command::new(terway_tests::binary("terway"))
         .env_clear()
         .env("CNI_COMMAND", command)
         .env("CNI_CONTAINERID", container)

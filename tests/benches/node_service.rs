@@ -56,7 +56,7 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-fn exec_cni(plugin: &str, node_ns: Option<&str>, env: &[(&str, String)], conf: &str) -> bool {
+fn exec_cni(plugin: &Path, node_ns: Option<&str>, env: &[(&str, String)], conf: &str) -> bool {
     let mut cmd = match node_ns {
         Some(ns) => {
             let mut c = Command::new("nsenter");
@@ -155,12 +155,12 @@ fn warm_pool_through_the_plugin(rt: &tokio::runtime::Runtime) {
             ("PATH", "/usr/sbin:/usr/bin:/sbin:/bin".into()),
         ]
     };
-    let binary = env!("CARGO_BIN_EXE_terway");
+    let binary = terway_tests::binary("terway");
     let (mut adds, mut dels) = (Vec::new(), Vec::new());
     for (i, ns) in namespaces.0.iter().enumerate() {
         let t = Instant::now();
         assert!(
-            exec_cni(binary, None, &env("ADD", i, ns), &terway_conf),
+            exec_cni(&binary, None, &env("ADD", i, ns), &terway_conf),
             "terway ADD {i}"
         );
         adds.push(t.elapsed());
@@ -168,7 +168,7 @@ fn warm_pool_through_the_plugin(rt: &tokio::runtime::Runtime) {
     for (i, ns) in namespaces.0.iter().enumerate() {
         let t = Instant::now();
         assert!(
-            exec_cni(binary, None, &env("DEL", i, ns), &terway_conf),
+            exec_cni(&binary, None, &env("DEL", i, ns), &terway_conf),
             "terway DEL {i}"
         );
         dels.push(t.elapsed());
@@ -195,7 +195,7 @@ fn warm_pool_through_the_plugin(rt: &tokio::runtime::Runtime) {
         for (i, ns) in namespaces.0.iter().enumerate() {
             let t = Instant::now();
             assert!(
-                exec_cni(ptp, Some(&sim.node_ns), &env("ADD", i, ns), &conf),
+                exec_cni(Path::new(ptp), Some(&sim.node_ns), &env("ADD", i, ns), &conf),
                 "ptp ADD {i}"
             );
             padds.push(t.elapsed());
@@ -203,7 +203,7 @@ fn warm_pool_through_the_plugin(rt: &tokio::runtime::Runtime) {
         for (i, ns) in namespaces.0.iter().enumerate() {
             let t = Instant::now();
             assert!(
-                exec_cni(ptp, Some(&sim.node_ns), &env("DEL", i, ns), &conf),
+                exec_cni(Path::new(ptp), Some(&sim.node_ns), &env("DEL", i, ns), &conf),
                 "ptp DEL {i}"
             );
             pdels.push(t.elapsed());
@@ -317,7 +317,7 @@ fn memory_at_250_pods(rt: &tokio::runtime::Runtime) {
     let em = rt.block_on(Emulator::start(scenario)).unwrap_or_else(|e| panic!("{e}"));
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let conf_path = eni_conf(dir.path(), &em.url(), r#", "max_pool_size": 25, "min_pool_size": 10"#);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_terwayd"))
+    let mut child = Command::new(terway_tests::binary("terwayd"))
         .args(["run", "--no-datapath", "--config"])
         .arg(&conf_path)
         .env("RUST_LOG", "error")
