@@ -18,6 +18,8 @@ struct Bucket {
 pub struct RateLimiter {
     per_minute: BTreeMap<String, u32>,
     default_per_minute: u32,
+    /// `(per second, burst)` for every class, overriding the per-minute table.
+    rate: Option<(f64, f64)>,
     buckets: Mutex<HashMap<String, Bucket>>,
 }
 
@@ -26,7 +28,17 @@ impl RateLimiter {
         Self {
             per_minute,
             default_per_minute,
+            rate: None,
             buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// One bucket per class refilled at `per_second`, holding at most `burst`
+    /// (a QPS/burst limit such as the Kubernetes client's).
+    pub fn with_rate(per_second: f64, burst: f64) -> Self {
+        Self {
+            rate: Some((per_second.max(0.001), burst.max(1.0))),
+            ..Self::new(BTreeMap::new(), 1)
         }
     }
 
@@ -50,12 +62,13 @@ impl RateLimiter {
                 .unwrap_or(self.default_per_minute)
                 .max(1),
         );
+        let (per_second, capacity) = self.rate.unwrap_or((limit / 60.0, limit));
         let mut buckets = self.buckets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let now = Instant::now();
         let bucket = buckets.entry(action.to_owned()).or_insert_with(|| Bucket {
-            tokens: limit,
-            capacity: limit,
-            per_second: limit / 60.0,
+            tokens: capacity,
+            capacity,
+            per_second,
             last: now,
         });
         let elapsed = now.duration_since(bucket.last).as_secs_f64();
@@ -102,6 +115,16 @@ impl RateLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn qps_and_burst() {
+        let limiter = RateLimiter::with_rate(5.0, 10.0);
+        for _ in 0..10 {
+            assert_eq!(limiter.reserve("kube"), Duration::ZERO);
+        }
+        let wait = limiter.reserve("kube");
+        assert!(wait > Duration::from_millis(150) && wait <= Duration::from_millis(200), "{wait:?}");
+    }
 
     #[test]
     fn burst_then_paced() {

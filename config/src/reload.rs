@@ -36,6 +36,8 @@ pub enum ReloadEvent {
 #[derive(Debug, Clone, PartialEq)]
 struct Fingerprint {
     base: Result<String, String>,
+    /// The base as the Kubernetes API shows it, preferred to the file.
+    api_base: Option<(String, String)>,
     file_override: Option<Result<String, String>>,
     node_override: Option<Value>,
 }
@@ -54,12 +56,13 @@ pub struct ConfigWatcher {
 struct WatchState {
     last: Fingerprint,
     node_override: Option<Value>,
+    api_base: Option<(String, String)>,
 }
 
 impl ConfigWatcher {
     /// Loads the configuration once; it must be valid for terwayd to start.
     pub fn start(source: ConfigSource) -> Result<(Self, Vec<Diagnostic>), ConfigError> {
-        let fingerprint = read_fingerprint(&source, None);
+        let fingerprint = read_fingerprint(&source, None, None);
         let base = read_json(&source.path)?;
         let patch = source.override_path.as_deref().map(read_json).transpose()?;
         let loaded = Config::from_parts(base, patch.as_ref(), &source.path.display().to_string())?;
@@ -74,6 +77,7 @@ impl ConfigWatcher {
             state: Mutex::new(WatchState {
                 last: fingerprint,
                 node_override: None,
+                api_base: None,
             }),
         };
         Ok((watcher, loaded.warnings))
@@ -102,6 +106,15 @@ impl ConfigWatcher {
         self.evaluate(&mut state, true)
     }
 
+    /// Sets (or clears, falling back to the file) the base configuration as
+    /// the Kubernetes API shows it — the `eni-config` ConfigMap, seen sooner
+    /// than kubelet refreshes its mount. `origin` names it in errors.
+    pub fn set_api_base(&self, base: Option<(String, String)>) -> Vec<ReloadEvent> {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.api_base = base;
+        self.evaluate(&mut state, true)
+    }
+
     /// Re-reads the files; evaluates only when something changed.
     pub fn check_now(&self) -> Vec<ReloadEvent> {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
@@ -122,7 +135,7 @@ impl ConfigWatcher {
     }
 
     fn evaluate(&self, state: &mut WatchState, force: bool) -> Vec<ReloadEvent> {
-        let fingerprint = read_fingerprint(&self.source, state.node_override.clone());
+        let fingerprint = read_fingerprint(&self.source, state.node_override.clone(), state.api_base.clone());
         if !force && fingerprint == state.last {
             return Vec::new();
         }
@@ -170,8 +183,13 @@ impl ConfigWatcher {
 
     fn build(&self, fp: &Fingerprint) -> Result<Config, ConfigError> {
         let base_file = resolve_config_file(&self.source.path);
-        let origin = base_file.display().to_string();
-        let text = fp.base.as_ref().map_err(|e| read_error(&base_file, e))?;
+        let (origin, text) = match &fp.api_base {
+            Some((origin, text)) => (origin.clone(), text),
+            None => (
+                base_file.display().to_string(),
+                fp.base.as_ref().map_err(|e| read_error(&base_file, e))?,
+            ),
+        };
         let mut value = parse_json(text, &origin)?;
         if let (Some(path), Some(text)) = (&self.source.override_path, &fp.file_override) {
             let file = resolve_config_file(path);
@@ -196,10 +214,15 @@ fn read_error(path: &std::path::Path, message: &str) -> ConfigError {
     }
 }
 
-fn read_fingerprint(source: &ConfigSource, node_override: Option<Value>) -> Fingerprint {
+fn read_fingerprint(
+    source: &ConfigSource,
+    node_override: Option<Value>,
+    api_base: Option<(String, String)>,
+) -> Fingerprint {
     let read = |p: &std::path::Path| std::fs::read_to_string(resolve_config_file(p)).map_err(|e| e.to_string());
     Fingerprint {
         base: read(&source.path),
+        api_base,
         file_override: source.override_path.as_deref().map(read),
         node_override,
     }

@@ -63,6 +63,8 @@ async fn start_in(config: Arc<terway_config::Config>, add_deadline: Duration, di
         add_deadline,
         socket_path: Some(dir.path().join("eni.socket")),
         ledger_path: Some(dir.path().join("ledger")),
+        metrics_address: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+        ..Default::default()
     };
     let node = Node::start(config, options).await.unwrap();
     let server = tokio::spawn({
@@ -472,6 +474,8 @@ async fn capacity_returns_when_a_vswitch_is_added_to_the_file() {
         add_deadline: Duration::from_secs(3),
         socket_path: Some(dir.path().join("eni.socket")),
         ledger_path: Some(dir.path().join("ledger")),
+        metrics_address: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+        ..Default::default()
     };
     let running = terway_node::daemon::service::start(dir.path().join("eni_conf"), None, options)
         .await

@@ -163,6 +163,8 @@ impl Lab {
                     add_deadline,
                     socket_path: Some(socket.clone()),
                     ledger_path: Some(dir.path().join("ledger")),
+                    metrics_address: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+                    ..Default::default()
                 };
                 service::start(conf_path, None, options).await
             })

@@ -272,6 +272,8 @@ pub async fn run(pods: usize, interval: Duration) -> anyhow::Result<()> {
         add_deadline: Duration::from_secs(4),
         socket_path: Some(dir.path().join("eni.socket")),
         ledger_path: Some(dir.path().join("ledger")),
+        metrics_address: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+        ..Default::default()
     };
     let running = service::start(conf_path.clone(), None, options).await?;
     let node = running.node.clone();

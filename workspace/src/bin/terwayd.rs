@@ -27,6 +27,20 @@ enum Command {
         /// The namespace that plays the host (default: the current one).
         #[arg(long)]
         host_netns: Option<PathBuf>,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        /// Once serving, copy the `terway` plugin into this directory (the host's /opt/cni/bin).
+        #[arg(long, requires = "install_cni_conf_dir")]
+        install_cni_bin_dir: Option<PathBuf>,
+        /// Once serving, write 10-terway.conflist into this directory (the host's /etc/cni/net.d).
+        #[arg(long, requires = "install_cni_bin_dir")]
+        install_cni_conf_dir: Option<PathBuf>,
+        /// The plugin binary to install (default: `terway` beside terwayd).
+        #[arg(long)]
+        cni_plugin: Option<PathBuf>,
+        /// Reference plugins chained after terway in the conflist (portmap, bandwidth).
+        #[arg(long, value_delimiter = ',')]
+        chain: Vec<terway_config::conflist::ChainedPlugin>,
     },
     /// The daemon on the embedded API emulator: pods arrive until the small
     /// vSwitch runs out, a vSwitch is added to the live config, and a summary follows.
@@ -42,6 +56,50 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+}
+
+/// Kubernetes: in a pod (KUBERNETES_SERVICE_HOST set) terwayd uses the
+/// service account; `--kubeconfig` points elsewhere; `--standalone` runs
+/// without a cluster (systemd), from the ledger and CNI calls alone.
+#[derive(Debug, clap::Args)]
+struct ClusterArgs {
+    /// Run without a Kubernetes cluster.
+    #[arg(long, conflicts_with = "kubeconfig")]
+    standalone: bool,
+    /// A kubeconfig file (default: in-cluster service account when in a pod).
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// This node's name in the cluster.
+    #[arg(long, env = "NODE_NAME")]
+    node_name: Option<String>,
+    /// Namespace of the eni-config ConfigMap and node overrides.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "kube-system")]
+    namespace: String,
+}
+
+impl ClusterArgs {
+    async fn options(&self) -> anyhow::Result<Option<terway_node::cluster::ClusterOptions>> {
+        if self.standalone {
+            return Ok(None);
+        }
+        let kube = match &self.kubeconfig {
+            Some(path) => {
+                let file = kube::config::Kubeconfig::read_from(path)
+                    .map_err(|e| anyhow::anyhow!("reading kubeconfig {}: {e}", path.display()))?;
+                kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default()).await?
+            }
+            None if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() => kube::Config::incluster()?,
+            None => {
+                tracing::info!("no cluster (no KUBERNETES_SERVICE_HOST, no --kubeconfig): standalone mode");
+                return Ok(None);
+            }
+        };
+        let node_name = self
+            .node_name
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("in a cluster terwayd needs its node's name: set NODE_NAME (the DaemonSet passes spec.nodeName) or --node-name"))?;
+        Ok(Some(terway_node::cluster::ClusterOptions::new(kube, &node_name, &self.namespace)))
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -77,6 +135,11 @@ fn main() -> ExitCode {
             override_file,
             no_datapath,
             host_netns,
+            cluster,
+            install_cni_bin_dir,
+            install_cni_conf_dir,
+            cni_plugin,
+            chain,
         } => block_on(async move {
             let datapath = if no_datapath {
                 None
@@ -87,8 +150,25 @@ fn main() -> ExitCode {
                 };
                 Some(std::sync::Arc::new(terway_datapath::Datapath::new(ns)?))
             };
+            let install_cni = match (install_cni_bin_dir, install_cni_conf_dir) {
+                (Some(bin_dir), Some(conf_dir)) => {
+                    let plugin = match cni_plugin {
+                        Some(p) => p,
+                        None => std::env::current_exe()?.with_file_name("terway"),
+                    };
+                    Some(terway_node::daemon::InstallCni {
+                        plugin,
+                        bin_dir,
+                        conf_dir,
+                        chained: chain,
+                    })
+                }
+                _ => None,
+            };
             let options = terway_node::daemon::NodeOptions {
                 datapath,
+                cluster: cluster.options().await?,
+                install_cni,
                 ..Default::default()
             };
             terway_node::daemon::service::run(config, override_file, options).await

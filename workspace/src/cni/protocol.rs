@@ -24,6 +24,19 @@ pub enum Request {
     Status,
 }
 
+impl Request {
+    /// The CNI command, as metrics label it.
+    pub fn command(&self) -> &'static str {
+        match self {
+            Request::Add(_) => "ADD",
+            Request::Del(_) => "DEL",
+            Request::Check(_) => "CHECK",
+            Request::Gc { .. } => "GC",
+            Request::Status => "STATUS",
+        }
+    }
+}
+
 /// One container's attachment, as CNI identifies it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attachment {

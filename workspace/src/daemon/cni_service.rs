@@ -3,6 +3,7 @@
 
 use super::reconciler::eni_link;
 use super::Node;
+use crate::cluster::Notice;
 use crate::cni::plugin::code;
 use crate::cni::protocol::{decode_request, PodNetworkReply, PodRequest, Reply, Request, MAX_REQUEST_BYTES};
 use std::net::IpAddr;
@@ -15,6 +16,9 @@ use terway_statestore::{BindRequest, Durability, EniPreference, LedgerError, Pod
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixListener;
 
+/// How long ADD waits for the pod object when the watch has not shown it yet.
+const POD_META_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Binds the socket (mode 0600, a stale file replaced) and serves until aborted.
 pub async fn serve(node: Arc<Node>) -> anyhow::Result<()> {
     let path = node.socket_path();
@@ -25,6 +29,7 @@ pub async fn serve(node: Arc<Node>) -> anyhow::Result<()> {
     let listener = UnixListener::bind(&path)?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     tracing::info!(socket = %path.display(), "CNI service listening");
+    node.serving.store(true, Ordering::SeqCst);
     loop {
         let (mut stream, _) = listener.accept().await?;
         let node = node.clone();
@@ -59,8 +64,17 @@ pub async fn serve(node: Arc<Node>) -> anyhow::Result<()> {
     }
 }
 
-/// Answers one request.
+/// Answers one request (and measures it).
 pub async fn handle(node: &Node, request: Request) -> Reply {
+    let started = Instant::now();
+    let command = request.command();
+    let reply = answer(node, request).await;
+    node.metrics
+        .observe_cni(command, matches!(reply, Reply::Ok { .. }), started.elapsed());
+    reply
+}
+
+async fn answer(node: &Node, request: Request) -> Reply {
     match request {
         Request::Add(p) => {
             let lock = node.pod_lock(&pod_key(&p));
@@ -117,9 +131,38 @@ impl Drop for Waiting<'_> {
 
 async fn add(node: &Node, p: &PodRequest) -> Reply {
     let started = Instant::now();
-    let (bandwidth, bad) = resolve_bandwidth(p.ingress_bps, p.egress_bps, &Default::default());
+    let annotations = match node.cluster.get() {
+        Some(c) => c
+            .pod_meta(&p.pod_namespace, &p.pod_name, POD_META_TIMEOUT)
+            .await
+            .map(|m| m.annotations)
+            .unwrap_or_default(),
+        None => Default::default(),
+    };
+    let (bandwidth, bad) = resolve_bandwidth(p.ingress_bps, p.egress_bps, &annotations);
     for e in bad {
         tracing::warn!(pod = %pod_key(p), error = %e, "bandwidth setting ignored");
+        node.tell(Notice::PodEvent {
+            namespace: p.pod_namespace.clone(),
+            name: p.pod_name.clone(),
+            warning: true,
+            reason: "ParseFailed",
+            message: format!("{e}; the pod gets its network without this setting"),
+        });
+    }
+    let wants_eni = annotations.get(crate::cluster::POD_ENI_ANNOTATION).map(String::as_str) == Some("true");
+    if wants_eni && !node.config().datapath_mode.is_exclusive() {
+        node.tell(Notice::PodEvent {
+            namespace: p.pod_namespace.clone(),
+            name: p.pod_name.clone(),
+            warning: true,
+            reason: "ExclusiveENIUnavailable",
+            message: format!(
+                "annotation {}=true asks for an exclusive ENI, but this node shares ENIs (datapath_mode {:?}); the pod gets a shared-ENI address",
+                crate::cluster::POD_ENI_ANNOTATION,
+                node.config().datapath_mode
+            ),
+        });
     }
     let request = BindRequest {
         pod: pod_ref(p),
@@ -169,6 +212,13 @@ async fn add(node: &Node, p: &PodRequest) -> Reply {
                         .last_error()
                         .unwrap_or_else(|| format!("the pool is still growing ({cooling} addresses cooling down)"));
                     tracing::warn!(pod = %pod_key(p), reason = %why, "ADD gave up waiting for an address");
+                    node.tell(Notice::PodEvent {
+                        namespace: p.pod_namespace.clone(),
+                        name: p.pod_name.clone(),
+                        warning: true,
+                        reason: "AllocIPFailed",
+                        message: format!("no address yet (the runtime will retry): {why}"),
+                    });
                     return Reply::Error {
                         code: code::TRY_AGAIN_LATER,
                         msg: format!("no address for pod {} yet; try again later", pod_key(p)),
@@ -211,6 +261,13 @@ async fn add(node: &Node, p: &PodRequest) -> Reply {
     }
     tracing::info!(pod = %pod_key(p), ip = %ip, eni = %bound.eni.id, vswitch = %bound.eni.vswitch_id, existing = bound.existing,
         took_ms = started.elapsed().as_millis() as u64, "ADD served");
+    if node.config().enable_patch_pod_ips {
+        node.tell(Notice::PodIps {
+            namespace: p.pod_namespace.clone(),
+            name: p.pod_name.clone(),
+            ips: vec![ip.to_string()],
+        });
+    }
     // an exclusive ENI routes straight to its vSwitch gateway; shared ones through the link-local one
     let gateway = if node.config().datapath_mode.is_exclusive() {
         bound.eni.gateway.to_string()
@@ -320,21 +377,8 @@ async fn gc(node: &Node, valid: &[crate::cni::protocol::Attachment]) -> Reply {
         })
         .collect();
     for record in stale {
-        let request = PodRequest {
-            container_id: record.container_id.clone(),
-            netns: record.netns.clone(),
-            ifname: record.ifname.clone(),
-            pod_namespace: record.pod.namespace.clone(),
-            pod_name: record.pod.name.clone(),
-            infra_container_id: record.container_id.clone(),
-            ingress_bps: None,
-            egress_bps: None,
-            cni_version: "1.1.0".into(),
-        };
         tracing::info!(pod = %record.pod, container = %record.container_id, "GC: the runtime no longer lists this attachment");
-        let lock = node.pod_lock(&pod_key(&request));
-        let _guard = lock.lock().await;
-        if let Reply::Error { code, msg, details } = del(node, &request).await {
+        if let Reply::Error { code, msg, details } = release_record(node, &record).await {
             return Reply::Error {
                 code,
                 msg: format!("GC of pod {}: {msg}", record.pod),
@@ -343,6 +387,25 @@ async fn gc(node: &Node, valid: &[crate::cni::protocol::Attachment]) -> Reply {
         }
     }
     Reply::Ok { network: None }
+}
+
+/// Undoes what ADD did for a recorded pod, as a DEL of that very container
+/// would (a newer sandbox of the same pod is left alone).
+pub(crate) async fn release_record(node: &Node, record: &PodRecord) -> Reply {
+    let request = PodRequest {
+        container_id: record.container_id.clone(),
+        netns: record.netns.clone(),
+        ifname: record.ifname.clone(),
+        pod_namespace: record.pod.namespace.clone(),
+        pod_name: record.pod.name.clone(),
+        infra_container_id: record.container_id.clone(),
+        ingress_bps: None,
+        egress_bps: None,
+        cni_version: "1.1.0".into(),
+    };
+    let lock = node.pod_lock(&pod_key(&request));
+    let _guard = lock.lock().await;
+    del(node, &request).await
 }
 
 async fn check(node: &Node, p: &PodRequest) -> Reply {

@@ -38,6 +38,25 @@ pub struct NodeOptions {
     pub socket_path: Option<PathBuf>,
     /// Overrides `ledger_path` of the config.
     pub ledger_path: Option<PathBuf>,
+    /// Overrides `metrics_address` of the config (port 0: any free port).
+    pub metrics_address: Option<std::net::SocketAddr>,
+    /// The Kubernetes cluster to integrate with; `None` is standalone mode.
+    pub cluster: Option<crate::cluster::ClusterOptions>,
+    /// Copies the plugin and writes the conflist once terwayd serves.
+    pub install_cni: Option<InstallCni>,
+}
+
+/// Where the CNI plugin and its conflist go once terwayd is ready, so
+/// kubelet never schedules pods onto a node whose CNI cannot serve.
+#[derive(Debug, Clone)]
+pub struct InstallCni {
+    /// The `terway` binary to copy.
+    pub plugin: PathBuf,
+    /// `/opt/cni/bin` on the host.
+    pub bin_dir: PathBuf,
+    /// `/etc/cni/net.d` on the host.
+    pub conf_dir: PathBuf,
+    pub chained: Vec<terway_config::conflist::ChainedPlugin>,
 }
 
 impl Default for NodeOptions {
@@ -47,6 +66,9 @@ impl Default for NodeOptions {
             add_deadline: Duration::from_secs(60),
             socket_path: None,
             ledger_path: None,
+            metrics_address: None,
+            cluster: None,
+            install_cni: None,
         }
     }
 }
@@ -78,6 +100,11 @@ pub struct Node {
     /// CNI requests being answered; SIGTERM waits for them.
     pub in_flight: std::sync::atomic::AtomicUsize,
     pub request_done: Notify,
+    /// The CNI socket is bound and accepting (for `/readyz`).
+    pub serving: std::sync::atomic::AtomicBool,
+    pub metrics: crate::metrics::NodeMetrics,
+    /// Set when terwayd runs in a Kubernetes cluster.
+    pub cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
     pod_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -208,6 +235,9 @@ impl Node {
             reconcile_passes: AtomicU64::new(0),
             in_flight: std::sync::atomic::AtomicUsize::new(0),
             request_done: Notify::new(),
+            serving: std::sync::atomic::AtomicBool::new(false),
+            metrics: crate::metrics::NodeMetrics::default(),
+            cluster: std::sync::OnceLock::new(),
             pod_locks: Mutex::new(HashMap::new()),
         }))
     }
@@ -241,12 +271,31 @@ impl Node {
         locks.entry(key.to_owned()).or_default().clone()
     }
 
-    /// `vswitch` ran out: skip it for the configured cooldown.
-    pub(crate) fn set_vswitch_aside(&self, vswitch: &str) {
+    /// `vswitch` ran out (`why`: the cloud's error): skip it for the configured cooldown.
+    pub(crate) fn set_vswitch_aside(&self, vswitch: &str, why: &str) {
+        let cooldown = self.config().vswitch_cooldown;
         self.vswitches
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .set_aside(vswitch, self.config().vswitch_cooldown);
+            .set_aside(vswitch, cooldown);
+        self.tell(crate::cluster::Notice::NodeEvent {
+            warning: true,
+            reason: "IpNotEnough",
+            message: format!(
+                "vSwitch {vswitch} has no free address; set aside for {}s, the next configured vSwitch is used: {why}",
+                cooldown.as_secs()
+            ),
+        });
+        if let Some(c) = self.cluster.get() {
+            c.status_changed.notify_one();
+        }
+    }
+
+    /// Tells the cluster (Events, annotations); nothing in standalone mode.
+    pub(crate) fn tell(&self, notice: crate::cluster::Notice) {
+        if let Some(c) = self.cluster.get() {
+            c.notify(notice);
+        }
     }
 
     pub(crate) fn set_last_error(&self, e: Option<String>) {

@@ -32,6 +32,8 @@ pub async fn run(node: std::sync::Arc<Node>) {
         let started = Instant::now();
         let result = pass(&node).await;
         node.reconcile_passes.fetch_add(1, Ordering::Relaxed);
+        node.metrics
+            .observe_reconcile(started.elapsed(), result.as_ref().err().map(ToString::to_string));
         let again = match result {
             Ok(report) => {
                 failures = 0;
@@ -450,8 +452,16 @@ pub(crate) fn eni_link(node: &Node, e: &EniRecord) -> anyhow::Result<terway_data
 }
 
 /// The error as the node reports it: what failed, the code, the request id.
+/// Failures that are not retried on their own become a node Event too.
 fn note_failure(node: &Node, e: &CloudError) {
     node.set_last_error(Some(e.to_string()));
+    if !matches!(e.class(), ErrorClass::Retryable | ErrorClass::VSwitchExhausted) {
+        node.tell(crate::cluster::Notice::NodeEvent {
+            warning: true,
+            reason: "AllocIPFailed",
+            message: e.to_string(),
+        });
+    }
 }
 
 /// AssignPrivateIpAddresses on `eni_id`, behind an intent.
@@ -492,7 +502,7 @@ async fn assign(node: &Node, eni_id: &str, n: u32) -> anyhow::Result<usize> {
             note_failure(node, &e);
             match e.class() {
                 ErrorClass::VSwitchExhausted => {
-                    node.set_vswitch_aside(&vswitch);
+                    node.set_vswitch_aside(&vswitch, &e.to_string());
                     node.ledger.complete_intent(intent.id, Durability::Flush)?;
                 }
                 // the outcome is unknown: the intent stays until the cloud tells
@@ -582,7 +592,7 @@ async fn create_eni(node: &Node, secondaries: u32) -> anyhow::Result<bool> {
                 note_failure(node, &e);
                 match e.class() {
                     ErrorClass::VSwitchExhausted => {
-                        node.set_vswitch_aside(&vswitch);
+                        node.set_vswitch_aside(&vswitch, &e.to_string());
                         node.ledger.complete_intent(intent.id, Durability::Flush)?;
                         continue;
                     }

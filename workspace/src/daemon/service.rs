@@ -19,15 +19,18 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Running {
     pub node: Arc<Node>,
     pub watcher: Arc<ConfigWatcher>,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served (`None`: the address was taken).
+    pub metrics_address: Option<std::net::SocketAddr>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The CNI socket's accept loop, stopped first on drain.
+    server: tokio::task::JoinHandle<()>,
 }
 
 impl Running {
     /// Stops taking CNI requests, lets those under way finish (bounded), then stops.
     pub async fn drain(&self, within: Duration) {
-        if let Some(server) = self.tasks.last() {
-            server.abort(); // the accept loop; requests under way run in their own tasks
-        }
+        self.server.abort(); // the accept loop; requests under way run in their own tasks
+        self.node.serving.store(false, std::sync::atomic::Ordering::SeqCst);
         let _ = std::fs::remove_file(self.node.socket_path());
         let deadline = tokio::time::Instant::now() + within;
         loop {
@@ -46,6 +49,7 @@ impl Running {
     }
 
     pub fn stop(&self) {
+        self.server.abort();
         for t in &self.tasks {
             t.abort();
         }
@@ -70,23 +74,99 @@ pub async fn start(config: PathBuf, override_path: Option<PathBuf>, options: Nod
         tracing::warn!(%w, "configuration");
     }
     let watcher = Arc::new(watcher);
-    let node = Node::start(watcher.current(), options).await?;
+    let node = Node::start(watcher.current(), options.clone()).await?;
     let mut tasks = vec![watcher.spawn_polling(CONFIG_POLL)];
     tasks.push(tokio::spawn(node.clone().follow_config(watcher.subscribe())));
+    if let Some(cluster) = options.cluster.clone() {
+        let (_, cluster_tasks) = crate::cluster::Cluster::start(node.clone(), watcher.clone(), cluster).await?;
+        tasks.extend(cluster_tasks);
+    }
     tasks.push(tokio::spawn(reconciler::run(node.clone())));
+    let metrics_address = match start_metrics(&node, &options).await {
+        Ok((address, task)) => {
+            tasks.push(task);
+            Some(address)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "metrics not served");
+            None
+        }
+    };
     let server_node = node.clone();
-    tasks.push(tokio::spawn(async move {
+    let server = tokio::spawn(async move {
         if let Err(e) = cni_service::serve(server_node).await {
             tracing::error!(error = %e, "CNI service stopped");
         }
-    }));
+    });
     for _ in 0..1000 {
-        if node.socket_path().exists() {
+        if node.serving.load(std::sync::atomic::Ordering::SeqCst) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    Ok(Running { node, watcher, tasks })
+    if let Some(install) = &options.install_cni {
+        install_cni(&node, install).with_context(|| {
+            format!(
+                "installing the CNI plugin into {} and its conflist into {}",
+                install.bin_dir.display(),
+                install.conf_dir.display()
+            )
+        })?;
+    }
+    Ok(Running {
+        node,
+        watcher,
+        metrics_address,
+        tasks,
+        server,
+    })
+}
+
+async fn start_metrics(
+    node: &Arc<Node>,
+    options: &NodeOptions,
+) -> anyhow::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
+    let address = options.metrics_address.unwrap_or(node.config().metrics_address);
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("binding metrics_address {address}"))?;
+    let bound = listener.local_addr()?;
+    tracing::info!(address = %bound, "metrics, /healthz and /readyz served");
+    let node = node.clone();
+    let task = tokio::spawn(async move {
+        if let Err(e) = crate::metrics::serve(node, listener).await {
+            tracing::error!(error = %e, "metrics server stopped");
+        }
+    });
+    Ok((bound, task))
+}
+
+/// Copies the plugin and writes the conflist, each by writing a temporary
+/// file and renaming it over the old one, so kubelet never reads half a file.
+/// Runs once the socket serves: until the conflist exists, kubelet keeps
+/// the node NotReady and schedules no pods onto it.
+pub fn install_cni(node: &Node, install: &super::InstallCni) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(&install.bin_dir)?;
+    std::fs::create_dir_all(&install.conf_dir)?;
+    let plugin = install.bin_dir.join("terway");
+    let staged = install.bin_dir.join(".terway.new");
+    std::fs::copy(&install.plugin, &staged)
+        .with_context(|| format!("copying {}", install.plugin.display()))?;
+    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::rename(&staged, &plugin)?;
+    let socket = node.socket_path();
+    let text = terway_config::conflist::render(&terway_config::conflist::ConflistOptions {
+        mtu: node.config().mtu,
+        socket_path: &socket,
+        chained: &install.chained,
+    });
+    let conflist = install.conf_dir.join(terway_config::conflist::CONFLIST_FILE_NAME);
+    let staged = install.conf_dir.join(".10-terway.conflist.new");
+    std::fs::write(&staged, text)?;
+    std::fs::rename(&staged, &conflist)?;
+    tracing::info!(plugin = %plugin.display(), conflist = %conflist.display(), "CNI plugin and conflist installed");
+    Ok(())
 }
 
 /// Runs until SIGTERM or SIGINT.

@@ -1,0 +1,232 @@
+//! Kubernetes integration, when terwayd runs in a cluster (kube-rs).
+//!
+//! - [`pods`]: watches the pods of this node, for their annotations
+//!   (bandwidth, exclusive ENI) and to give back the addresses of pods that
+//!   are gone (double-checked with an uncached GET first).
+//! - [`config_source`]: watches the `eni-config` ConfigMap and the node's
+//!   `terway-config` label (a per-node merge patch), applied live.
+//! - [`publish`]: what terwayd tells the cluster — the node's capacity
+//!   annotation and `aliyun/eni` resource, the `SufficientIP` condition,
+//!   the pod IP annotation, and Events on pods and on the node.
+//!
+//! Nothing on the pod path waits for the API server: notices go through a
+//! bounded queue, and a pod whose object cannot be read still gets its
+//! network (without the settings its annotations would have given).
+//! Standalone mode (systemd, no cluster) simply has no [`Cluster`].
+
+pub mod config_source;
+pub mod pods;
+pub mod publish;
+
+use crate::daemon::Node;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use terway_cloud::ratelimit::RateLimiter;
+use terway_config::ConfigWatcher;
+use tokio::sync::{mpsc, Notify};
+
+/// Pod annotation carrying the pod's addresses.
+pub const POD_IPS_ANNOTATION: &str = "k8s.aliyun.com/pod-ips";
+/// Node annotation: how many pods this node can give an address to.
+pub const MAX_AVAILABLE_IP_ANNOTATION: &str = "k8s.aliyun.com/max-available-ip";
+/// Extended resource counting exclusive ENIs (exclusive-ENI mode).
+pub const ENI_RESOURCE: &str = "aliyun/eni";
+/// Pod annotation asking for an exclusive ENI.
+pub const POD_ENI_ANNOTATION: &str = "k8s.aliyun.com/pod-eni";
+/// Node label naming the ConfigMap with this node's merge patch.
+pub const NODE_CONFIG_LABEL: &str = "terway-config";
+/// The cluster-wide configuration ConfigMap and its key.
+pub const ENI_CONFIG_MAP: &str = "eni-config";
+pub const ENI_CONFIG_KEY: &str = "eni_conf";
+pub const SUFFICIENT_IP_CONDITION: &str = "SufficientIP";
+/// `source.component` of the Events terwayd writes.
+pub const EVENT_COMPONENT: &str = "terwayd";
+
+/// How terwayd reaches the cluster.
+#[derive(Clone)]
+pub struct ClusterOptions {
+    pub kube: kube::Config,
+    /// This node's name (the DaemonSet passes `spec.nodeName` as `NODE_NAME`).
+    pub node_name: String,
+    /// Where `eni-config` and the node override ConfigMaps live (`POD_NAMESPACE`).
+    pub namespace: String,
+    /// How often addresses of vanished pods are looked for, besides pod deletions.
+    pub gc_period: Duration,
+    /// How often the node's condition and capacity are re-published.
+    pub status_period: Duration,
+}
+
+impl std::fmt::Debug for ClusterOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // the kube config carries credentials: only its address is shown
+        f.debug_struct("ClusterOptions")
+            .field("api_server", &self.kube.cluster_url.to_string())
+            .field("node_name", &self.node_name)
+            .field("namespace", &self.namespace)
+            .field("gc_period", &self.gc_period)
+            .field("status_period", &self.status_period)
+            .finish()
+    }
+}
+
+impl ClusterOptions {
+    pub fn new(kube: kube::Config, node_name: &str, namespace: &str) -> Self {
+        Self {
+            kube,
+            node_name: node_name.into(),
+            namespace: namespace.into(),
+            gc_period: Duration::from_secs(60),
+            status_period: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What the node service asks to be told to the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    PodEvent {
+        namespace: String,
+        name: String,
+        warning: bool,
+        reason: &'static str,
+        message: String,
+    },
+    NodeEvent {
+        warning: bool,
+        reason: &'static str,
+        message: String,
+    },
+    /// The pod's addresses, for its `k8s.aliyun.com/pod-ips` annotation.
+    PodIps {
+        namespace: String,
+        name: String,
+        ips: Vec<String>,
+    },
+}
+
+/// What terwayd knows of a pod from its object.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodMeta {
+    pub uid: String,
+    pub annotations: BTreeMap<String, String>,
+    /// `Succeeded` or `Failed`: its sandbox is gone, its address may go too.
+    pub finished: bool,
+}
+
+/// The cluster side of a running terwayd.
+pub struct Cluster {
+    client: kube::Client,
+    pub options: ClusterOptions,
+    /// `kube_client_qps` / `kube_client_burst`, applied to every request terwayd makes.
+    limiter: RateLimiter,
+    /// This node's pods by `namespace/name`, from the watch.
+    pods: RwLock<HashMap<String, PodMeta>>,
+    /// The watch has listed every pod once (GC needs the whole picture).
+    pods_synced: AtomicBool,
+    notices: mpsc::Sender<Notice>,
+    /// Wakes the node-status publisher (capacity or condition may have changed).
+    pub status_changed: Notify,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // kube::Client has no Debug; its config may hold credentials anyway
+        f.debug_struct("Cluster")
+            .field("node_name", &self.options.node_name)
+            .field("namespace", &self.options.namespace)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Notices queued beyond this are dropped (and logged): Events are best effort.
+const NOTICE_QUEUE: usize = 1024;
+
+impl Cluster {
+    /// Connects, registers with the node service and starts the watches and
+    /// publishers. Returns the tasks (abort them to stop).
+    pub async fn start(
+        node: Arc<Node>,
+        watcher: Arc<ConfigWatcher>,
+        options: ClusterOptions,
+    ) -> anyhow::Result<(Arc<Self>, Vec<tokio::task::JoinHandle<()>>)> {
+        let client = kube::Client::try_from(options.kube.clone())?;
+        let config = node.config();
+        let (notices, queue) = mpsc::channel(NOTICE_QUEUE);
+        let cluster = Arc::new(Self {
+            client,
+            limiter: kube_limiter(config.kube_client_qps, config.kube_client_burst),
+            options,
+            pods: RwLock::new(HashMap::new()),
+            pods_synced: AtomicBool::new(false),
+            notices,
+            status_changed: Notify::new(),
+        });
+        if node.cluster.set(cluster.clone()).is_err() {
+            anyhow::bail!("the node service is already connected to a cluster");
+        }
+        tracing::info!(node = %cluster.options.node_name, namespace = %cluster.options.namespace, "Kubernetes integration on");
+        let tasks = vec![
+            tokio::spawn(pods::watch(node.clone(), cluster.clone())),
+            tokio::spawn(pods::collect_periodically(node.clone(), cluster.clone())),
+            tokio::spawn(config_source::watch(node.clone(), cluster.clone(), watcher.clone())),
+            tokio::spawn(config_source::report_rejections(cluster.clone(), watcher)),
+            tokio::spawn(publish::notices(cluster.clone(), queue)),
+            tokio::spawn(publish::node_status(node, cluster.clone())),
+        ];
+        Ok((cluster, tasks))
+    }
+
+    /// Queues a notice; never waits.
+    pub fn notify(&self, notice: Notice) {
+        if let Err(e) = self.notices.try_send(notice) {
+            tracing::warn!(error = %e, "Kubernetes notice queue full; notice dropped");
+        }
+    }
+
+    pub(crate) fn client(&self) -> kube::Client {
+        self.client.clone()
+    }
+
+    /// Waits for the client-side rate limit before an API request.
+    pub(crate) async fn throttle(&self) {
+        self.limiter.acquire("kube").await;
+    }
+
+    /// The pod's metadata: from the watch, or (not seen yet) read from the
+    /// API server within `timeout`. `None` when it cannot be had.
+    pub async fn pod_meta(&self, namespace: &str, name: &str, timeout: Duration) -> Option<PodMeta> {
+        if let Some(meta) = self.cached_pod(namespace, name) {
+            return Some(meta);
+        }
+        match tokio::time::timeout(timeout, pods::get(self, namespace, name)).await {
+            Ok(Ok(Some(pod))) => Some(pods::meta(&pod)),
+            Ok(Ok(None)) => None,
+            Ok(Err(e)) => {
+                tracing::warn!(pod = %format!("{namespace}/{name}"), error = %e, "could not read the pod object; going on without its annotations");
+                None
+            }
+            Err(_) => {
+                tracing::warn!(pod = %format!("{namespace}/{name}"), "the API server did not answer in time; going on without the pod's annotations");
+                None
+            }
+        }
+    }
+
+    pub(crate) fn cached_pod(&self, namespace: &str, name: &str) -> Option<PodMeta> {
+        self.pods
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&format!("{namespace}/{name}"))
+            .cloned()
+    }
+}
+
+/// The kube client's token bucket: `qps` a second, `burst` at once
+/// (client-go's defaults, 5 and 10, when the config leaves them at 0).
+fn kube_limiter(qps: f32, burst: u32) -> RateLimiter {
+    let qps = if qps > 0.0 { f64::from(qps) } else { 5.0 };
+    let burst = if burst > 0 { burst } else { 10 };
+    RateLimiter::with_rate(qps, f64::from(burst))
+}

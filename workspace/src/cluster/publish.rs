@@ -1,0 +1,289 @@
+//! What terwayd tells the cluster: Events on pods and on the node, the pod
+//! IP annotation, the node's capacity (annotation and, in exclusive-ENI
+//! mode, the `aliyun/eni` extended resource) and its `SufficientIP`
+//! condition. All best effort: a failure is logged and retried later, never
+//! felt on the pod path.
+
+use super::{
+    Cluster, Notice, ENI_RESOURCE, EVENT_COMPONENT, MAX_AVAILABLE_IP_ANNOTATION, POD_IPS_ANNOTATION,
+    SUFFICIENT_IP_CONDITION,
+};
+use crate::daemon::Node;
+use k8s_openapi::api::core::v1::{Event, Node as KubeNode, Pod};
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::Api;
+use serde_json::json;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use terway_statestore::{EniStatus, IpState};
+use tokio::sync::mpsc;
+
+/// A repeat of the same Event within this window bumps its count instead of
+/// creating another object (as client-go's event correlator does).
+const EVENT_AGGREGATION: Duration = Duration::from_secs(600);
+/// The condition is re-published at least this often, changed or not.
+const CONDITION_HEARTBEAT: Duration = Duration::from_secs(300);
+
+fn now() -> String {
+    terway_cloud::utc::format(SystemTime::now())
+}
+
+/// An Event already written: repeats update it.
+struct Written {
+    name: String,
+    count: u32,
+    at: Instant,
+}
+
+/// Writes queued notices until the task is aborted.
+pub async fn notices(cluster: Arc<Cluster>, mut queue: mpsc::Receiver<Notice>) {
+    let mut written: HashMap<(String, &'static str, String), Written> = HashMap::new();
+    while let Some(notice) = queue.recv().await {
+        let result = match notice {
+            Notice::PodEvent {
+                namespace,
+                name,
+                warning,
+                reason,
+                message,
+            } => {
+                let uid = cluster.cached_pod(&namespace, &name).map(|m| m.uid).unwrap_or_default();
+                let object = json!({"kind": "Pod", "apiVersion": "v1", "namespace": namespace, "name": name, "uid": uid});
+                event(&cluster, &mut written, &namespace, object, warning, reason, &message).await
+            }
+            Notice::NodeEvent {
+                warning,
+                reason,
+                message,
+            } => {
+                // a node's Events live in `default`, as kubelet's do
+                let name = &cluster.options.node_name;
+                let object = json!({"kind": "Node", "apiVersion": "v1", "name": name, "uid": name});
+                event(&cluster, &mut written, "default", object, warning, reason, &message).await
+            }
+            Notice::PodIps { namespace, name, ips } => pod_ips(&cluster, &namespace, &name, &ips).await,
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "telling the cluster failed");
+        }
+        written.retain(|_, w| w.at.elapsed() < EVENT_AGGREGATION);
+    }
+}
+
+async fn event(
+    cluster: &Cluster,
+    written: &mut HashMap<(String, &'static str, String), Written>,
+    namespace: &str,
+    object: serde_json::Value,
+    warning: bool,
+    reason: &'static str,
+    message: &str,
+) -> Result<(), kube::Error> {
+    let api = Api::<Event>::namespaced(cluster.client(), namespace);
+    let object_name = object["name"].as_str().unwrap_or_default().to_owned();
+    let key = (format!("{namespace}/{object_name}"), reason, message.to_owned());
+    let kind = if warning { "Warning" } else { "Normal" };
+    tracing::info!(object = %key.0, reason, kind, message, "event");
+    cluster.throttle().await;
+    if let Some(w) = written.get_mut(&key) {
+        w.count += 1;
+        w.at = Instant::now();
+        let patch = json!({"count": w.count, "lastTimestamp": now()});
+        return api
+            .patch(&w.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map(|_| ());
+    }
+    let stamp = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let name = format!("{object_name}.{stamp:x}");
+    let body = json!({
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"name": name, "namespace": namespace},
+        "involvedObject": object,
+        "reason": reason,
+        "message": message,
+        "type": kind,
+        "count": 1,
+        "firstTimestamp": now(),
+        "lastTimestamp": now(),
+        "source": {"component": EVENT_COMPONENT, "host": cluster.options.node_name},
+        "reportingComponent": EVENT_COMPONENT,
+        "reportingInstance": cluster.options.node_name,
+    });
+    let event: Event = serde_json::from_value(body).map_err(kube::Error::SerdeError)?;
+    api.create(&PostParams::default(), &event).await?;
+    written.insert(
+        key,
+        Written {
+            name,
+            count: 1,
+            at: Instant::now(),
+        },
+    );
+    Ok(())
+}
+
+async fn pod_ips(cluster: &Cluster, namespace: &str, name: &str, ips: &[String]) -> Result<(), kube::Error> {
+    let value = ips.join(",");
+    let known = cluster
+        .cached_pod(namespace, name)
+        .and_then(|m| m.annotations.get(POD_IPS_ANNOTATION).cloned());
+    if known.as_deref() == Some(value.as_str()) {
+        return Ok(());
+    }
+    cluster.throttle().await;
+    let patch = json!({"metadata": {"annotations": {POD_IPS_ANNOTATION: value}}});
+    match Api::<Pod>::namespaced(cluster.client(), namespace)
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        // the pod went away meanwhile: nothing to annotate
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether this node can give the next pod an address, and why.
+pub fn sufficiency(node: &Node) -> (bool, String) {
+    let s = node.ledger.snapshot();
+    let config = node.config();
+    let capacity = config.max_pods(node.limits);
+    let selector = node.vswitches.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let aside: Vec<String> = selector.set_aside_now().into_iter().map(|(v, _)| v).collect();
+    let zone = config.vswitches_in_zone(&node.identity.zone_id);
+    let zone: Vec<String> = if zone.is_empty() {
+        vec![node.identity.vswitch_id.clone()]
+    } else {
+        zone.to_vec()
+    };
+    let all_aside = zone.iter().all(|v| selector.is_set_aside(v));
+    drop(selector);
+    if config.datapath_mode.is_exclusive() {
+        let idle = s
+            .enis
+            .values()
+            .filter(|e| e.status == EniStatus::InUse && e.owner.is_none())
+            .count();
+        let max = config.usable_secondary_enis(node.limits) as usize;
+        let ok = idle > 0 || (s.enis.len() < max && !all_aside);
+        return (
+            ok,
+            format!(
+                "{idle} idle ENIs, {} of {max} ENIs in use; vSwitches set aside: [{}]",
+                s.enis.len(),
+                aside.join(", ")
+            ),
+        );
+    }
+    let idle = s.ips.values().filter(|r| r.state == IpState::Idle).count();
+    let bound = s.ips.values().filter(|r| matches!(r.state, IpState::Bound(_))).count();
+    let ok = idle > 0 || (bound < capacity as usize && !all_aside);
+    (
+        ok,
+        format!(
+            "{idle} idle addresses, {bound} of {capacity} bound; vSwitches set aside: [{}]",
+            aside.join(", ")
+        ),
+    )
+}
+
+/// Publishes the node's capacity and condition on start, whenever they may
+/// have changed, and every `status_period`.
+pub async fn node_status(node: Arc<Node>, cluster: Arc<Cluster>) {
+    let mut published_max: Option<u32> = None;
+    let mut published_enis: Option<u32> = None;
+    let mut condition: Option<(bool, String, Instant)> = None;
+    loop {
+        let config = node.config();
+        let max = config.max_pods(node.limits);
+        if published_max != Some(max) && publish_max_pods(&cluster, max).await {
+            published_max = Some(max);
+        }
+        let enis = if config.datapath_mode.is_exclusive() {
+            config.usable_secondary_enis(node.limits)
+        } else {
+            0
+        };
+        if published_enis != Some(enis) && publish_eni_resource(&cluster, enis).await {
+            published_enis = Some(enis);
+        }
+        let (ok, message) = sufficiency(&node);
+        let due = condition
+            .as_ref()
+            .is_none_or(|(was, _, at)| *was != ok || at.elapsed() >= CONDITION_HEARTBEAT);
+        if due {
+            let transition = condition.as_ref().is_none_or(|(was, _, _)| *was != ok);
+            if publish_condition(&cluster, ok, &message, transition).await {
+                condition = Some((ok, message, Instant::now()));
+            }
+        }
+        tokio::select! {
+            _ = cluster.status_changed.notified() => {}
+            _ = tokio::time::sleep(cluster.options.status_period) => {}
+        }
+    }
+}
+
+async fn patch_node(cluster: &Cluster, patch: serde_json::Value, status: bool, strategic: bool) -> bool {
+    cluster.throttle().await;
+    let api = Api::<KubeNode>::all(cluster.client());
+    let name = &cluster.options.node_name;
+    let params = PatchParams::default();
+    let result = match (status, strategic) {
+        (true, true) => api.patch_status(name, &params, &Patch::Strategic(&patch)).await,
+        (true, false) => api.patch_status(name, &params, &Patch::Merge(&patch)).await,
+        (false, _) => api.patch(name, &params, &Patch::Merge(&patch)).await,
+    };
+    match result {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::warn!(node = %name, error = %e, "patching the node failed; retried later");
+            false
+        }
+    }
+}
+
+async fn publish_max_pods(cluster: &Cluster, max: u32) -> bool {
+    tracing::info!(max_available_ip = max, "publishing the node's capacity");
+    patch_node(
+        cluster,
+        json!({"metadata": {"annotations": {MAX_AVAILABLE_IP_ANNOTATION: max.to_string()}}}),
+        false,
+        false,
+    )
+    .await
+}
+
+/// `aliyun/eni` in the node's capacity and allocatable: the exclusive ENIs
+/// pods may request (0 when the node shares ENIs).
+async fn publish_eni_resource(cluster: &Cluster, enis: u32) -> bool {
+    let n = enis.to_string();
+    patch_node(
+        cluster,
+        json!({"status": {"capacity": {ENI_RESOURCE: n}, "allocatable": {ENI_RESOURCE: n}}}),
+        true,
+        false,
+    )
+    .await
+}
+
+async fn publish_condition(cluster: &Cluster, ok: bool, message: &str, transition: bool) -> bool {
+    let stamp = now();
+    let mut condition = json!({
+        "type": SUFFICIENT_IP_CONDITION,
+        "status": if ok { "True" } else { "False" },
+        "reason": if ok { "SufficientIP" } else { "InsufficientIP" },
+        "message": message,
+        "lastHeartbeatTime": stamp,
+    });
+    if transition {
+        condition["lastTransitionTime"] = json!(stamp);
+    }
+    // strategic merge: the conditions list merges by `type`, kubelet's stay
+    patch_node(cluster, json!({"status": {"conditions": [condition]}}), true, true).await
+}

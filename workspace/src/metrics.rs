@@ -1,0 +1,339 @@
+//! Prometheus metrics (text exposition format 0.0.4), `/healthz` and
+//! `/readyz`, served on `metrics_address` (127.0.0.1 by default).
+
+use crate::daemon::Node;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+use terway_cloud::LATENCY_BUCKETS;
+use terway_statestore::IpState;
+
+/// A latency histogram with the cloud client's bounds (seconds).
+#[derive(Debug, Clone, Default)]
+pub struct Histogram {
+    /// Counts at or below each bound of [`LATENCY_BUCKETS`].
+    pub buckets: Vec<u64>,
+    pub count: u64,
+    pub sum_seconds: f64,
+}
+
+impl Histogram {
+    pub fn observe(&mut self, took: Duration) {
+        let s = took.as_secs_f64();
+        if self.buckets.is_empty() {
+            self.buckets = vec![0; LATENCY_BUCKETS.len()];
+        }
+        for (bound, n) in LATENCY_BUCKETS.iter().zip(self.buckets.iter_mut()) {
+            if s <= *bound {
+                *n += 1;
+            }
+        }
+        self.count += 1;
+        self.sum_seconds += s;
+    }
+}
+
+/// What the last reconcile pass did, for `terway-cli status`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LastReconcile {
+    /// Milliseconds since the Unix epoch.
+    pub finished_at_ms: u64,
+    pub took_ms: u64,
+    /// `None` when the pass succeeded.
+    pub error: Option<String>,
+}
+
+/// The node service's own measurements (the cloud client keeps its own).
+#[derive(Debug, Default)]
+pub struct NodeMetrics {
+    /// (command, result) → latency.
+    cni: Mutex<BTreeMap<(&'static str, &'static str), Histogram>>,
+    reconcile: Mutex<Histogram>,
+    reconcile_failures: std::sync::atomic::AtomicU64,
+    last_reconcile: Mutex<Option<LastReconcile>>,
+}
+
+impl NodeMetrics {
+    pub fn observe_cni(&self, command: &'static str, ok: bool, took: Duration) {
+        let result = if ok { "success" } else { "error" };
+        self.cni
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry((command, result))
+            .or_default()
+            .observe(took);
+    }
+
+    pub fn observe_reconcile(&self, took: Duration, error: Option<String>) {
+        self.reconcile
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .observe(took);
+        if error.is_some() {
+            self.reconcile_failures.fetch_add(1, Ordering::Relaxed);
+        }
+        let finished_at_ms = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        *self.last_reconcile.lock().unwrap_or_else(PoisonError::into_inner) = Some(LastReconcile {
+            finished_at_ms,
+            took_ms: took.as_millis() as u64,
+            error,
+        });
+    }
+
+    pub fn last_reconcile(&self) -> Option<LastReconcile> {
+        self.last_reconcile.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+}
+
+/// Writes families in the text format; label values escaped as it requires.
+struct Exposition(String);
+
+impl Exposition {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+        self.0.push_str(name);
+        if !labels.is_empty() {
+            self.0.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.0.push(',');
+                }
+                let v = v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+                let _ = write!(self.0, "{k}=\"{v}\"");
+            }
+            self.0.push('}');
+        }
+        let _ = writeln!(self.0, " {value}");
+    }
+
+    fn histogram(&mut self, name: &str, labels: &[(&str, &str)], h: &Histogram) {
+        for (bound, n) in LATENCY_BUCKETS.iter().zip(h.buckets.iter()) {
+            let le = bound.to_string();
+            let mut l = labels.to_vec();
+            l.push(("le", &le));
+            self.sample(&format!("{name}_bucket"), &l, *n as f64);
+        }
+        let mut l = labels.to_vec();
+        l.push(("le", "+Inf"));
+        self.sample(&format!("{name}_bucket"), &l, h.count as f64);
+        self.sample(&format!("{name}_sum"), labels, h.sum_seconds);
+        self.sample(&format!("{name}_count"), labels, h.count as f64);
+    }
+}
+
+/// The whole exposition.
+pub fn render(node: &Node) -> String {
+    let mut out = Exposition(String::new());
+    let s = node.ledger.snapshot();
+
+    out.family("terway_pool_ips", "gauge", "Addresses in the ledger by ENI and state.");
+    let mut per_eni: BTreeMap<(&str, &str, &str), u64> = BTreeMap::new();
+    for e in s.enis.values() {
+        for state in ["idle", "bound", "cooling", "releasing"] {
+            per_eni.insert((e.id.as_str(), e.vswitch_id.as_str(), state), 0);
+        }
+    }
+    for r in s.ips.values() {
+        let vswitch = s.enis.get(&r.eni_id).map_or("", |e| e.vswitch_id.as_str());
+        *per_eni.entry((r.eni_id.as_str(), vswitch, r.state.name())).or_default() += 1;
+    }
+    for ((eni, vswitch, state), n) in &per_eni {
+        out.sample(
+            "terway_pool_ips",
+            &[("eni", eni), ("vswitch", vswitch), ("state", state)],
+            *n as f64,
+        );
+    }
+    let held = s.ips_held_by_intents().len();
+    out.family(
+        "terway_pool_ips_held_by_intents",
+        "gauge",
+        "Addresses kept out of the pool until the cloud resolves an intent.",
+    );
+    out.sample("terway_pool_ips_held_by_intents", &[], held as f64);
+    let idle = s.ips.values().filter(|r| r.state == IpState::Idle).count();
+    let config = node.config();
+    out.family(
+        "terway_pool_bounds",
+        "gauge",
+        "The idle pool's configured bounds (min_pool_size, max_pool_size) and idle addresses now.",
+    );
+    out.sample("terway_pool_bounds", &[("bound", "min")], f64::from(config.min_pool_size));
+    out.sample("terway_pool_bounds", &[("bound", "max")], f64::from(config.max_pool_size));
+    out.sample("terway_pool_bounds", &[("bound", "idle")], idle as f64);
+
+    out.family("terway_enis", "gauge", "Secondary ENIs in the ledger by status.");
+    let mut by_status: BTreeMap<String, u64> = ["in_use", "draining"]
+        .iter()
+        .map(|s| ((*s).to_owned(), 0))
+        .collect();
+    for e in s.enis.values() {
+        *by_status.entry(status_label(&e.status)).or_default() += 1;
+    }
+    for (status, n) in &by_status {
+        out.sample("terway_enis", &[("status", status)], *n as f64);
+    }
+    out.family("terway_max_pods", "gauge", "Pods this node can serve with the configuration in force.");
+    out.sample("terway_max_pods", &[], f64::from(config.max_pods(node.limits)));
+    out.family("terway_add_waiting", "gauge", "CNI ADD requests waiting for an address.");
+    out.sample("terway_add_waiting", &[], f64::from(node.waiting.load(Ordering::Relaxed)));
+
+    let stats = node.cloud.stats();
+    out.family(
+        "terway_cloud_api_calls_total",
+        "counter",
+        "Cloud API calls by action (one per call, however many attempts).",
+    );
+    for (action, st) in &stats {
+        out.sample("terway_cloud_api_calls_total", &[("action", action)], st.calls as f64);
+    }
+    out.family(
+        "terway_cloud_api_errors_total",
+        "counter",
+        "Failed cloud API attempts by action and error code.",
+    );
+    for (action, st) in &stats {
+        for (code, n) in &st.errors {
+            out.sample(
+                "terway_cloud_api_errors_total",
+                &[("action", action), ("code", code)],
+                *n as f64,
+            );
+        }
+    }
+    out.family(
+        "terway_cloud_api_latency_seconds",
+        "histogram",
+        "Cloud API attempt latency by action.",
+    );
+    for (action, st) in &stats {
+        let h = Histogram {
+            buckets: st.latency_buckets.clone(),
+            count: st.attempts,
+            sum_seconds: st.latency_seconds_sum,
+        };
+        out.histogram("terway_cloud_api_latency_seconds", &[("action", action)], &h);
+    }
+    out.family(
+        "terway_cloud_rate_limit_wait_seconds_total",
+        "counter",
+        "Time spent waiting for the client-side rate limiter, by action.",
+    );
+    for (action, st) in &stats {
+        out.sample(
+            "terway_cloud_rate_limit_wait_seconds_total",
+            &[("action", action)],
+            st.rate_limit_wait_seconds,
+        );
+    }
+
+    out.family(
+        "terway_cni_request_duration_seconds",
+        "histogram",
+        "CNI requests served by terwayd, by command and result.",
+    );
+    let cni = node.metrics.cni.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    for ((command, result), h) in &cni {
+        out.histogram(
+            "terway_cni_request_duration_seconds",
+            &[("command", command), ("result", result)],
+            h,
+        );
+    }
+
+    out.family("terway_reconcile_passes_total", "counter", "Reconcile passes run.");
+    out.sample(
+        "terway_reconcile_passes_total",
+        &[],
+        node.reconcile_passes.load(Ordering::Relaxed) as f64,
+    );
+    out.family("terway_reconcile_failures_total", "counter", "Reconcile passes that failed.");
+    out.sample(
+        "terway_reconcile_failures_total",
+        &[],
+        node.metrics.reconcile_failures.load(Ordering::Relaxed) as f64,
+    );
+    out.family(
+        "terway_reconcile_duration_seconds",
+        "histogram",
+        "Duration of reconcile passes.",
+    );
+    let h = node.metrics.reconcile.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    out.histogram("terway_reconcile_duration_seconds", &[], &h);
+
+    let aside = node
+        .vswitches
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .set_aside_now();
+    out.family(
+        "terway_vswitches_set_aside",
+        "gauge",
+        "vSwitches set aside after running out of addresses.",
+    );
+    out.sample("terway_vswitches_set_aside", &[], aside.len() as f64);
+    out.family(
+        "terway_vswitch_set_aside_seconds",
+        "gauge",
+        "Seconds left before a set-aside vSwitch is tried again.",
+    );
+    for (vswitch, left) in &aside {
+        out.sample(
+            "terway_vswitch_set_aside_seconds",
+            &[("vswitch", vswitch)],
+            left.as_secs_f64(),
+        );
+    }
+    out.0
+}
+
+fn status_label(status: &terway_statestore::EniStatus) -> String {
+    match status {
+        terway_statestore::EniStatus::InUse => "in_use",
+        terway_statestore::EniStatus::Draining => "draining",
+    }
+    .to_owned()
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` until the task is aborted.
+pub async fn serve(node: Arc<Node>, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+    use axum::http::{header, StatusCode};
+    use axum::response::IntoResponse;
+    use axum::routing::get;
+    let metrics_node = node.clone();
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let node = metrics_node.clone();
+                async move {
+                    (
+                        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+                        render(&node),
+                    )
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let node = node.clone();
+                async move {
+                    if node.serving.load(Ordering::SeqCst) {
+                        (StatusCode::OK, "ready: ledger open, CNI socket serving\n").into_response()
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "not ready: the CNI socket is not serving\n").into_response()
+                    }
+                }
+            }),
+        );
+    axum::serve(listener, app).await
+}
