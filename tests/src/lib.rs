@@ -1,5 +1,7 @@
 //! What the end-to-end tests and benchmarks share: the paths of the
-//! binaries under test.
+//! binaries under test, and a Kubernetes API server to run in a test.
+
+pub mod kube_api;
 
 use std::path::PathBuf;
 use std::process::Command;
