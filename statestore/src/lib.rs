@@ -10,6 +10,7 @@ mod migrate;
 pub mod model;
 pub mod pool;
 
+pub mod table;
 pub use check::{check, Problem};
 pub use ledger::{BindRequest, Bound, Durability, EniPreference, Ledger, OpenOptions, Released, State, SCHEMA_VERSION};
 pub use migrate::ROUTE_TABLE_BASE;

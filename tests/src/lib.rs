@@ -3,20 +3,23 @@
 
 pub mod kube_api;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
+use std::time::SystemTime;
 
 /// The path of one of terway-node's binaries (`terwayd`, `terway`,
-/// `terway-cli`), built once per test process with the profile the tests
-/// were built with, so a test never runs a stale binary.
+/// `terway-cli`). `cargo test --workspace` builds them beside the tests;
+/// when one is missing or older than the sources (e.g. after
+/// `cargo test -p terway-tests`), they are built once per test process with
+/// the profile the tests were built with, so a test never runs a stale binary.
 ///
 /// # Panics
 /// When the build fails: the test cannot run without the binary.
 #[allow(clippy::expect_used)]
 pub fn binary(name: &str) -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    let dir = BUILT.get_or_init(|| {
+    static CHECKED: OnceLock<PathBuf> = OnceLock::new();
+    let dir = CHECKED.get_or_init(|| {
         // target/<profile>/deps/<test> → target/<profile>
         let exe = std::env::current_exe().expect("the test's own path");
         let dir = exe
@@ -24,16 +27,44 @@ pub fn binary(name: &str) -> PathBuf {
             .and_then(|deps| deps.parent())
             .expect("tests run from target/<profile>/deps")
             .to_path_buf();
-        let profile = dir.file_name().and_then(|p| p.to_str()).unwrap_or("debug").to_owned();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut build = Command::new(cargo);
-        build.args(["build", "--quiet", "-p", "terway-node", "--bins"]);
-        if profile != "debug" {
-            build.args(["--profile", if profile == "release" { "release" } else { &profile }]);
+        let sources = newest_source();
+        let fresh = ["terwayd", "terway", "terway-cli"].iter().all(|b| {
+            std::fs::metadata(dir.join(b))
+                .and_then(|m| m.modified())
+                .is_ok_and(|built| sources.is_none_or(|s| built >= s))
+        });
+        if !fresh {
+            let profile = dir.file_name().and_then(|p| p.to_str()).unwrap_or("debug").to_owned();
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let mut build = Command::new(cargo);
+            build.args(["build", "--quiet", "-p", "terway-node", "--bins"]);
+            if profile != "debug" {
+                build.args(["--profile", &profile]);
+            }
+            let status = build.status().expect("running cargo build for terway-node's binaries");
+            assert!(status.success(), "cargo build -p terway-node --bins failed");
         }
-        let status = build.status().expect("running cargo build for terway-node's binaries");
-        assert!(status.success(), "cargo build -p terway-node --bins failed");
         dir
     });
     dir.join(name)
+}
+
+/// The newest modification time of the Rust sources the binaries are built from.
+fn newest_source() -> Option<SystemTime> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent()?;
+    let mut newest = None;
+    let mut stack: Vec<PathBuf> = ["config", "cloud-sdk", "statestore", "datapath", "workspace"]
+        .iter()
+        .map(|c| root.join(c).join("src"))
+        .collect();
+    stack.push(root.join("Cargo.lock"));
+    while let Some(path) = stack.pop() {
+        let Ok(meta) = std::fs::metadata(&path) else { continue };
+        if meta.is_dir() {
+            stack.extend(std::fs::read_dir(&path).into_iter().flatten().flatten().map(|e| e.path()));
+        } else if let Ok(t) = meta.modified() {
+            newest = newest.max(Some(t));
+        }
+    }
+    newest
 }

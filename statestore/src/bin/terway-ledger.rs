@@ -71,24 +71,7 @@ fn open(cli: &Cli, writable: bool) -> anyhow::Result<(Ledger, Option<tempfile::T
 }
 
 fn table(headers: &[&str], rows: Vec<Vec<String>>) {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
-    for row in &rows {
-        for (i, cell) in row.iter().enumerate() {
-            widths[i] = widths[i].max(cell.chars().count());
-        }
-    }
-    let line = |cells: Vec<String>| {
-        let text: Vec<String> = cells
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
-            .collect();
-        println!("{}", text.join("  ").trim_end());
-    };
-    line(headers.iter().map(|h| (*h).to_owned()).collect());
-    for row in rows {
-        line(row);
-    }
+    print!("{}", terway_statestore::table::render(headers, &rows));
 }
 
 fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {

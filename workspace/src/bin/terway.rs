@@ -47,6 +47,10 @@ fn run(stdin: &[u8]) -> Result<Option<String>, CniError> {
         .unwrap_or_else(|| PathBuf::from(terway_config::defaults::SOCKET_PATH));
     match exchange(&socket, &request, EXCHANGE_TIMEOUT)? {
         Reply::Error { code, msg, details } => Err(CniError { code, msg, details }),
+        Reply::Inspect { .. } => Err(CniError::new(
+            code::IO_FAILURE,
+            "terwayd answered a CNI request with an inspection",
+        )),
         Reply::Ok { network } => match (inv.command, &request, network) {
             (Command::Add, Request::Add(pod), Some(net)) => Ok(Some(plugin::render_result(
                 &inv.cni_version,

@@ -138,10 +138,10 @@ pub async fn collect(node: &Node, cluster: &Cluster) -> usize {
         tracing::info!(pod = %pod, container = %record.container_id, ips = ?record.ips, "GC: the pod is gone from the cluster; giving its address back");
         // the release names the container, so a new sandbox of a re-created pod is left alone
         match cni_service::release_record(node, &record).await {
-            crate::cni::protocol::Reply::Ok { .. } => released += 1,
             crate::cni::protocol::Reply::Error { msg, .. } => {
                 tracing::warn!(pod = %pod, error = %msg, "GC could not release the pod's address");
             }
+            _ => released += 1,
         }
     }
     released

@@ -22,6 +22,20 @@ pub enum Request {
     },
     /// CNI 1.1 STATUS: can the daemon serve ADD now?
     Status,
+    /// `terway-cli`: what the node service holds (not a CNI command).
+    Inspect {
+        what: Inspect,
+    },
+}
+
+/// What `terway-cli` asks a live terwayd for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Inspect {
+    /// Config in force, pool, ENIs, vSwitches set aside, last reconcile.
+    Status,
+    Pods,
+    Enis,
 }
 
 impl Request {
@@ -33,6 +47,7 @@ impl Request {
             Request::Check(_) => "CHECK",
             Request::Gc { .. } => "GC",
             Request::Status => "STATUS",
+            Request::Inspect { .. } => "INSPECT",
         }
     }
 }
@@ -96,6 +111,8 @@ pub enum Reply {
         #[serde(default)]
         details: String,
     },
+    /// The answer to [`Request::Inspect`].
+    Inspect { body: serde_json::Value },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -144,7 +161,7 @@ pub fn decode_request(bytes: &[u8]) -> Result<Request, ProtocolError> {
                 check_ifname(&a.ifname)?;
             }
         }
-        Request::Status => {}
+        Request::Status | Request::Inspect { .. } => {}
     }
     Ok(request)
 }

@@ -88,6 +88,9 @@ async fn answer(node: &Node, request: Request) -> Reply {
         }
         Request::Check(p) => check(node, &p).await,
         Request::Gc { valid } => gc(node, &valid).await,
+        Request::Inspect { what } => Reply::Inspect {
+            body: super::inspect::answer(node, what),
+        },
         Request::Status => {
             let s = node.ledger.snapshot();
             if s.ips.values().any(|r| r.state == terway_statestore::IpState::Idle) || node.last_error().is_none() {

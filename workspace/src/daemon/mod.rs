@@ -2,6 +2,7 @@
 //! (the CNI socket service and the reconciler).
 
 pub mod cni_service;
+pub mod inspect;
 pub mod reconciler;
 pub mod service;
 pub mod vswitch;

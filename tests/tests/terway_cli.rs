@@ -1,0 +1,207 @@
+//! `terway-cli` against a running terwayd on the emulator: every
+//! subcommand, as tables and as `--json` that parses.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use serde_json::Value;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+use terway_cloud::api::CreateNetworkInterface;
+use terway_cloud::emulator::{
+    Emulator, Scenario, DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET, DEFAULT_INSTANCE_ID, DEFAULT_REGION,
+    DEFAULT_SECURITY_GROUP, DEFAULT_ZONE,
+};
+use terway_cloud::{ClientOptions, CloudClient, CredentialProvider};
+use terway_node::cni::exchange;
+use terway_node::cni::protocol::{PodRequest, Reply, Request};
+use terway_node::daemon::{service, NodeOptions};
+
+struct Cli<'a> {
+    socket: &'a Path,
+    config: &'a Path,
+    url: String,
+}
+
+impl Cli<'_> {
+    /// Runs terway-cli; returns (success, stdout, stderr).
+    fn run(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(terway_tests::binary("terway-cli"))
+            .arg("--socket")
+            .arg(self.socket)
+            .arg("--config")
+            .arg(self.config)
+            .args(["--endpoint", &self.url, "--metadata-endpoint", &self.url])
+            .args(args)
+            .env_remove("ALIBABA_CLOUD_ACCESS_KEY_ID")
+            .env_remove("ALIBABA_CLOUD_ACCESS_KEY_SECRET")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let (ok, out, err) = self.run(&all);
+        assert!(ok, "terway-cli {args:?} failed: {err}");
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("terway-cli {args:?} --json: {e}\n{out}"))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_subcommand_against_a_live_daemon() {
+    let em = Emulator::start(Scenario::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("eni_conf");
+    std::fs::write(
+        &conf,
+        format!(
+            r#"{{"max_pool_size": 5, "min_pool_size": 2, "vswitches": {{"{DEFAULT_ZONE}": ["vsw-large0000000001"]}},
+                "access_key": "{DEFAULT_ACCESS_KEY_ID}", "access_secret": "{DEFAULT_ACCESS_KEY_SECRET}",
+                "ecs_endpoint": "{url}", "vpc_endpoint": "{url}", "metadata_endpoint": "{url}",
+                "ip_pool_sync_period": "1s", "ip_cooldown": "0s"}}"#,
+            url = em.url()
+        ),
+    )
+    .unwrap();
+    let options = NodeOptions {
+        add_deadline: Duration::from_secs(20),
+        socket_path: Some(dir.path().join("eni.socket")),
+        ledger_path: Some(dir.path().join("ledger")),
+        metrics_address: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+        ..Default::default()
+    };
+    let running = service::start(conf.clone(), None, options).await.unwrap();
+    let socket = running.node.socket_path();
+    let mut ips = Vec::new();
+    for i in 0..3 {
+        let request = PodRequest::new("default", &format!("web-{i}"), &format!("c-{i}"), "/var/run/netns/x");
+        let s = socket.clone();
+        let reply = tokio::task::spawn_blocking(move || exchange(&s, &Request::Add(request), Duration::from_secs(30)))
+            .await
+            .unwrap()
+            .unwrap();
+        let Reply::Ok { network: Some(n) } = reply else {
+            panic!("{reply:?}")
+        };
+        ips.push(n.ipv4.trim_end_matches("/32").to_owned());
+    }
+    let cli = Cli {
+        socket: &socket,
+        config: &conf,
+        url: em.url(),
+    };
+
+    // status
+    let status = cli.json(&["status"]);
+    assert_eq!(status["instance"]["instance_id"], DEFAULT_INSTANCE_ID);
+    assert_eq!(status["mode"], "standalone");
+    assert_eq!(status["pool"]["bound"], 3);
+    assert_eq!(status["max_pods"], 30);
+    assert_eq!(status["config"]["max_pool_size"], 5);
+    assert!(status["reconcile"]["passes"].as_u64().unwrap() >= 1);
+    let (ok, table, _) = cli.run(&["status"]);
+    assert!(ok);
+    assert!(table.contains(DEFAULT_INSTANCE_ID) && table.contains("3 bound"), "{table}");
+    for text in [status.to_string(), table] {
+        assert!(!text.contains(DEFAULT_ACCESS_KEY_SECRET), "the secret leaked");
+    }
+
+    // pods and ENIs
+    let pods = cli.json(&["pods"]);
+    let mut listed: Vec<String> = pods.as_array().unwrap().iter().map(|p| p["ips"][0].as_str().unwrap().to_owned()).collect();
+    listed.sort();
+    ips.sort();
+    assert_eq!(listed, ips);
+    let (_, table, _) = cli.run(&["pods"]);
+    assert!(table.starts_with("POD") && table.contains("default/web-1"), "{table}");
+    let enis = cli.json(&["enis"]);
+    let ledger = running.node.ledger.snapshot();
+    let ids: Vec<&str> = enis.as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ledger.enis.keys().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(enis[0]["ips"]["bound"].as_array().unwrap().len(), 3);
+
+    // vSwitches, from the cloud
+    let vswitches = cli.json(&["vswitches"]);
+    let large = vswitches
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["vswitch_id"] == "vsw-large0000000001")
+        .unwrap();
+    assert_eq!(large["configured"], true);
+    assert_eq!(
+        large["available_ips"].as_u64(),
+        em.available_addresses("vsw-large0000000001")
+    );
+    let (_, table, _) = cli.run(&["vswitches"]);
+    assert!(table.contains("vsw-small0000000001") && table.contains("FREE IPS"));
+
+    // max-pods
+    let m = cli.json(&["max-pods", "--instance-type", "ecs.g6.8xlarge"]);
+    assert_eq!(m["shared_eni_max_pods"], 140, "(8 − 1) × 20");
+    assert_eq!(m["exclusive_eni_max_pods"], 7);
+    let (ok, _, err) = cli.run(&["max-pods", "--instance-type", "ecs.nope"]);
+    assert!(!ok && err.contains("ecs.nope"), "{err}");
+
+    // eni gc: an ENI terway-rs made for another node, left Available
+    terway_cloud::install_crypto_provider();
+    let client = CloudClient::new(
+        ClientOptions::for_region(DEFAULT_REGION, false).with_endpoint(&em.url()),
+        Arc::new(CredentialProvider::static_keys(
+            DEFAULT_ACCESS_KEY_ID,
+            terway_config::Secret::new(DEFAULT_ACCESS_KEY_SECRET),
+        )),
+    )
+    .unwrap();
+    let leftover = client
+        .call(&CreateNetworkInterface {
+            region_id: DEFAULT_REGION.into(),
+            vswitch_id: "vsw-large0000000001".into(),
+            security_group_ids: vec![DEFAULT_SECURITY_GROUP.into()],
+            tags: vec![
+                ("creator".into(), "terway".into()),
+                ("terway.alibabacloud.com/node".into(), "i-gone0000000001".into()),
+            ],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .eni
+        .network_interface_id;
+    let exists = |id: &str| {
+        em.dump()["enis"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["id"] == id)
+    };
+    assert!(exists(&leftover));
+    let this_node = cli.json(&["eni", "gc", "--min-age-seconds", "0"]);
+    assert!(this_node.as_array().unwrap().is_empty(), "another node's ENI is not this node's: {this_node}");
+    let dry = cli.json(&["eni", "gc", "--all-nodes", "--min-age-seconds", "0"]);
+    assert_eq!(dry[0]["eni_id"], leftover.as_str());
+    assert!(dry[0]["action"].as_str().unwrap().starts_with("would delete"));
+    assert!(exists(&leftover), "a dry run deletes nothing");
+    let young = cli.json(&["eni", "gc", "--all-nodes", "--yes"]);
+    assert!(young[0]["action"].as_str().unwrap().starts_with("kept"), "{young}");
+    let done = cli.json(&["eni", "gc", "--all-nodes", "--yes", "--min-age-seconds", "0"]);
+    assert!(done[0]["action"].as_str().unwrap().starts_with("deleted"), "{done}");
+    assert!(!exists(&leftover), "the leftover ENI is gone");
+
+    // a node where terwayd is not serving: a clear error naming the socket
+    let missing = dir.path().join("nothing.socket");
+    let down = Cli {
+        socket: &missing,
+        config: &conf,
+        url: em.url(),
+    };
+    let (ok, _, err) = down.run(&["status"]);
+    assert!(!ok && err.contains("nothing.socket"), "{err}");
+    running.stop();
+}
