@@ -72,7 +72,7 @@ impl NetNs {
 
     /// Writes a sysctl (`net/ipv4/conf/all/forwarding`) inside this namespace.
     pub fn write_sysctl(&self, key: &str, value: &str) -> Result<(), DatapathError> {
-        let path = Path::new("/proc/sys").join(key);
+        let path = proc_sys().join(key);
         self.enter(|| std::fs::write(&path, value))?
             .map_err(|source| DatapathError::Sysctl {
                 key: key.to_owned(),
@@ -81,7 +81,7 @@ impl NetNs {
     }
 
     pub fn read_sysctl(&self, key: &str) -> Result<String, DatapathError> {
-        let path = Path::new("/proc/sys").join(key);
+        let path = proc_sys().join(key);
         self.enter(|| std::fs::read_to_string(&path))?
             .map(|s| s.trim().to_owned())
             .map_err(|source| DatapathError::Sysctl {
@@ -89,4 +89,17 @@ impl NetNs {
                 source,
             })
     }
+}
+
+/// Where sysctls are written: `/proc/sys`, or `TERWAY_PROC_SYS` — in an
+/// unprivileged container `/proc/sys` is read-only, so the DaemonSet mounts
+/// the host's at another path. Network sysctls resolve in the namespace of
+/// the thread that opens them, whichever mount they are opened through.
+fn proc_sys() -> &'static Path {
+    static ROOT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    ROOT.get_or_init(|| {
+        std::env::var_os("TERWAY_PROC_SYS")
+            .filter(|v| !v.is_empty())
+            .map_or_else(|| "/proc/sys".into(), Into::into)
+    })
 }

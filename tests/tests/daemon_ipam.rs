@@ -12,17 +12,20 @@ use terway_node::cni::protocol::{PodRequest, Reply, Request};
 use terway_node::daemon::{cni_service, reconciler, Node, NodeOptions};
 use terway_statestore::IpState;
 
-fn config(em: &Emulator, vswitches: &[&str], extra: &str) -> Arc<terway_config::Config> {
+fn config_text(em: &Emulator, vswitches: &[&str], extra: &str) -> String {
     let list: Vec<String> = vswitches.iter().map(|v| format!("\"{v}\"")).collect();
-    let text = format!(
+    format!(
         r#"{{"max_pool_size": 25, "min_pool_size": 10, "vswitches": {{"{DEFAULT_ZONE}": [{}]}},
             "access_key": "{DEFAULT_ACCESS_KEY_ID}", "access_secret": "{DEFAULT_ACCESS_KEY_SECRET}",
             "ecs_endpoint": "{url}", "vpc_endpoint": "{url}", "metadata_endpoint": "{url}",
             "ip_pool_sync_period": "1s", "ip_cooldown": "0s" {extra}}}"#,
         list.join(","),
         url = em.url()
-    );
-    Arc::new(terway_config::Config::parse(&text, None).unwrap().config)
+    )
+}
+
+fn config(em: &Emulator, vswitches: &[&str], extra: &str) -> Arc<terway_config::Config> {
+    Arc::new(terway_config::Config::parse(&config_text(em, vswitches, extra), None).unwrap().config)
 }
 
 struct Running {
@@ -458,17 +461,11 @@ async fn cloud_faults_during_a_burst() {
 async fn capacity_returns_when_a_vswitch_is_added_to_the_file() {
     let em = Emulator::start(Scenario::default()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let write = |vswitches: &str| {
-        let text = format!(
-            r#"{{"max_pool_size": 0, "min_pool_size": 0, "vswitches": {{"{DEFAULT_ZONE}": [{vswitches}]}},
-                "access_key": "{DEFAULT_ACCESS_KEY_ID}", "access_secret": "{DEFAULT_ACCESS_KEY_SECRET}",
-                "ecs_endpoint": "{url}", "vpc_endpoint": "{url}", "metadata_endpoint": "{url}",
-                "ip_pool_sync_period": "1s", "ip_cooldown": "0s"}}"#,
-            url = em.url()
-        );
+    let write = |vswitches: &[&str]| {
+        let text = config_text(&em, vswitches, r#", "max_pool_size": 0, "min_pool_size": 0"#);
         std::fs::write(dir.path().join("eni_conf"), text).unwrap();
     };
-    write(r#""vsw-small0000000001""#);
+    write(&["vsw-small0000000001"]);
     let options = NodeOptions {
         datapath: None,
         add_deadline: Duration::from_secs(3),
@@ -491,7 +488,7 @@ async fn capacity_returns_when_a_vswitch_is_added_to_the_file() {
     assert_eq!(i, 12, "the /28 served its 12 addresses");
     assert!(matches!(refusal, Reply::Error { code: 11, .. }), "{refusal:?}");
     // the operator adds a vSwitch to the live file: no restart
-    write(r#""vsw-small0000000001", "vsw-large0000000001""#);
+    write(&["vsw-small0000000001", "vsw-large0000000001"]);
     let Reply::Ok { network: Some(net) } = call(&socket, Request::Add(pod(i))).await else {
         panic!("ADD still refused")
     };
@@ -614,4 +611,52 @@ async fn exclusive_eni_mode_up_to_the_quota() {
         }
     }
     assert!(retired, "idle ENIs above max_pool_size were not given back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plugin_and_conflist_are_installed_once_serving() {
+    let em = Emulator::start(Scenario::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("eni_conf"),
+        config_text(&em, &["vsw-large0000000001"], ""),
+    )
+    .unwrap();
+    let plugin = dir.path().join("terway-plugin-build");
+    std::fs::write(&plugin, b"#!/bin/sh\necho plugin\n").unwrap();
+    let (bin_dir, conf_dir) = (dir.path().join("opt/cni/bin"), dir.path().join("etc/cni/net.d"));
+    let options = NodeOptions {
+        add_deadline: Duration::from_secs(5),
+        socket_path: Some(dir.path().join("eni.socket")),
+        ledger_path: Some(dir.path().join("ledger")),
+        metrics_address: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+        install_cni: Some(terway_node::daemon::InstallCni {
+            plugin,
+            bin_dir: bin_dir.clone(),
+            conf_dir: conf_dir.clone(),
+            chained: vec![terway_config::conflist::ChainedPlugin::Portmap],
+        }),
+        ..Default::default()
+    };
+    let running = terway_node::daemon::service::start(dir.path().join("eni_conf"), None, options)
+        .await
+        .unwrap();
+    // by the time the conflist exists the socket answers
+    let conflist = std::fs::read_to_string(conf_dir.join("10-terway.conflist")).unwrap();
+    let parsed: serde_json::Value = serde_json::from_str(&conflist).unwrap();
+    assert_eq!(parsed["plugins"][0]["type"], "terway");
+    assert_eq!(
+        parsed["plugins"][0]["socket"],
+        running.node.socket_path().to_str().unwrap()
+    );
+    assert_eq!(parsed["plugins"][1]["type"], "portmap");
+    assert_eq!(call(&running.node.socket_path(), Request::Status).await, Reply::Ok { network: None });
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(bin_dir.join("terway")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o755);
+    assert!(
+        std::fs::read_dir(&conf_dir).unwrap().count() == 1,
+        "no staging file left behind"
+    );
+    running.stop();
 }

@@ -113,6 +113,18 @@ enum ConfigCommand {
         #[arg(long = "override")]
         override_file: Option<PathBuf>,
     },
+    /// Print the CNI conflist terwayd installs (10-terway.conflist).
+    Conflist {
+        /// MTU written for the plugin.
+        #[arg(long, default_value_t = terway_config::defaults::MTU)]
+        mtu: u32,
+        /// The socket the plugin dials.
+        #[arg(long, default_value = terway_config::defaults::SOCKET_PATH)]
+        socket: PathBuf,
+        /// Reference plugins chained after terway (portmap, bandwidth).
+        #[arg(long, value_delimiter = ',')]
+        chain: Vec<terway_config::conflist::ChainedPlugin>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -177,6 +189,19 @@ fn main() -> ExitCode {
             pods,
             std::time::Duration::from_millis(interval_ms),
         )),
+        Command::Config {
+            command: ConfigCommand::Conflist { mtu, socket, chain },
+        } => {
+            print!(
+                "{}",
+                terway_config::conflist::render(&terway_config::conflist::ConflistOptions {
+                    mtu,
+                    socket_path: &socket,
+                    chained: &chain,
+                })
+            );
+            ExitCode::SUCCESS
+        }
         Command::Config {
             command: ConfigCommand::Check { file, override_file },
         } => {

@@ -44,6 +44,22 @@ pub const SUFFICIENT_IP_CONDITION: &str = "SufficientIP";
 /// `source.component` of the Events terwayd writes.
 pub const EVENT_COMPONENT: &str = "terwayd";
 
+/// Every Kubernetes API access terwayd makes: (API group, resource, verbs,
+/// namespaced to the config namespace). deploy/rbac.yaml grants exactly
+/// this; a test checks the two agree.
+pub const API_ACCESS: &[(&str, &str, &[&str], bool)] = &[
+    // the pod watch; the uncached GET before GC; the pod-ips annotation
+    ("", "pods", &["get", "list", "watch", "patch"], false),
+    // the node's label (override); its capacity annotation
+    ("", "nodes", &["list", "watch", "patch"], false),
+    // aliyun/eni capacity and the SufficientIP condition
+    ("", "nodes/status", &["patch"], false),
+    // Events, and bumping the count of a repeated one
+    ("", "events", &["create", "patch"], false),
+    // eni-config and the node override ConfigMaps
+    ("", "configmaps", &["list", "watch"], true),
+];
+
 /// How terwayd reaches the cluster.
 #[derive(Clone)]
 pub struct ClusterOptions {
