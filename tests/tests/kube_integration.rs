@@ -412,3 +412,40 @@ async fn exclusive_eni_mode_publishes_the_eni_resource() {
     assert_eq!(node["metadata"]["annotations"]["k8s.aliyun.com/max-available-ip"], "3");
     running.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cloud_refusal_becomes_an_alloc_ip_failed_event_with_its_code() {
+    let em = Emulator::start(Scenario::default()).await.unwrap();
+    let api = FakeApiServer::start().await;
+    // a security group that does not exist: ENI creation is refused, not retried
+    let conf = eni_conf(
+        &em,
+        "vsw-large0000000001",
+        r#", "security_group": "sg-doesnotexist00001", "min_pool_size": 1"#,
+    );
+    seed(&api, &conf);
+    let dir = tempfile::tempdir().unwrap();
+    let running = start(&api, dir.path(), &conf, Duration::from_secs(3600)).await;
+    let event = eventually("the node's AllocIPFailed event", || {
+        api.events_about("Node", NODE)
+            .into_iter()
+            .find(|e| e["reason"] == "AllocIPFailed")
+    })
+    .await;
+    let message = event["message"].as_str().unwrap();
+    assert!(
+        message.contains("CreateNetworkInterface") && message.contains("InvalidSecurityGroupId.NotFound"),
+        "{message}"
+    );
+    // the reconciler retries with backoff: repeats count up the one Event instead of piling up new ones
+    eventually("the Event's count to go up", || {
+        let same: Vec<Value> = api
+            .events_about("Node", NODE)
+            .into_iter()
+            .filter(|e| e["reason"] == "AllocIPFailed")
+            .collect();
+        (same.len() == 1 && same[0]["count"].as_u64() >= Some(2)).then_some(())
+    })
+    .await;
+    running.stop();
+}

@@ -456,10 +456,13 @@ pub(crate) fn eni_link(node: &Node, e: &EniRecord) -> anyhow::Result<terway_data
 fn note_failure(node: &Node, e: &CloudError) {
     node.set_last_error(Some(e.to_string()));
     if !matches!(e.class(), ErrorClass::Retryable | ErrorClass::VSwitchExhausted) {
+        // without the request id, so repeats of one failure count up one Event (the log has each id)
+        let text = e.to_string();
+        let message = text.split(" [RequestId:").next().unwrap_or(&text).to_owned();
         node.tell(crate::cluster::Notice::NodeEvent {
             warning: true,
             reason: "AllocIPFailed",
-            message: e.to_string(),
+            message,
         });
     }
 }
