@@ -123,7 +123,10 @@ mod tests {
             assert_eq!(limiter.reserve("kube"), Duration::ZERO);
         }
         let wait = limiter.reserve("kube");
-        assert!(wait > Duration::from_millis(150) && wait <= Duration::from_millis(200), "{wait:?}");
+        assert!(
+            wait > Duration::from_millis(150) && wait <= Duration::from_millis(200),
+            "{wait:?}"
+        );
     }
 
     #[test]

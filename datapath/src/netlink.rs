@@ -295,14 +295,32 @@ impl Netlink {
         }
     }
 
-    pub async fn add_veth(&self, name: &str, peer: &str, mtu: u32) -> Result<(), DatapathError> {
-        let msg = LinkVeth::new(name, peer).mtu(mtu).build();
+    /// Adds a veth pair whose peer is created straight inside `peer_ns`
+    /// (as `ip link add … peer name P netns N` does): no later move, which
+    /// would cost the kernel an RCU grace period per pod.
+    pub async fn add_veth_with_peer_in(
+        &self,
+        name: &str,
+        peer: &str,
+        peer_ns: &NetNs,
+        mtu: u32,
+    ) -> Result<(), DatapathError> {
+        use rtnetlink::packet_route::link::{InfoData, InfoVeth};
+        use std::os::fd::AsRawFd;
+        let peer_msg = LinkUnspec::new_with_name(peer)
+            .mtu(mtu)
+            .setns_by_fd(peer_ns.fd().as_raw_fd())
+            .build();
+        let msg = LinkVeth::new(name, peer)
+            .mtu(mtu)
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
+            .build();
         self.handle
             .link()
             .add(msg)
             .execute()
             .await
-            .map_err(|e| self.err(format!("add veth {name}"), e))
+            .map_err(|e| self.err(format!("add veth {name} (peer {peer} in {})", peer_ns.path().display()), e))
     }
 
     /// Adds a prebuilt link message (ipvlan children).

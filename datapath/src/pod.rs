@@ -277,28 +277,19 @@ impl Datapath {
         if let Some(l) = pod_link {
             p.del_link(link_index(&l)).await?;
         }
-        let tmp = pod.tmp_name("tmp");
-        if let Some(stale) = self.nl.link_by_name(&tmp).await? {
-            self.nl.del_link(link_index(&stale)).await?;
-        }
-        self.nl.add_veth(&host_name, &tmp, pod.eni.mtu).await?;
-        let peer = self
-            .nl
-            .link_by_name(&tmp)
-            .await?
-            .ok_or_else(|| DatapathError::NotFound(format!("veth peer {tmp} vanished")))?;
-        self.nl.move_link(link_index(&peer), pod_ns).await?;
-        let moved = p
-            .link_by_name(&tmp)
-            .await?
-            .ok_or_else(|| DatapathError::NotFound(format!("{tmp} did not arrive in the pod")))?;
-        p.set_link(link_index(&moved), None, None, Some(pod_name)).await?;
+        self.nl
+            .add_veth_with_peer_in(&host_name, pod_name, pod_ns, pod.eni.mtu)
+            .await?;
         let host = self
             .nl
             .link_by_name(&host_name)
             .await?
             .ok_or_else(|| DatapathError::NotFound(format!("{host_name} vanished")))?;
-        Ok((link_index(&host), link_index(&moved)))
+        let peer = p
+            .link_by_name(pod_name)
+            .await?
+            .ok_or_else(|| DatapathError::NotFound(format!("veth peer {pod_name} did not appear in the pod")))?;
+        Ok((link_index(&host), link_index(&peer)))
     }
 
     async fn setup_veth(

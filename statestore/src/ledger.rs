@@ -912,7 +912,10 @@ impl Ledger {
             .values()
             .filter(|r| r.eni_id == eni_id)
             .all(|r| r.state == IpState::Idle && !held.contains(&r.ip));
-        if eni.status != EniStatus::InUse || eni.owner.is_some() || !all_idle || s.enis_held_by_intents().contains(eni_id)
+        if eni.status != EniStatus::InUse
+            || eni.owner.is_some()
+            || !all_idle
+            || s.enis_held_by_intents().contains(eni_id)
         {
             return Ok(false);
         }

@@ -6,7 +6,9 @@
 //!    wall time and API calls, beside the ideal;
 //! 3. terwayd's resident memory holding 250 pods.
 //!
-//! `cargo bench -p terway-node --bench node_service`
+//! 4. how long a `/metrics` scrape takes then.
+//!
+//! `cargo bench -p terway-tests --bench node_service`
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -316,9 +318,16 @@ fn memory_at_250_pods(rt: &tokio::runtime::Runtime) {
     scenario.instances[0].instance_type = "ecs.bench.xlarge".into();
     let em = rt.block_on(Emulator::start(scenario)).unwrap_or_else(|e| panic!("{e}"));
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let conf_path = eni_conf(dir.path(), &em.url(), r#", "max_pool_size": 25, "min_pool_size": 10"#);
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let conf_path = eni_conf(
+        dir.path(),
+        &em.url(),
+        &format!(r#", "max_pool_size": 25, "min_pool_size": 10, "metrics_address": "{metrics}""#),
+    );
     let mut child = Command::new(terway_tests::binary("terwayd"))
-        .args(["run", "--no-datapath", "--config"])
+        .args(["run", "--standalone", "--no-datapath", "--config"])
         .arg(&conf_path)
         .env("RUST_LOG", "error")
         .spawn()
@@ -343,11 +352,45 @@ fn memory_at_250_pods(rt: &tokio::runtime::Runtime) {
         assert!(matches!(r, Ok(Reply::Ok { network: Some(_) })), "pod {i}: {r:?}");
     }
     println!("terwayd resident memory: {idle_rss} at start, {} with 250 pods", rss());
+    let mut scrapes = Vec::new();
+    let mut size = 0;
+    for _ in 0..50 {
+        let t = Instant::now();
+        size = scrape(metrics).len();
+        scrapes.push(t.elapsed());
+    }
+    scrapes.sort();
+    println!(
+        "/metrics with 250 pods: {size} bytes, scrape p50 {:.2} ms, p99 {:.2} ms (50 scrapes)",
+        pct(&scrapes, 0.5),
+        pct(&scrapes, 0.99)
+    );
     let _ = child.kill();
     let _ = child.wait();
 }
 
+/// One GET /metrics over a fresh connection; the body.
+fn scrape(address: std::net::SocketAddr) -> String {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(address).unwrap_or_else(|e| panic!("{e}"));
+    let _ = write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    );
+    let mut raw = String::new();
+    let _ = s.read_to_string(&mut raw);
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    raw.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default()
+}
+
 fn main() {
+    // RUST_LOG=terway_node=info shows the daemon's own timings
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -150,8 +150,10 @@ impl Shared {
         let existed = store.objects.contains_key(&key);
         let meta = object["metadata"].as_object_mut().unwrap();
         meta.insert("resourceVersion".into(), json!(rv.to_string()));
-        meta.entry("uid").or_insert_with(|| json!(format!("uid-{}-{rv}", key.2)));
-        meta.entry("creationTimestamp").or_insert_with(|| json!("2026-11-26T00:00:00Z"));
+        meta.entry("uid")
+            .or_insert_with(|| json!(format!("uid-{}-{rv}", key.2)));
+        meta.entry("creationTimestamp")
+            .or_insert_with(|| json!("2026-11-26T00:00:00Z"));
         if !key.1.is_empty() {
             meta.insert("namespace".into(), json!(key.1));
         }
@@ -334,7 +336,12 @@ async fn handle(
                 return status(409, "AlreadyExists", format!("{plural} \"{name}\" already exists"));
             }
             let created = shared.commit(&mut store, key, object, false);
-            (StatusCode::CREATED, [("content-type", "application/json")], created.to_string()).into_response()
+            (
+                StatusCode::CREATED,
+                [("content-type", "application/json")],
+                created.to_string(),
+            )
+                .into_response()
         }
         (Method::PATCH, Some(name)) => {
             let Ok(patch) = serde_json::from_slice::<Value>(&body) else {
@@ -391,10 +398,7 @@ fn list(shared: &Shared, plural: &str, ns: &str, query: &HashMap<String, String>
 }
 
 fn watch_stream(shared: Arc<Shared>, plural: &str, ns: &str, query: &HashMap<String, String>) -> Response {
-    let from: u64 = query
-        .get("resourceVersion")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let from: u64 = query.get("resourceVersion").and_then(|v| v.parse().ok()).unwrap_or(0);
     let selector = query.get("fieldSelector").cloned();
     let bookmarks = query.get("allowWatchBookmarks").map(String::as_str) == Some("true");
     let timeout = Duration::from_secs(query.get("timeoutSeconds").and_then(|v| v.parse().ok()).unwrap_or(290));
@@ -425,7 +429,11 @@ fn watch_stream(shared: Arc<Shared>, plural: &str, ns: &str, query: &HashMap<Str
         }
         let mut sent = from;
         for c in replay.iter().filter(|c| wanted(c)) {
-            if tx.send(line(json!({"type": c.kind, "object": c.object}))).await.is_err() {
+            if tx
+                .send(line(json!({"type": c.kind, "object": c.object})))
+                .await
+                .is_err()
+            {
                 return;
             }
             sent = c.rv;

@@ -61,7 +61,13 @@ fn newest_source() -> Option<SystemTime> {
     while let Some(path) = stack.pop() {
         let Ok(meta) = std::fs::metadata(&path) else { continue };
         if meta.is_dir() {
-            stack.extend(std::fs::read_dir(&path).into_iter().flatten().flatten().map(|e| e.path()));
+            stack.extend(
+                std::fs::read_dir(&path)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .map(|e| e.path()),
+            );
         } else if let Ok(t) = meta.modified() {
             newest = newest.max(Some(t));
         }

@@ -35,7 +35,7 @@ fn write_config(dir: &Path, url: &str) -> PathBuf {
 
 fn spawn_terwayd(config: &Path) -> Child {
     Command::new(terway_tests::binary("terwayd"))
-        .args(["run", "--no-datapath", "--config"])
+        .args(["run", "--standalone", "--no-datapath", "--config"])
         .arg(config)
         .env("RUST_LOG", "error")
         .stdout(Stdio::null())

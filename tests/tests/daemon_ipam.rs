@@ -25,7 +25,11 @@ fn config_text(em: &Emulator, vswitches: &[&str], extra: &str) -> String {
 }
 
 fn config(em: &Emulator, vswitches: &[&str], extra: &str) -> Arc<terway_config::Config> {
-    Arc::new(terway_config::Config::parse(&config_text(em, vswitches, extra), None).unwrap().config)
+    Arc::new(
+        terway_config::Config::parse(&config_text(em, vswitches, extra), None)
+            .unwrap()
+            .config,
+    )
 }
 
 struct Running {
@@ -330,7 +334,10 @@ async fn a_vswitch_runs_out_mid_run_and_the_next_one_serves() {
         .lines()
         .find(|l| l.contains("InvalidVSwitchId.IpNotEnough") && l.contains(mid))
         .unwrap_or_else(|| panic!("the IpNotEnough was not logged with the vSwitch:\n{logs}"));
-    assert!(logged.contains("request_id="), "the log names the cloud request: {logged}");
+    assert!(
+        logged.contains("request_id="),
+        "the log names the cloud request: {logged}"
+    );
     assert!(
         logs.lines().any(|l| l.contains("set aside") && l.contains(mid)),
         "setting the vSwitch aside was not logged"
@@ -384,7 +391,11 @@ async fn idle_enis_above_max_are_given_back_whole() {
         .iter()
         .filter(|e| e["primary"] == false)
         .collect();
-    assert_eq!(secondary.len(), 1, "the retired ENIs were deleted in the cloud, not left Available");
+    assert_eq!(
+        secondary.len(),
+        1,
+        "the retired ENIs were deleted in the cloud, not left Available"
+    );
     let ledger_ips: BTreeSet<String> = s.ips.keys().map(ToString::to_string).collect();
     assert_eq!(ledger_ips, cloud_ips(&em));
     assert_eq!(em.calls()["DeleteNetworkInterface"].values().sum::<u64>(), 2);
@@ -650,7 +661,10 @@ async fn the_plugin_and_conflist_are_installed_once_serving() {
         running.node.socket_path().to_str().unwrap()
     );
     assert_eq!(parsed["plugins"][1]["type"], "portmap");
-    assert_eq!(call(&running.node.socket_path(), Request::Status).await, Reply::Ok { network: None });
+    assert_eq!(
+        call(&running.node.socket_path(), Request::Status).await,
+        Reply::Ok { network: None }
+    );
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(bin_dir.join("terway")).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o755);

@@ -30,8 +30,12 @@ fn documents(file: &str) -> Vec<Value> {
 
 /// Decodes as the API type and checks nothing was lost on the way back.
 fn typed<T: DeserializeOwned + Serialize>(file: &str, doc: &Value) -> T {
-    let object: T = serde_json::from_value(doc.clone())
-        .unwrap_or_else(|e| panic!("{file}: {} is not a valid {}: {e}", doc["metadata"]["name"], doc["kind"]));
+    let object: T = serde_json::from_value(doc.clone()).unwrap_or_else(|e| {
+        panic!(
+            "{file}: {} is not a valid {}: {e}",
+            doc["metadata"]["name"], doc["kind"]
+        )
+    });
     let back = serde_json::to_value(&object).unwrap();
     if let Some(path) = difference(doc, &back, String::new()) {
         panic!(
@@ -45,12 +49,10 @@ fn typed<T: DeserializeOwned + Serialize>(file: &str, doc: &Value) -> T {
 /// The first path where the manifest and its decoded-and-encoded form differ.
 fn difference(written: &Value, decoded: &Value, path: String) -> Option<String> {
     match (written, decoded) {
-        (Value::Object(a), Value::Object(b)) => a
-            .iter()
-            .find_map(|(k, v)| match b.get(k) {
-                None => Some(format!("{path}.{k}")),
-                Some(w) => difference(v, w, format!("{path}.{k}")),
-            }),
+        (Value::Object(a), Value::Object(b)) => a.iter().find_map(|(k, v)| match b.get(k) {
+            None => Some(format!("{path}.{k}")),
+            Some(w) => difference(v, w, format!("{path}.{k}")),
+        }),
         (Value::Array(a), Value::Array(b)) if a.len() == b.len() => a
             .iter()
             .zip(b)
@@ -132,7 +134,10 @@ fn the_daemonset_matches_what_terwayd_needs() {
 
     // every flag given is one terwayd run takes
     let command = c.command.as_ref().unwrap();
-    let help = Command::new(terway_tests::binary("terwayd")).args(["run", "--help"]).output().unwrap();
+    let help = Command::new(terway_tests::binary("terwayd"))
+        .args(["run", "--help"])
+        .output()
+        .unwrap();
     let help = String::from_utf8(help.stdout).unwrap();
     for arg in command.iter().filter(|a| a.starts_with("--")) {
         let flag = arg.split('=').next().unwrap();
@@ -145,7 +150,9 @@ fn the_daemonset_matches_what_terwayd_needs() {
     let node_name = env.iter().find(|e| e.name == "NODE_NAME").unwrap();
     let field = node_name.value_from.as_ref().unwrap().field_ref.as_ref().unwrap();
     assert_eq!(field.field_path, "spec.nodeName");
-    assert!(env.iter().any(|e| e.name == "TERWAY_PROC_SYS" && e.value.as_deref() == Some("/host/proc/sys")));
+    assert!(env
+        .iter()
+        .any(|e| e.name == "TERWAY_PROC_SYS" && e.value.as_deref() == Some("/host/proc/sys")));
 
     // probes on the metrics address's port
     let port = defaults.metrics_address.port();
@@ -192,9 +199,14 @@ fn rbac_grants_exactly_what_terwayd_uses() {
     let used: BTreeSet<(String, String, String, bool)> = terway_node::cluster::API_ACCESS
         .iter()
         .flat_map(|(group, resource, verbs, namespaced)| {
-            verbs
-                .iter()
-                .map(move |v| ((*group).to_owned(), (*resource).to_owned(), (*v).to_owned(), *namespaced))
+            verbs.iter().map(move |v| {
+                (
+                    (*group).to_owned(),
+                    (*resource).to_owned(),
+                    (*v).to_owned(),
+                    *namespaced,
+                )
+            })
         })
         .collect();
     assert_eq!(granted, used);
@@ -205,7 +217,9 @@ fn rbac_grants_exactly_what_terwayd_uses() {
     {
         assert_eq!(binding["subjects"][0]["name"], "terway-rs");
         let role = binding["roleRef"]["name"].as_str().unwrap();
-        assert!(rbac.iter().any(|d| d["metadata"]["name"] == role && d["kind"] == binding["roleRef"]["kind"]));
+        assert!(rbac
+            .iter()
+            .any(|d| d["metadata"]["name"] == role && d["kind"] == binding["roleRef"]["kind"]));
     }
 }
 
@@ -232,7 +246,10 @@ fn the_conflist_is_what_terwayd_installs() {
     });
     assert_eq!(shipped, rendered);
     let ds = std::fs::read_to_string(deploy("daemonset.yaml")).unwrap();
-    assert!(ds.contains("--chain=portmap"), "the DaemonSet installs this very conflist");
+    assert!(
+        ds.contains("--chain=portmap"),
+        "the DaemonSet installs this very conflist"
+    );
 }
 
 #[test]
@@ -246,12 +263,22 @@ fn the_systemd_unit_verifies() {
     assert!(unit.contains("--standalone"), "the unit runs without a cluster");
     // the binaries as built here stand in for /usr/local/bin
     let unit = unit
-        .replace("/usr/local/bin/terwayd", terway_tests::binary("terwayd").to_str().unwrap())
-        .replace("/usr/local/bin/terway ", &format!("{} ", terway_tests::binary("terway").display()));
+        .replace(
+            "/usr/local/bin/terwayd",
+            terway_tests::binary("terwayd").to_str().unwrap(),
+        )
+        .replace(
+            "/usr/local/bin/terway ",
+            &format!("{} ", terway_tests::binary("terway").display()),
+        );
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("terwayd.service");
     std::fs::write(&path, unit).unwrap();
-    let out = Command::new("systemd-analyze").arg("verify").arg(&path).output().unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success() && !stderr.contains("terwayd.service"),

@@ -73,7 +73,12 @@ async fn call(socket: &Path, request: Request) -> Reply {
 }
 
 async fn add(running: &Running, name: &str) -> String {
-    let request = PodRequest::new("default", name, &format!("{name}-sandbox"), &format!("/var/run/netns/{name}"));
+    let request = PodRequest::new(
+        "default",
+        name,
+        &format!("{name}-sandbox"),
+        &format!("/var/run/netns/{name}"),
+    );
     match call(&running.node.socket_path(), Request::Add(request)).await {
         Reply::Ok { network: Some(n) } => n.ipv4.trim_end_matches("/32").to_owned(),
         other => panic!("ADD {name}: {other:?}"),
@@ -107,7 +112,11 @@ async fn annotations_pod_ips_events_and_node_capacity() {
     let api = FakeApiServer::start().await;
     let conf = eni_conf(&em, "vsw-large0000000001", "");
     seed(&api, &conf);
-    put_pod(&api, "bad-bandwidth", json!({"k8s.aliyun.com/ingress-bandwidth": "10Q"}));
+    put_pod(
+        &api,
+        "bad-bandwidth",
+        json!({"k8s.aliyun.com/ingress-bandwidth": "10Q"}),
+    );
     put_pod(&api, "shaped", json!({"kubernetes.io/ingress-bandwidth": "10M"}));
     let dir = tempfile::tempdir().unwrap();
     let running = start(&api, dir.path(), &conf, Duration::from_secs(3600)).await;
@@ -239,7 +248,10 @@ async fn configmap_changes_and_the_node_override_apply_live() {
     })
     .await;
     // the base's other settings still hold
-    assert_eq!(running.node.config().vswitches_in_zone(DEFAULT_ZONE), ["vsw-large0000000001"]);
+    assert_eq!(
+        running.node.config().vswitches_in_zone(DEFAULT_ZONE),
+        ["vsw-large0000000001"]
+    );
     // and the capacity is re-published when the config changes
     let capped = eni_conf(&em, "vsw-large0000000001", r#", "max_pool_size": 8, "max_eni": 2"#);
     api.put(
@@ -264,15 +276,15 @@ async fn configmap_changes_and_the_node_override_apply_live() {
             .find(|e| e["reason"] == "ConfigError")
     })
     .await;
-    assert!(
-        event["message"].as_str().unwrap().contains("max_pool_size"),
-        "{event}"
-    );
+    assert!(event["message"].as_str().unwrap().contains("max_pool_size"), "{event}");
     assert_eq!(running.node.config().max_pool_size, 7);
 
     // the label removed: the override goes
     let mut node = api.get("nodes", "", NODE).unwrap();
-    node["metadata"]["labels"].as_object_mut().unwrap().remove("terway-config");
+    node["metadata"]["labels"]
+        .as_object_mut()
+        .unwrap()
+        .remove("terway-config");
     api.put("nodes", node);
     eventually("the override dropped", || {
         (running.node.config().max_pool_size == 8).then_some(())
@@ -327,7 +339,10 @@ async fn ip_not_enough_becomes_an_event_and_the_condition_turns_false() {
             .find(|e| e["reason"] == "AllocIPFailed")
     })
     .await;
-    assert!(failed["message"].as_str().unwrap().contains("vsw-small0000000001"), "{failed}");
+    assert!(
+        failed["message"].as_str().unwrap().contains("vsw-small0000000001"),
+        "{failed}"
+    );
     running_opt.take().unwrap().stop();
 }
 
@@ -346,7 +361,14 @@ async fn the_pod_watch_recovers_when_it_breaks() {
     for name in ["a", "b", "c"] {
         add(&running, name).await;
     }
-    let gone = |name: &str| !running.node.ledger.snapshot().pods.contains_key(&format!("default/{name}"));
+    let gone = |name: &str| {
+        !running
+            .node
+            .ledger
+            .snapshot()
+            .pods
+            .contains_key(&format!("default/{name}"))
+    };
 
     // a plain deletion is seen through the watch
     api.delete("pods", "default", "a");
@@ -358,7 +380,9 @@ async fn the_pod_watch_recovers_when_it_breaks() {
     eventually("every pod annotated", || {
         ["b", "c"]
             .iter()
-            .all(|n| api.get("pods", "default", n).unwrap()["metadata"]["annotations"]["k8s.aliyun.com/pod-ips"].is_string())
+            .all(|n| {
+                api.get("pods", "default", n).unwrap()["metadata"]["annotations"]["k8s.aliyun.com/pod-ips"].is_string()
+            })
             .then_some(())
     })
     .await;
@@ -386,7 +410,10 @@ async fn the_pod_watch_recovers_when_it_breaks() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!gone("c"), "nothing can be confirmed while the API server is down");
     api.set_unavailable(false);
-    eventually("pod c collected once the API server is back", || gone("c").then_some(())).await;
+    eventually("pod c collected once the API server is back", || {
+        gone("c").then_some(())
+    })
+    .await;
     running.stop();
 }
 

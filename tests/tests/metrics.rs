@@ -20,7 +20,10 @@ fn http_get(address: SocketAddr, path: &str) -> (u16, String) {
     let mut raw = String::new();
     s.read_to_string(&mut raw).unwrap();
     let status = raw[9..12].parse().unwrap();
-    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     // the body may come chunked; the samples are whole lines either way
     (status, body)
 }
@@ -71,14 +74,19 @@ async fn every_family_is_scraped_with_sane_values() {
         metrics_address: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
         ..Default::default()
     };
-    let running = service::start(dir.path().join("eni_conf"), None, options).await.unwrap();
+    let running = service::start(dir.path().join("eni_conf"), None, options)
+        .await
+        .unwrap();
     let address = running.metrics_address.expect("metrics served");
     assert_eq!(http_get(address, "/healthz").0, 200);
     assert_eq!(http_get(address, "/readyz").0, 200);
 
     // ordered picks the large vSwitch first; take its room away so the small one serves and runs out
-    em.take_addresses("vsw-large0000000001", em.available_addresses("vsw-large0000000001").unwrap() as usize)
-        .unwrap();
+    em.take_addresses(
+        "vsw-large0000000001",
+        em.available_addresses("vsw-large0000000001").unwrap() as usize,
+    )
+    .unwrap();
     let socket = running.node.socket_path();
     let mut adds = Vec::new();
     for i in 0..12 {
@@ -96,9 +104,12 @@ async fn every_family_is_scraped_with_sane_values() {
     let mut refused = 0;
     for (i, a) in adds.into_iter().enumerate() {
         match a.await.unwrap() {
-            Reply::Ok { network: Some(_) } => {
-                served.push(PodRequest::new("default", &format!("pod-{i}"), &format!("c-{i}"), "/var/run/netns/x"))
-            }
+            Reply::Ok { network: Some(_) } => served.push(PodRequest::new(
+                "default",
+                &format!("pod-{i}"),
+                &format!("c-{i}"),
+                "/var/run/netns/x",
+            )),
             _ => refused += 1,
         }
     }
@@ -149,13 +160,23 @@ async fn every_family_is_scraped_with_sane_values() {
     let first_bucket = s["terway_cloud_api_latency_seconds_bucket{action=\"DescribeNetworkInterfaces\",le=\"0.005\"}"];
     assert!(first_bucket <= count);
     assert!(s["terway_cloud_api_latency_seconds_sum{action=\"DescribeNetworkInterfaces\"}"] > 0.0);
-    let not_enough = sum(&s, "terway_cloud_api_errors_total{", &["code=\"InvalidVSwitchId.IpNotEnough\""]);
+    let not_enough = sum(
+        &s,
+        "terway_cloud_api_errors_total{",
+        &["code=\"InvalidVSwitchId.IpNotEnough\""],
+    );
     assert!(not_enough >= 1.0, "{text}");
-    assert!(s.keys().any(|k| k.starts_with("terway_cloud_rate_limit_wait_seconds_total{action=")));
+    assert!(s
+        .keys()
+        .any(|k| k.starts_with("terway_cloud_rate_limit_wait_seconds_total{action=")));
 
     // CNI requests by command and result
     let add_ok = s["terway_cni_request_duration_seconds_count{command=\"ADD\",result=\"success\"}"];
-    assert_eq!(add_ok as usize, served.len() + 1, "every ADD that succeeded (one pod deleted since)");
+    assert_eq!(
+        add_ok as usize,
+        served.len() + 1,
+        "every ADD that succeeded (one pod deleted since)"
+    );
     assert_eq!(
         s["terway_cni_request_duration_seconds_count{command=\"ADD\",result=\"error\"}"] as usize,
         refused

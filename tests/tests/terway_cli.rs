@@ -107,14 +107,22 @@ async fn every_subcommand_against_a_live_daemon() {
     assert!(status["reconcile"]["passes"].as_u64().unwrap() >= 1);
     let (ok, table, _) = cli.run(&["status"]);
     assert!(ok);
-    assert!(table.contains(DEFAULT_INSTANCE_ID) && table.contains("3 bound"), "{table}");
+    assert!(
+        table.contains(DEFAULT_INSTANCE_ID) && table.contains("3 bound"),
+        "{table}"
+    );
     for text in [status.to_string(), table] {
         assert!(!text.contains(DEFAULT_ACCESS_KEY_SECRET), "the secret leaked");
     }
 
     // pods and ENIs
     let pods = cli.json(&["pods"]);
-    let mut listed: Vec<String> = pods.as_array().unwrap().iter().map(|p| p["ips"][0].as_str().unwrap().to_owned()).collect();
+    let mut listed: Vec<String> = pods
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["ips"][0].as_str().unwrap().to_owned())
+        .collect();
     listed.sort();
     ips.sort();
     assert_eq!(listed, ips);
@@ -122,7 +130,12 @@ async fn every_subcommand_against_a_live_daemon() {
     assert!(table.starts_with("POD") && table.contains("default/web-1"), "{table}");
     let enis = cli.json(&["enis"]);
     let ledger = running.node.ledger.snapshot();
-    let ids: Vec<&str> = enis.as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = enis
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids, ledger.enis.keys().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(enis[0]["ips"]["bound"].as_array().unwrap().len(), 3);
 
@@ -174,16 +187,13 @@ async fn every_subcommand_against_a_live_daemon() {
         .unwrap()
         .eni
         .network_interface_id;
-    let exists = |id: &str| {
-        em.dump()["enis"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["id"] == id)
-    };
+    let exists = |id: &str| em.dump()["enis"].as_array().unwrap().iter().any(|e| e["id"] == id);
     assert!(exists(&leftover));
     let this_node = cli.json(&["eni", "gc", "--min-age-seconds", "0"]);
-    assert!(this_node.as_array().unwrap().is_empty(), "another node's ENI is not this node's: {this_node}");
+    assert!(
+        this_node.as_array().unwrap().is_empty(),
+        "another node's ENI is not this node's: {this_node}"
+    );
     let dry = cli.json(&["eni", "gc", "--all-nodes", "--min-age-seconds", "0"]);
     assert_eq!(dry[0]["eni_id"], leftover.as_str());
     assert!(dry[0]["action"].as_str().unwrap().starts_with("would delete"));

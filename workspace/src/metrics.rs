@@ -85,7 +85,10 @@ impl NodeMetrics {
     }
 
     pub fn last_reconcile(&self) -> Option<LastReconcile> {
-        self.last_reconcile.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        self.last_reconcile
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -165,25 +168,42 @@ pub fn render(node: &Node) -> String {
         "gauge",
         "The idle pool's configured bounds (min_pool_size, max_pool_size) and idle addresses now.",
     );
-    out.sample("terway_pool_bounds", &[("bound", "min")], f64::from(config.min_pool_size));
-    out.sample("terway_pool_bounds", &[("bound", "max")], f64::from(config.max_pool_size));
+    out.sample(
+        "terway_pool_bounds",
+        &[("bound", "min")],
+        f64::from(config.min_pool_size),
+    );
+    out.sample(
+        "terway_pool_bounds",
+        &[("bound", "max")],
+        f64::from(config.max_pool_size),
+    );
     out.sample("terway_pool_bounds", &[("bound", "idle")], idle as f64);
 
     out.family("terway_enis", "gauge", "Secondary ENIs in the ledger by status.");
-    let mut by_status: BTreeMap<String, u64> = ["in_use", "draining"]
-        .iter()
-        .map(|s| ((*s).to_owned(), 0))
-        .collect();
+    let mut by_status: BTreeMap<String, u64> = ["in_use", "draining"].iter().map(|s| ((*s).to_owned(), 0)).collect();
     for e in s.enis.values() {
         *by_status.entry(status_label(&e.status)).or_default() += 1;
     }
     for (status, n) in &by_status {
         out.sample("terway_enis", &[("status", status)], *n as f64);
     }
-    out.family("terway_max_pods", "gauge", "Pods this node can serve with the configuration in force.");
+    out.family(
+        "terway_max_pods",
+        "gauge",
+        "Pods this node can serve with the configuration in force.",
+    );
     out.sample("terway_max_pods", &[], f64::from(config.max_pods(node.limits)));
-    out.family("terway_add_waiting", "gauge", "CNI ADD requests waiting for an address.");
-    out.sample("terway_add_waiting", &[], f64::from(node.waiting.load(Ordering::Relaxed)));
+    out.family(
+        "terway_add_waiting",
+        "gauge",
+        "CNI ADD requests waiting for an address.",
+    );
+    out.sample(
+        "terway_add_waiting",
+        &[],
+        f64::from(node.waiting.load(Ordering::Relaxed)),
+    );
 
     let stats = node.cloud.stats();
     out.family(
@@ -254,7 +274,11 @@ pub fn render(node: &Node) -> String {
         &[],
         node.reconcile_passes.load(Ordering::Relaxed) as f64,
     );
-    out.family("terway_reconcile_failures_total", "counter", "Reconcile passes that failed.");
+    out.family(
+        "terway_reconcile_failures_total",
+        "counter",
+        "Reconcile passes that failed.",
+    );
     out.sample(
         "terway_reconcile_failures_total",
         &[],
@@ -265,7 +289,12 @@ pub fn render(node: &Node) -> String {
         "histogram",
         "Duration of reconcile passes.",
     );
-    let h = node.metrics.reconcile.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    let h = node
+        .metrics
+        .reconcile
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
     out.histogram("terway_reconcile_duration_seconds", &[], &h);
 
     let aside = node
@@ -330,10 +359,37 @@ pub async fn serve(node: Arc<Node>, listener: tokio::net::TcpListener) -> std::i
                     if node.serving.load(Ordering::SeqCst) {
                         (StatusCode::OK, "ready: ledger open, CNI socket serving\n").into_response()
                     } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "not ready: the CNI socket is not serving\n").into_response()
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "not ready: the CNI socket is not serving\n",
+                        )
+                            .into_response()
                     }
                 }
             }),
         );
     axum::serve(listener, app).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped_and_histograms_are_cumulative() {
+        let mut out = Exposition(String::new());
+        out.sample("m", &[("code", "a\"b\\c\nd")], 1.0);
+        assert_eq!(out.0, "m{code=\"a\\\"b\\\\c\\nd\"} 1\n");
+        let mut h = Histogram::default();
+        h.observe(Duration::from_millis(3));
+        h.observe(Duration::from_millis(30));
+        h.observe(Duration::from_secs(60));
+        let mut out = Exposition(String::new());
+        out.histogram("h", &[], &h);
+        assert!(out.0.contains("h_bucket{le=\"0.005\"} 1\n"), "{}", out.0);
+        assert!(out.0.contains("h_bucket{le=\"0.05\"} 2\n"));
+        assert!(out.0.contains("h_bucket{le=\"10\"} 2\n"));
+        assert!(out.0.contains("h_bucket{le=\"+Inf\"} 3\n"));
+        assert!(out.0.contains("h_count 3\n"));
+    }
 }

@@ -85,7 +85,10 @@ impl Emulator {
 
     /// Free addresses of a vSwitch right now.
     pub fn available_addresses(&self, vswitch_id: &str) -> Option<u64> {
-        lock(&self.shared.world).vswitches.get(vswitch_id).map(|v| v.available())
+        lock(&self.shared.world)
+            .vswitches
+            .get(vswitch_id)
+            .map(|v| v.available())
     }
 
     pub fn add_hotplug_hook(&self, hook: Arc<dyn HotPlug>) {

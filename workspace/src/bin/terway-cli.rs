@@ -21,7 +21,11 @@ use terway_node::daemon::{CREATOR_TAG, NODE_TAG};
 use terway_statestore::table;
 
 #[derive(Debug, Parser)]
-#[command(name = "terway-cli", version, about = "Look into a terway-rs node and the cloud around it")]
+#[command(
+    name = "terway-cli",
+    version,
+    about = "Look into a terway-rs node and the cloud around it"
+)]
 struct Cli {
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
@@ -171,7 +175,10 @@ fn status(cli: &Cli, body: Value) -> anyhow::Result<()> {
         s(&i["node_ip"])
     );
     match body["cluster"]["node_name"].as_str() {
-        Some(n) => println!("mode         cluster (node {n}), datapath {}", s(&body["datapath_mode"])),
+        Some(n) => println!(
+            "mode         cluster (node {n}), datapath {}",
+            s(&body["datapath_mode"])
+        ),
         None => println!("mode         standalone, datapath {}", s(&body["datapath_mode"])),
     }
     println!(
@@ -200,7 +207,11 @@ fn status(cli: &Cli, body: Value) -> anyhow::Result<()> {
         .collect();
     println!(
         "set aside    {}",
-        if aside.is_empty() { "none".into() } else { aside.join(", ") }
+        if aside.is_empty() {
+            "none".into()
+        } else {
+            aside.join(", ")
+        }
     );
     let r = &body["reconcile"];
     let last = &r["last"];
@@ -215,7 +226,9 @@ fn status(cli: &Cli, body: Value) -> anyhow::Result<()> {
             "reconcile    {} passes; last {ago}, took {} ms, {}",
             s(&r["passes"]),
             s(&last["took_ms"]),
-            last["error"].as_str().map_or("succeeded".into(), |e| format!("failed: {e}"))
+            last["error"]
+                .as_str()
+                .map_or("succeeded".into(), |e| format!("failed: {e}"))
         );
     }
     if let Some(e) = r["last_error"].as_str() {
@@ -223,7 +236,10 @@ fn status(cli: &Cli, body: Value) -> anyhow::Result<()> {
     }
     println!();
     enis(cli, &body["enis"])?;
-    println!("\nconfig in force (secrets redacted):\n{}", serde_json::to_string_pretty(&body["config"])?);
+    println!(
+        "\nconfig in force (secrets redacted):\n{}",
+        serde_json::to_string_pretty(&body["config"])?
+    );
     Ok(())
 }
 
@@ -241,7 +257,12 @@ fn pods(cli: &Cli, body: Value) -> anyhow::Result<()> {
                 format!("{}/{}", s(&p["namespace"]), s(&p["name"])),
                 ips.join(","),
                 s(&p["eni_id"]),
-                p["container_id"].as_str().unwrap_or_default().chars().take(12).collect(),
+                p["container_id"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .chars()
+                    .take(12)
+                    .collect(),
                 s(&p["netns"]),
             ]
         })
@@ -306,18 +327,19 @@ impl Cloud {
             .clone()
             .unwrap_or_else(|| config.endpoints.metadata.clone());
         let metadata = Arc::new(MetadataClient::new(&metadata_endpoint, Duration::from_secs(3))?.with_attempts(2));
-        let region = match &cli.region {
-            Some(r) => r.clone(),
-            None => {
-                metadata
+        let region =
+            match &cli.region {
+                Some(r) => r.clone(),
+                None => metadata
                     .identity()
                     .await
                     .with_context(|| {
-                        format!("reading the region from the metadata service at {metadata_endpoint} (or pass --region)")
+                        format!(
+                            "reading the region from the metadata service at {metadata_endpoint} (or pass --region)"
+                        )
                     })?
-                    .region_id
-            }
-        };
+                    .region_id,
+            };
         let secret = cli.access_key_secret.clone().map(Secret::new);
         let (key, secret) = match (&cli.access_key_id, secret) {
             (Some(k), Some(s)) => (Some(k.as_str()), Some(s)),
@@ -341,7 +363,14 @@ async fn vswitches(cli: &Cli, zone: Option<String>) -> anyhow::Result<()> {
     let cloud = Cloud::connect(cli).await?;
     let zone = match zone {
         Some(z) => z,
-        None => cloud.metadata.identity().await.context("reading the zone (or pass --zone)")?.zone_id,
+        None => {
+            cloud
+                .metadata
+                .identity()
+                .await
+                .context("reading the zone (or pass --zone)")?
+                .zone_id
+        }
     };
     let configured = cloud.config.vswitches_in_zone(&zone);
     let list = cloud
@@ -377,13 +406,20 @@ async fn vswitches(cli: &Cli, zone: Option<String>) -> anyhow::Result<()> {
                 s(&r["cidr"]),
                 s(&r["available_ips"]),
                 s(&r["status"]),
-                if r["configured"] == true { "yes".into() } else { "".into() },
+                if r["configured"] == true {
+                    "yes".into()
+                } else {
+                    "".into()
+                },
             ]
         })
         .collect();
     print!(
         "{}",
-        table::render(&["VSWITCH", "ZONE", "CIDR", "FREE IPS", "STATUS", "CONFIGURED"], &table_rows)
+        table::render(
+            &["VSWITCH", "ZONE", "CIDR", "FREE IPS", "STATUS", "CONFIGURED"],
+            &table_rows
+        )
     );
     Ok(())
 }

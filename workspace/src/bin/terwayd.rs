@@ -98,7 +98,11 @@ impl ClusterArgs {
             .node_name
             .clone()
             .ok_or_else(|| anyhow::anyhow!("in a cluster terwayd needs its node's name: set NODE_NAME (the DaemonSet passes spec.nodeName) or --node-name"))?;
-        Ok(Some(terway_node::cluster::ClusterOptions::new(kube, &node_name, &self.namespace)))
+        Ok(Some(terway_node::cluster::ClusterOptions::new(
+            kube,
+            &node_name,
+            &self.namespace,
+        )))
     }
 }
 

@@ -47,7 +47,11 @@ pub async fn watch(node: Arc<Node>, cluster: Arc<Cluster>, watcher: Arc<ConfigWa
         match &label {
             Some(name) => {
                 tracing::info!(configmap = %name, "node label {NODE_CONFIG_LABEL} names an override");
-                override_task = Some(tokio::spawn(watch_override(cluster.clone(), watcher.clone(), name.clone())));
+                override_task = Some(tokio::spawn(watch_override(
+                    cluster.clone(),
+                    watcher.clone(),
+                    name.clone(),
+                )));
             }
             None => {
                 tracing::info!("node label {NODE_CONFIG_LABEL} removed; no node override");
@@ -71,18 +75,15 @@ async fn watch_base(cluster: Arc<Cluster>, watcher: Arc<ConfigWatcher>) {
     let mut stream = configmap_watch(&cluster, ENI_CONFIG_MAP).boxed();
     while let Some(event) = stream.next().await {
         match event {
-            Ok(Event::Apply(cm) | Event::InitApply(cm)) => {
-                match cm.data.as_ref().and_then(|d| d.get(ENI_CONFIG_KEY)) {
-                    Some(text) => {
-                        watcher.set_api_base(Some((format!("{origin} key {ENI_CONFIG_KEY}"), text.clone())));
-                    }
-                    None => cluster.notify(Notice::NodeEvent {
-                        warning: true,
-                        reason: "ConfigError",
-                        message: format!("{origin} has no key {ENI_CONFIG_KEY}; the configuration in force is kept"),
-                    }),
+            Ok(Event::Apply(cm) | Event::InitApply(cm)) => match cm.data.as_ref().and_then(|d| d.get(ENI_CONFIG_KEY)) {
+                Some(text) => {
+                    watcher.set_api_base(Some((format!("{origin} key {ENI_CONFIG_KEY}"), text.clone())));
                 }
-            }
+                None => config_error(
+                    &cluster,
+                    format!("{origin} has no key {ENI_CONFIG_KEY}; the configuration in force is kept"),
+                ),
+            },
             Ok(Event::Delete(_)) => {
                 tracing::warn!("{origin} deleted; using the mounted file");
                 watcher.set_api_base(None);
@@ -101,29 +102,21 @@ async fn watch_override(cluster: Arc<Cluster>, watcher: Arc<ConfigWatcher>, name
         match event {
             Ok(Event::Apply(cm) | Event::InitApply(cm)) => {
                 let Some(text) = cm.data.as_ref().and_then(|d| d.get(ENI_CONFIG_KEY)) else {
-                    cluster.notify(Notice::NodeEvent {
-                        warning: true,
-                        reason: "ConfigError",
-                        message: format!(
-                            "{origin} (named by node label {NODE_CONFIG_LABEL}) has no key {ENI_CONFIG_KEY}"
-                        ),
-                    });
+                    config_error(
+                        &cluster,
+                        format!("{origin} (named by node label {NODE_CONFIG_LABEL}) has no key {ENI_CONFIG_KEY}"),
+                    );
                     continue;
                 };
                 match serde_json::from_str::<serde_json::Value>(text) {
                     Ok(patch) if patch.is_object() => {
                         watcher.set_node_override(Some(patch));
                     }
-                    Ok(_) => cluster.notify(Notice::NodeEvent {
-                        warning: true,
-                        reason: "ConfigError",
-                        message: format!("{origin} key {ENI_CONFIG_KEY}: a merge patch must be a JSON object"),
-                    }),
-                    Err(e) => cluster.notify(Notice::NodeEvent {
-                        warning: true,
-                        reason: "ConfigError",
-                        message: format!("{origin} key {ENI_CONFIG_KEY} is not JSON: {e}"),
-                    }),
+                    Ok(_) => config_error(
+                        &cluster,
+                        format!("{origin} key {ENI_CONFIG_KEY}: a merge patch must be a JSON object"),
+                    ),
+                    Err(e) => config_error(&cluster, format!("{origin} key {ENI_CONFIG_KEY} is not JSON: {e}")),
                 }
             }
             Ok(Event::Delete(_)) => {
@@ -134,6 +127,14 @@ async fn watch_override(cluster: Arc<Cluster>, watcher: Arc<ConfigWatcher>, name
             Err(e) => tracing::warn!(error = %e, "{origin} watch failed; retrying"),
         }
     }
+}
+
+fn config_error(cluster: &Cluster, message: String) {
+    cluster.notify(Notice::NodeEvent {
+        warning: true,
+        reason: "ConfigError",
+        message,
+    });
 }
 
 /// Turns what each reload did into node Events (and re-publishes capacity).

@@ -49,7 +49,8 @@ pub async fn notices(cluster: Arc<Cluster>, mut queue: mpsc::Receiver<Notice>) {
                 message,
             } => {
                 let uid = cluster.cached_pod(&namespace, &name).map(|m| m.uid).unwrap_or_default();
-                let object = json!({"kind": "Pod", "apiVersion": "v1", "namespace": namespace, "name": name, "uid": uid});
+                let object =
+                    json!({"kind": "Pod", "apiVersion": "v1", "namespace": namespace, "name": name, "uid": uid});
                 event(&cluster, &mut written, &namespace, object, warning, reason, &message).await
             }
             Notice::NodeEvent {

@@ -132,6 +132,17 @@ impl Drop for Waiting<'_> {
     }
 }
 
+/// A Warning Event on the pod (in a cluster).
+fn warn_pod(node: &Node, p: &PodRequest, reason: &'static str, message: String) {
+    node.tell(Notice::PodEvent {
+        namespace: p.pod_namespace.clone(),
+        name: p.pod_name.clone(),
+        warning: true,
+        reason,
+        message,
+    });
+}
+
 async fn add(node: &Node, p: &PodRequest) -> Reply {
     let started = Instant::now();
     let annotations = match node.cluster.get() {
@@ -145,27 +156,25 @@ async fn add(node: &Node, p: &PodRequest) -> Reply {
     let (bandwidth, bad) = resolve_bandwidth(p.ingress_bps, p.egress_bps, &annotations);
     for e in bad {
         tracing::warn!(pod = %pod_key(p), error = %e, "bandwidth setting ignored");
-        node.tell(Notice::PodEvent {
-            namespace: p.pod_namespace.clone(),
-            name: p.pod_name.clone(),
-            warning: true,
-            reason: "ParseFailed",
-            message: format!("{e}; the pod gets its network without this setting"),
-        });
+        warn_pod(
+            node,
+            p,
+            "ParseFailed",
+            format!("{e}; the pod gets its network without this setting"),
+        );
     }
     let wants_eni = annotations.get(crate::cluster::POD_ENI_ANNOTATION).map(String::as_str) == Some("true");
     if wants_eni && !node.config().datapath_mode.is_exclusive() {
-        node.tell(Notice::PodEvent {
-            namespace: p.pod_namespace.clone(),
-            name: p.pod_name.clone(),
-            warning: true,
-            reason: "ExclusiveENIUnavailable",
-            message: format!(
+        warn_pod(
+            node,
+            p,
+            "ExclusiveENIUnavailable",
+            format!(
                 "annotation {}=true asks for an exclusive ENI, but this node shares ENIs (datapath_mode {:?}); the pod gets a shared-ENI address",
                 crate::cluster::POD_ENI_ANNOTATION,
                 node.config().datapath_mode
             ),
-        });
+        );
     }
     let request = BindRequest {
         pod: pod_ref(p),
@@ -215,13 +224,12 @@ async fn add(node: &Node, p: &PodRequest) -> Reply {
                         .last_error()
                         .unwrap_or_else(|| format!("the pool is still growing ({cooling} addresses cooling down)"));
                     tracing::warn!(pod = %pod_key(p), reason = %why, "ADD gave up waiting for an address");
-                    node.tell(Notice::PodEvent {
-                        namespace: p.pod_namespace.clone(),
-                        name: p.pod_name.clone(),
-                        warning: true,
-                        reason: "AllocIPFailed",
-                        message: format!("no address yet (the runtime will retry): {why}"),
-                    });
+                    warn_pod(
+                        node,
+                        p,
+                        "AllocIPFailed",
+                        format!("no address yet (the runtime will retry): {why}"),
+                    );
                     return Reply::Error {
                         code: code::TRY_AGAIN_LATER,
                         msg: format!("no address for pod {} yet; try again later", pod_key(p)),
@@ -233,6 +241,7 @@ async fn add(node: &Node, p: &PodRequest) -> Reply {
         }
     };
     drop(waiting);
+    let bound_after = started.elapsed();
     node.wake.notify_one(); // the pool shrank by one: top it up
     let IpAddr::V4(ip) = bound.ip else {
         return fail(code::IO_FAILURE, "an IPv6 address was bound as the pod's IPv4");
@@ -263,7 +272,7 @@ async fn add(node: &Node, p: &PodRequest) -> Reply {
         }
     }
     tracing::info!(pod = %pod_key(p), ip = %ip, eni = %bound.eni.id, vswitch = %bound.eni.vswitch_id, existing = bound.existing,
-        took_ms = started.elapsed().as_millis() as u64, "ADD served");
+        bound_ms = bound_after.as_secs_f64() * 1e3, took_ms = started.elapsed().as_secs_f64() * 1e3, "ADD served");
     if node.config().enable_patch_pod_ips {
         node.tell(Notice::PodIps {
             namespace: p.pod_namespace.clone(),

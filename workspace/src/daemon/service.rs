@@ -151,8 +151,7 @@ pub fn install_cni(node: &Node, install: &super::InstallCni) -> anyhow::Result<(
     std::fs::create_dir_all(&install.conf_dir)?;
     let plugin = install.bin_dir.join("terway");
     let staged = install.bin_dir.join(".terway.new");
-    std::fs::copy(&install.plugin, &staged)
-        .with_context(|| format!("copying {}", install.plugin.display()))?;
+    std::fs::copy(&install.plugin, &staged).with_context(|| format!("copying {}", install.plugin.display()))?;
     std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755))?;
     std::fs::rename(&staged, &plugin)?;
     let socket = node.socket_path();
