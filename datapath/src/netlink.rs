@@ -315,12 +315,12 @@ impl Netlink {
             .mtu(mtu)
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
             .build();
-        self.handle
-            .link()
-            .add(msg)
-            .execute()
-            .await
-            .map_err(|e| self.err(format!("add veth {name} (peer {peer} in {})", peer_ns.path().display()), e))
+        self.handle.link().add(msg).execute().await.map_err(|e| {
+            self.err(
+                format!("add veth {name} (peer {peer} in {})", peer_ns.path().display()),
+                e,
+            )
+        })
     }
 
     /// Adds a prebuilt link message (ipvlan children).

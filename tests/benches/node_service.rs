@@ -116,15 +116,7 @@ fn warm_pool_through_the_plugin(rt: &tokio::runtime::Runtime) {
     // warm: wait until the pool holds enough idle addresses
     rt.block_on(async {
         for _ in 0..300 {
-            let idle = running
-                .node
-                .ledger
-                .snapshot()
-                .ips
-                .values()
-                .filter(|r| r.state == terway_statestore::IpState::Idle)
-                .count();
-            if idle >= PODS {
+            if terway_tests::idle_addresses(&running.node.ledger) >= PODS {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;

@@ -74,3 +74,35 @@ fn newest_source() -> Option<SystemTime> {
     }
     newest
 }
+
+/// The addresses the cloud shows on ENIs in `status` ("InUse": attached to
+/// the instance; "Available": made and left unattached), from the
+/// emulator's world dump, secondary ENIs only; and how many such ENIs.
+pub fn cloud_addresses(dump: &serde_json::Value, status: &str) -> (std::collections::BTreeSet<String>, usize) {
+    let enis: Vec<&serde_json::Value> = dump["enis"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["primary"] == false && e["status"] == status)
+        .collect();
+    let ips = enis
+        .iter()
+        .flat_map(|e| {
+            let secondary = e["secondary_ips"].as_array().into_iter().flatten();
+            std::iter::once(&e["primary_ip"])
+                .chain(secondary)
+                .filter_map(|ip| ip.as_str().map(str::to_owned))
+        })
+        .collect();
+    (ips, enis.len())
+}
+
+/// Idle addresses in a node's ledger.
+pub fn idle_addresses(ledger: &terway_statestore::Ledger) -> usize {
+    ledger
+        .snapshot()
+        .ips
+        .values()
+        .filter(|r| r.state == terway_statestore::IpState::Idle)
+        .count()
+}

@@ -67,26 +67,8 @@ fn wait_serving(socket: &Path) {
 /// Addresses on the instance's attached secondary ENIs, and Available ENIs terway-rs made.
 fn cloud_view(em: &Emulator) -> (BTreeSet<String>, usize) {
     let dump = em.dump();
-    let enis = dump["enis"].as_array().unwrap();
-    let ips = enis
-        .iter()
-        .filter(|e| e["primary"] == false && e["status"] == "InUse")
-        .flat_map(|e| {
-            let mut v = vec![e["primary_ip"].as_str().unwrap().to_owned()];
-            v.extend(
-                e["secondary_ips"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|i| i.as_str().unwrap().to_owned()),
-            );
-            v
-        })
-        .collect();
-    let leftovers = enis
-        .iter()
-        .filter(|e| e["primary"] == false && e["status"] == "Available")
-        .count();
+    let (ips, _) = terway_tests::cloud_addresses(&dump, "InUse");
+    let (_, leftovers) = terway_tests::cloud_addresses(&dump, "Available");
     (ips, leftovers)
 }
 

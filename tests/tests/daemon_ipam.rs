@@ -110,26 +110,9 @@ async fn call(socket: &Path, request: Request) -> Reply {
         .unwrap()
 }
 
-/// Addresses the cloud shows on the instance's secondary ENIs.
+/// Addresses the cloud shows on the instance's attached secondary ENIs.
 fn cloud_ips(em: &Emulator) -> BTreeSet<String> {
-    let dump = em.dump();
-    dump["enis"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["primary"] == false && e["instance_id"].is_string())
-        .flat_map(|e| {
-            let mut v = vec![e["primary_ip"].as_str().unwrap().to_owned()];
-            v.extend(
-                e["secondary_ips"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|i| i.as_str().unwrap().to_owned()),
-            );
-            v
-        })
-        .collect()
+    terway_tests::cloud_addresses(&em.dump(), "InUse").0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -518,15 +501,7 @@ async fn unreachable_metadata_and_cloud_at_start_still_serve() {
         panic!()
     };
     for _ in 0..100 {
-        let idle = running
-            .node
-            .ledger
-            .snapshot()
-            .ips
-            .values()
-            .filter(|r| r.state == IpState::Idle)
-            .count();
-        if idle >= 10 {
+        if terway_tests::idle_addresses(&running.node.ledger) >= 10 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -327,10 +327,10 @@ impl Cloud {
             .clone()
             .unwrap_or_else(|| config.endpoints.metadata.clone());
         let metadata = Arc::new(MetadataClient::new(&metadata_endpoint, Duration::from_secs(3))?.with_attempts(2));
-        let region =
-            match &cli.region {
-                Some(r) => r.clone(),
-                None => metadata
+        let region = match &cli.region {
+            Some(r) => r.clone(),
+            None => {
+                metadata
                     .identity()
                     .await
                     .with_context(|| {
@@ -338,8 +338,9 @@ impl Cloud {
                             "reading the region from the metadata service at {metadata_endpoint} (or pass --region)"
                         )
                     })?
-                    .region_id,
-            };
+                    .region_id
+            }
+        };
         let secret = cli.access_key_secret.clone().map(Secret::new);
         let (key, secret) = match (&cli.access_key_id, secret) {
             (Some(k), Some(s)) => (Some(k.as_str()), Some(s)),
