@@ -106,3 +106,18 @@ pub fn idle_addresses(ledger: &terway_statestore::Ledger) -> usize {
         .filter(|r| r.state == terway_statestore::IpState::Idle)
         .count()
 }
+
+/// An `eni_conf` for a node on the emulator at `url`: its credentials and
+/// endpoints, `vswitches` in the default zone, a 1 s sync period and no IP
+/// cooldown, then `extra` (`, "key": value, …`; a key given again wins).
+pub fn eni_conf(url: &str, vswitches: &[&str], extra: &str) -> String {
+    use terway_cloud::emulator::{DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET, DEFAULT_ZONE};
+    let list: Vec<String> = vswitches.iter().map(|v| format!("\"{v}\"")).collect();
+    format!(
+        r#"{{"vswitches": {{"{DEFAULT_ZONE}": [{}]}},
+            "access_key": "{DEFAULT_ACCESS_KEY_ID}", "access_secret": "{DEFAULT_ACCESS_KEY_SECRET}",
+            "ecs_endpoint": "{url}", "vpc_endpoint": "{url}", "metadata_endpoint": "{url}",
+            "ip_pool_sync_period": "1s", "ip_cooldown": "0s" {extra}}}"#,
+        list.join(",")
+    )
+}

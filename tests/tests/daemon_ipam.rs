@@ -6,22 +6,15 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-use terway_cloud::emulator::{Emulator, Scenario, DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET, DEFAULT_ZONE};
+use terway_cloud::emulator::{Emulator, Scenario, DEFAULT_ZONE};
 use terway_node::cni::exchange;
 use terway_node::cni::protocol::{PodRequest, Reply, Request};
 use terway_node::daemon::{cni_service, reconciler, Node, NodeOptions};
 use terway_statestore::IpState;
 
 fn config_text(em: &Emulator, vswitches: &[&str], extra: &str) -> String {
-    let list: Vec<String> = vswitches.iter().map(|v| format!("\"{v}\"")).collect();
-    format!(
-        r#"{{"max_pool_size": 25, "min_pool_size": 10, "vswitches": {{"{DEFAULT_ZONE}": [{}]}},
-            "access_key": "{DEFAULT_ACCESS_KEY_ID}", "access_secret": "{DEFAULT_ACCESS_KEY_SECRET}",
-            "ecs_endpoint": "{url}", "vpc_endpoint": "{url}", "metadata_endpoint": "{url}",
-            "ip_pool_sync_period": "1s", "ip_cooldown": "0s" {extra}}}"#,
-        list.join(","),
-        url = em.url()
-    )
+    let pool = format!(r#", "max_pool_size": 25, "min_pool_size": 10 {extra}"#);
+    terway_tests::eni_conf(&em.url(), vswitches, &pool)
 }
 
 fn config(em: &Emulator, vswitches: &[&str], extra: &str) -> Arc<terway_config::Config> {

@@ -7,7 +7,7 @@
 use serde_json::{json, Value};
 use std::path::Path;
 use std::time::{Duration, Instant};
-use terway_cloud::emulator::{Emulator, Scenario, DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET, DEFAULT_ZONE};
+use terway_cloud::emulator::{Emulator, Scenario, DEFAULT_ZONE};
 use terway_node::cluster::ClusterOptions;
 use terway_node::cni::exchange;
 use terway_node::cni::protocol::{PodRequest, Reply, Request};
@@ -19,13 +19,8 @@ const NODE: &str = "node-1";
 const NS: &str = "kube-system";
 
 fn eni_conf(em: &Emulator, vswitch: &str, extra: &str) -> String {
-    format!(
-        r#"{{"max_pool_size": 5, "min_pool_size": 2, "vswitches": {{"{DEFAULT_ZONE}": ["{vswitch}"]}},
-            "access_key": "{DEFAULT_ACCESS_KEY_ID}", "access_secret": "{DEFAULT_ACCESS_KEY_SECRET}",
-            "ecs_endpoint": "{url}", "vpc_endpoint": "{url}", "metadata_endpoint": "{url}",
-            "ip_pool_sync_period": "1s", "ip_cooldown": "0s" {extra}}}"#,
-        url = em.url()
-    )
+    let pool = format!(r#", "max_pool_size": 5, "min_pool_size": 2 {extra}"#);
+    terway_tests::eni_conf(&em.url(), &[vswitch], &pool)
 }
 
 fn seed(api: &FakeApiServer, conf: &str) {
@@ -97,6 +92,11 @@ async fn eventually<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
     }
 }
 
+/// The Event with this reason about an object, if one was written.
+fn event(api: &FakeApiServer, kind: &str, name: &str, reason: &str) -> Option<Value> {
+    api.events_about(kind, name).into_iter().find(|e| e["reason"] == reason)
+}
+
 fn condition(api: &FakeApiServer) -> Option<Value> {
     let node = api.get("nodes", "", NODE)?;
     node["status"]["conditions"]
@@ -124,9 +124,7 @@ async fn annotations_pod_ips_events_and_node_capacity() {
     // a malformed annotation: an Event naming it and its value, and the pod still gets its network
     let ip = add(&running, "bad-bandwidth").await;
     let event = eventually("the ParseFailed event", || {
-        api.events_about("Pod", "bad-bandwidth")
-            .into_iter()
-            .find(|e| e["reason"] == "ParseFailed")
+        event(&api, "Pod", "bad-bandwidth", "ParseFailed")
     })
     .await;
     let message = event["message"].as_str().unwrap();
@@ -270,12 +268,7 @@ async fn configmap_changes_and_the_node_override_apply_live() {
         json!({"metadata": {"name": "eni-config-node1", "namespace": NS},
                "data": {"eni_conf": r#"{"max_pool_size": -3}"#}}),
     );
-    let event = eventually("the ConfigError event", || {
-        api.events_about("Node", NODE)
-            .into_iter()
-            .find(|e| e["reason"] == "ConfigError")
-    })
-    .await;
+    let event = eventually("the ConfigError event", || event(&api, "Node", NODE, "ConfigError")).await;
     assert!(event["message"].as_str().unwrap().contains("max_pool_size"), "{event}");
     assert_eq!(running.node.config().max_pool_size, 7);
 
@@ -317,12 +310,7 @@ async fn ip_not_enough_becomes_an_event_and_the_condition_turns_false() {
             assert!(matches!(reply, Reply::Error { code: 11, .. }), "{reply:?}");
         }
     }
-    let event = eventually("the IpNotEnough event", || {
-        api.events_about("Node", NODE)
-            .into_iter()
-            .find(|e| e["reason"] == "IpNotEnough")
-    })
-    .await;
+    let event = eventually("the IpNotEnough event", || event(&api, "Node", NODE, "IpNotEnough")).await;
     let message = event["message"].as_str().unwrap();
     assert!(
         message.contains("vsw-small0000000001") && message.contains("InvalidVSwitchId.IpNotEnough"),
@@ -334,9 +322,7 @@ async fn ip_not_enough_becomes_an_event_and_the_condition_turns_false() {
     })
     .await;
     let failed = eventually("the pod's AllocIPFailed event", || {
-        api.events_about("Pod", "pod-12")
-            .into_iter()
-            .find(|e| e["reason"] == "AllocIPFailed")
+        event(&api, "Pod", "pod-12", "AllocIPFailed")
     })
     .await;
     assert!(
@@ -454,9 +440,7 @@ async fn a_cloud_refusal_becomes_an_alloc_ip_failed_event_with_its_code() {
     let dir = tempfile::tempdir().unwrap();
     let running = start(&api, dir.path(), &conf, Duration::from_secs(3600)).await;
     let event = eventually("the node's AllocIPFailed event", || {
-        api.events_about("Node", NODE)
-            .into_iter()
-            .find(|e| e["reason"] == "AllocIPFailed")
+        event(&api, "Node", NODE, "AllocIPFailed")
     })
     .await;
     let message = event["message"].as_str().unwrap();

@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::Duration;
-use terway_cloud::emulator::{Emulator, Scenario, DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET, DEFAULT_ZONE};
+use terway_cloud::emulator::{Emulator, Scenario};
 use terway_node::cni::exchange;
 use terway_node::cni::protocol::{PodRequest, Reply, Request};
 use terway_node::daemon::{service, NodeOptions};
@@ -58,13 +58,10 @@ async fn every_family_is_scraped_with_sane_values() {
     let em = Emulator::start(Scenario::default()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     // the /28 runs out during the run, so a vSwitch is set aside
-    let conf = format!(
-        r#"{{"max_pool_size": 3, "min_pool_size": 0, "vswitches": {{"{DEFAULT_ZONE}": ["vsw-small0000000001", "vsw-large0000000001"]}},
-            "vswitch_selection_policy": "ordered",
-            "access_key": "{DEFAULT_ACCESS_KEY_ID}", "access_secret": "{DEFAULT_ACCESS_KEY_SECRET}",
-            "ecs_endpoint": "{url}", "vpc_endpoint": "{url}", "metadata_endpoint": "{url}",
-            "ip_pool_sync_period": "1s", "ip_cooldown": "0s"}}"#,
-        url = em.url()
+    let conf = terway_tests::eni_conf(
+        &em.url(),
+        &["vsw-small0000000001", "vsw-large0000000001"],
+        r#", "max_pool_size": 3, "min_pool_size": 0, "vswitch_selection_policy": "ordered""#,
     );
     std::fs::write(dir.path().join("eni_conf"), conf).unwrap();
     let options = NodeOptions {

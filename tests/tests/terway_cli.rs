@@ -10,7 +10,7 @@ use std::time::Duration;
 use terway_cloud::api::CreateNetworkInterface;
 use terway_cloud::emulator::{
     Emulator, Scenario, DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET, DEFAULT_INSTANCE_ID, DEFAULT_REGION,
-    DEFAULT_SECURITY_GROUP, DEFAULT_ZONE,
+    DEFAULT_SECURITY_GROUP,
 };
 use terway_cloud::{ClientOptions, CloudClient, CredentialProvider};
 use terway_node::cni::exchange;
@@ -60,12 +60,10 @@ async fn every_subcommand_against_a_live_daemon() {
     let conf = dir.path().join("eni_conf");
     std::fs::write(
         &conf,
-        format!(
-            r#"{{"max_pool_size": 5, "min_pool_size": 2, "vswitches": {{"{DEFAULT_ZONE}": ["vsw-large0000000001"]}},
-                "access_key": "{DEFAULT_ACCESS_KEY_ID}", "access_secret": "{DEFAULT_ACCESS_KEY_SECRET}",
-                "ecs_endpoint": "{url}", "vpc_endpoint": "{url}", "metadata_endpoint": "{url}",
-                "ip_pool_sync_period": "1s", "ip_cooldown": "0s"}}"#,
-            url = em.url()
+        terway_tests::eni_conf(
+            &em.url(),
+            &["vsw-large0000000001"],
+            r#", "max_pool_size": 5, "min_pool_size": 2"#,
         ),
     )
     .unwrap();
