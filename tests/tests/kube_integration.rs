@@ -93,7 +93,7 @@ async fn eventually<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
 }
 
 /// The Event with this reason about an object, if one was written.
-fn event(api: &FakeApiServer, kind: &str, name: &str, reason: &str) -> Option<Value> {
+fn find_event(api: &FakeApiServer, kind: &str, name: &str, reason: &str) -> Option<Value> {
     api.events_about(kind, name).into_iter().find(|e| e["reason"] == reason)
 }
 
@@ -124,7 +124,7 @@ async fn annotations_pod_ips_events_and_node_capacity() {
     // a malformed annotation: an Event naming it and its value, and the pod still gets its network
     let ip = add(&running, "bad-bandwidth").await;
     let event = eventually("the ParseFailed event", || {
-        event(&api, "Pod", "bad-bandwidth", "ParseFailed")
+        find_event(&api, "Pod", "bad-bandwidth", "ParseFailed")
     })
     .await;
     let message = event["message"].as_str().unwrap();
@@ -268,7 +268,7 @@ async fn configmap_changes_and_the_node_override_apply_live() {
         json!({"metadata": {"name": "eni-config-node1", "namespace": NS},
                "data": {"eni_conf": r#"{"max_pool_size": -3}"#}}),
     );
-    let event = eventually("the ConfigError event", || event(&api, "Node", NODE, "ConfigError")).await;
+    let event = eventually("the ConfigError event", || find_event(&api, "Node", NODE, "ConfigError")).await;
     assert!(event["message"].as_str().unwrap().contains("max_pool_size"), "{event}");
     assert_eq!(running.node.config().max_pool_size, 7);
 
@@ -310,7 +310,7 @@ async fn ip_not_enough_becomes_an_event_and_the_condition_turns_false() {
             assert!(matches!(reply, Reply::Error { code: 11, .. }), "{reply:?}");
         }
     }
-    let event = eventually("the IpNotEnough event", || event(&api, "Node", NODE, "IpNotEnough")).await;
+    let event = eventually("the IpNotEnough event", || find_event(&api, "Node", NODE, "IpNotEnough")).await;
     let message = event["message"].as_str().unwrap();
     assert!(
         message.contains("vsw-small0000000001") && message.contains("InvalidVSwitchId.IpNotEnough"),
@@ -322,7 +322,7 @@ async fn ip_not_enough_becomes_an_event_and_the_condition_turns_false() {
     })
     .await;
     let failed = eventually("the pod's AllocIPFailed event", || {
-        event(&api, "Pod", "pod-12", "AllocIPFailed")
+        find_event(&api, "Pod", "pod-12", "AllocIPFailed")
     })
     .await;
     assert!(
@@ -440,7 +440,7 @@ async fn a_cloud_refusal_becomes_an_alloc_ip_failed_event_with_its_code() {
     let dir = tempfile::tempdir().unwrap();
     let running = start(&api, dir.path(), &conf, Duration::from_secs(3600)).await;
     let event = eventually("the node's AllocIPFailed event", || {
-        event(&api, "Node", NODE, "AllocIPFailed")
+        find_event(&api, "Node", NODE, "AllocIPFailed")
     })
     .await;
     let message = event["message"].as_str().unwrap();
