@@ -22,7 +22,8 @@ use tokio::sync::mpsc;
 /// A repeat of the same Event within this window bumps its count instead of
 /// creating another object (as client-go's event correlator does).
 const EVENT_AGGREGATION: Duration = Duration::from_secs(600);
-/// The condition is re-published at least this often, changed or not.
+/// The condition, capacity annotation and resource are re-published at
+/// least this often, changed or not.
 const CONDITION_HEARTBEAT: Duration = Duration::from_secs(300);
 
 fn now() -> String {
@@ -200,6 +201,11 @@ pub async fn node_status(node: Arc<Node>, cluster: Arc<Cluster>) {
     let mut published_enis: Option<u32> = None;
     let mut condition: Option<(bool, String, Instant)> = None;
     loop {
+        if condition.as_ref().is_some_and(|(_, _, at)| at.elapsed() >= CONDITION_HEARTBEAT) {
+            // with the heartbeat, everything again: someone (a kubelet restart, an operator) may have changed it
+            published_max = None;
+            published_enis = None;
+        }
         let config = node.config();
         let max = config.max_pods(node.limits);
         if published_max != Some(max) && publish_max_pods(&cluster, max).await {
