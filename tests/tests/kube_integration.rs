@@ -268,7 +268,10 @@ async fn configmap_changes_and_the_node_override_apply_live() {
         json!({"metadata": {"name": "eni-config-node1", "namespace": NS},
                "data": {"eni_conf": r#"{"max_pool_size": -3}"#}}),
     );
-    let event = eventually("the ConfigError event", || find_event(&api, "Node", NODE, "ConfigError")).await;
+    let event = eventually("the ConfigError event", || {
+        find_event(&api, "Node", NODE, "ConfigError")
+    })
+    .await;
     assert!(event["message"].as_str().unwrap().contains("max_pool_size"), "{event}");
     assert_eq!(running.node.config().max_pool_size, 7);
 
@@ -310,7 +313,10 @@ async fn ip_not_enough_becomes_an_event_and_the_condition_turns_false() {
             assert!(matches!(reply, Reply::Error { code: 11, .. }), "{reply:?}");
         }
     }
-    let event = eventually("the IpNotEnough event", || find_event(&api, "Node", NODE, "IpNotEnough")).await;
+    let event = eventually("the IpNotEnough event", || {
+        find_event(&api, "Node", NODE, "IpNotEnough")
+    })
+    .await;
     let message = event["message"].as_str().unwrap();
     assert!(
         message.contains("vsw-small0000000001") && message.contains("InvalidVSwitchId.IpNotEnough"),

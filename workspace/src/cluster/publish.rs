@@ -201,7 +201,10 @@ pub async fn node_status(node: Arc<Node>, cluster: Arc<Cluster>) {
     let mut published_enis: Option<u32> = None;
     let mut condition: Option<(bool, String, Instant)> = None;
     loop {
-        if condition.as_ref().is_some_and(|(_, _, at)| at.elapsed() >= CONDITION_HEARTBEAT) {
+        if condition
+            .as_ref()
+            .is_some_and(|(_, _, at)| at.elapsed() >= CONDITION_HEARTBEAT)
+        {
             // with the heartbeat, everything again: someone (a kubelet restart, an operator) may have changed it
             published_max = None;
             published_enis = None;
