@@ -22,18 +22,13 @@ use terway_node::daemon::{service, NodeOptions};
 
 fn eni_conf(dir: &Path, url: &str, extra: &str) -> PathBuf {
     let path = dir.join("eni_conf");
-    std::fs::write(
-        &path,
-        format!(
-            r#"{{"vswitches": {{"{DEFAULT_ZONE}": ["vsw-large0000000001"]}}, "service_cidr": "172.21.0.0/20",
-                "access_key": "{DEFAULT_ACCESS_KEY_ID}", "access_secret": "{DEFAULT_ACCESS_KEY_SECRET}",
-                "ecs_endpoint": "{url}", "vpc_endpoint": "{url}", "metadata_endpoint": "{url}",
-                "ip_pool_sync_period": "2s", "ip_cooldown": "0s", "ledger_path": "{}", "socket_path": "{}" {extra}}}"#,
-            dir.join("ledger").display(),
-            dir.join("eni.socket").display()
-        ),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let own = format!(
+        r#", "service_cidr": "172.21.0.0/20", "ip_pool_sync_period": "2s", "ledger_path": "{}", "socket_path": "{}" {extra}"#,
+        dir.join("ledger").display(),
+        dir.join("eni.socket").display()
+    );
+    std::fs::write(&path, terway_tests::eni_conf(url, &["vsw-large0000000001"], &own))
+        .unwrap_or_else(|e| panic!("{e}"));
     path
 }
 

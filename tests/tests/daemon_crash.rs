@@ -9,9 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use terway_cloud::emulator::{
-    Delays, Emulator, Scenario, DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET, DEFAULT_ZONE,
-};
+use terway_cloud::emulator::{Delays, Emulator, Scenario};
 use terway_node::cni::exchange;
 use terway_node::cni::protocol::{PodRequest, Reply, Request};
 
@@ -20,16 +18,12 @@ const PODS: usize = 16;
 
 fn write_config(dir: &Path, url: &str) -> PathBuf {
     let path = dir.join("eni_conf");
-    let text = format!(
-        r#"{{"max_pool_size": 12, "min_pool_size": 4, "vswitches": {{"{DEFAULT_ZONE}": ["vsw-large0000000001"]}},
-            "access_key": "{DEFAULT_ACCESS_KEY_ID}", "access_secret": "{DEFAULT_ACCESS_KEY_SECRET}",
-            "ecs_endpoint": "{url}", "vpc_endpoint": "{url}", "metadata_endpoint": "{url}",
-            "ledger_path": "{}", "socket_path": "{}",
-            "ip_pool_sync_period": "1s", "ip_cooldown": "0s"}}"#,
+    let own = format!(
+        r#", "max_pool_size": 12, "min_pool_size": 4, "ledger_path": "{}", "socket_path": "{}""#,
         dir.join("ledger").display(),
         dir.join("eni.socket").display()
     );
-    std::fs::write(&path, text).unwrap();
+    std::fs::write(&path, terway_tests::eni_conf(url, &["vsw-large0000000001"], &own)).unwrap();
     path
 }
 

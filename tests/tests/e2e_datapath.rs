@@ -10,9 +10,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use terway_cloud::emulator::{
-    Delays, Emulator, Scenario, DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET, DEFAULT_ZONE,
-};
+use terway_cloud::emulator::{Delays, Emulator, Scenario};
 use terway_datapath::{Datapath, NetNs};
 use terway_node::daemon::{service, NodeOptions};
 use terway_node::simulated_node::SimulatedNode;
@@ -143,15 +141,10 @@ impl Lab {
         em.add_hotplug_hook(sim.clone());
         let dir = tempfile::tempdir().unwrap();
         let conf_path = dir.path().join("eni_conf");
+        let own = format!(r#", "service_cidr": "172.21.0.0/20", "ip_cooldown": "1s", {pool}"#);
         std::fs::write(
             &conf_path,
-            format!(
-                r#"{{{pool}, "vswitches": {{"{DEFAULT_ZONE}": ["vsw-large0000000001"]}}, "service_cidr": "172.21.0.0/20",
-                    "access_key": "{DEFAULT_ACCESS_KEY_ID}", "access_secret": "{DEFAULT_ACCESS_KEY_SECRET}",
-                    "ecs_endpoint": "{url}", "vpc_endpoint": "{url}", "metadata_endpoint": "{url}",
-                    "ip_pool_sync_period": "1s", "ip_cooldown": "1s"}}"#,
-                url = em.url()
-            ),
+            terway_tests::eni_conf(&em.url(), &["vsw-large0000000001"], &own),
         )
         .unwrap();
         let socket = dir.path().join("eni.socket");
