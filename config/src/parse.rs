@@ -17,13 +17,22 @@ enum KeyUse {
     Used,
     /// Accepted for compatibility with upstream configs; says why it has no effect.
     Ignored(&'static str),
+    /// Accepted; has no effect when the value is not the one terway-rs
+    /// already behaves as (the predicate says when to warn), with why.
+    IgnoredWhen(fn(&Value) -> bool, &'static str),
 }
+
+/// Reasons for keys read but not yet acted on, so a user who sets them is told.
+const NOT_YET: &str = "terway-rs does not implement this setting yet";
 
 const KNOWN_KEYS: &[(&str, KeyUse)] = &[
     ("version", KeyUse::Used),
     ("access_key", KeyUse::Used),
     ("access_secret", KeyUse::Used),
-    ("credential_path", KeyUse::Used),
+    (
+        "credential_path",
+        KeyUse::Ignored("the ACK credential file is not read yet; use access_key/access_secret or the instance's RAM role"),
+    ),
     ("region_id", KeyUse::Used),
     ("service_cidr", KeyUse::Used),
     ("vswitches", KeyUse::Used),
@@ -40,22 +49,43 @@ const KNOWN_KEYS: &[(&str, KeyUse)] = &[
     ("max_eni", KeyUse::Used),
     ("eni_cap_ratio", KeyUse::Used),
     ("eni_cap_shift", KeyUse::Used),
-    ("ip_warm_up_size", KeyUse::Used),
-    ("idle_ip_reclaim_after", KeyUse::Used),
-    ("idle_ip_reclaim_interval", KeyUse::Used),
-    ("idle_ip_reclaim_batch_size", KeyUse::Used),
-    ("idle_ip_reclaim_jitter_factor", KeyUse::Used),
+    ("ip_warm_up_size", KeyUse::Ignored(NOT_YET)),
+    ("idle_ip_reclaim_after", KeyUse::Ignored(NOT_YET)),
+    ("idle_ip_reclaim_interval", KeyUse::Ignored(NOT_YET)),
+    ("idle_ip_reclaim_batch_size", KeyUse::Ignored(NOT_YET)),
+    ("idle_ip_reclaim_jitter_factor", KeyUse::Ignored(NOT_YET)),
     ("ip_pool_sync_period", KeyUse::Used),
-    ("ip_stack", KeyUse::Used),
+    (
+        "ip_stack",
+        KeyUse::IgnoredWhen(
+            |v| v.as_str() != Some("ipv4"),
+            "pods get IPv4 addresses only; dual stack is not served yet",
+        ),
+    ),
     ("eni_selection_policy", KeyUse::Used),
     ("rate_limit", KeyUse::Used),
-    ("backoff_override", KeyUse::Used),
+    (
+        "backoff_override",
+        KeyUse::Ignored("cloud calls retry on terway-rs's own schedule (5 attempts from 500 ms, jittered)"),
+    ),
     ("kube_client_qps", KeyUse::Used),
     ("kube_client_burst", KeyUse::Used),
     ("enable_patch_pod_ips", KeyUse::Used),
-    ("disable_network_policy", KeyUse::Used),
-    ("custom_stateful_workload_kinds", KeyUse::Used),
-    ("disable_device_plugin", KeyUse::Used),
+    (
+        "disable_network_policy",
+        KeyUse::IgnoredWhen(
+            |v| !(v.as_bool() == Some(true) || v.as_str() == Some("true")),
+            "NetworkPolicy is not enforced by terway-rs yet, so policies have no effect whatever this says",
+        ),
+    ),
+    (
+        "custom_stateful_workload_kinds",
+        KeyUse::Ignored("pods keep their address only across sandboxes of the same pod; fixed IPs for stateful workloads are not supported"),
+    ),
+    (
+        "disable_device_plugin",
+        KeyUse::Ignored("terway-rs runs no device plugin: exclusive-ENI capacity is published as the node's aliyun/eni resource directly"),
+    ),
     ("ledger_path", KeyUse::Used),
     ("socket_path", KeyUse::Used),
     ("metrics_address", KeyUse::Used),
@@ -104,8 +134,14 @@ const MAX_SANE_PERIOD: Duration = Duration::from_secs(7 * 24 * 3600);
 pub(crate) fn config_from_object(obj: &Map<String, Value>, findings: &mut Findings) -> Config {
     check_keys(obj, "", KNOWN_KEYS.iter().map(|(k, _)| *k), findings);
     for (key, value) in obj {
-        if let Some((_, KeyUse::Ignored(why))) = KNOWN_KEYS.iter().find(|(k, _)| k == key) {
-            findings.warning(key.clone(), Some(value), format!("accepted but has no effect: {why}"));
+        match KNOWN_KEYS.iter().find(|(k, _)| k == key) {
+            Some((_, KeyUse::Ignored(why))) => {
+                findings.warning(key.clone(), Some(value), format!("accepted but has no effect: {why}"));
+            }
+            Some((_, KeyUse::IgnoredWhen(ignored, why))) if ignored(value) => {
+                findings.warning(key.clone(), Some(value), format!("accepted but has no effect: {why}"));
+            }
+            _ => {}
         }
     }
     let mut r = Reader { obj, findings };

@@ -116,7 +116,27 @@ fn every_field_loads() {
     })
     .to_string();
     let loaded = Config::parse(&text, None).unwrap();
-    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    // every key is read; those terway-rs does not act on yet each say so
+    let mut warned: Vec<&str> = loaded.warnings.iter().map(|w| w.path.as_str()).collect();
+    warned.sort_unstable();
+    assert_eq!(
+        warned,
+        [
+            "backoff_override",
+            "credential_path",
+            "custom_stateful_workload_kinds",
+            "disable_device_plugin",
+            "idle_ip_reclaim_after",
+            "idle_ip_reclaim_batch_size",
+            "idle_ip_reclaim_interval",
+            "idle_ip_reclaim_jitter_factor",
+            "ip_stack",
+            "ip_warm_up_size",
+        ],
+        "{:?}",
+        loaded.warnings
+    );
+    assert!(loaded.warnings.iter().all(|w| w.message.contains("no effect")));
     let c = loaded.config;
     assert_eq!(c.access_secret.as_ref().unwrap().expose(), "s3cr3t-value");
     assert_eq!(c.service_cidr.ipv6.unwrap().to_string(), "fd00:21::/112");
@@ -327,6 +347,16 @@ fn unknown_keys_warn_and_typos_fail() {
     let loaded = Config::parse(r#"{"ipam_type": "crd", "enable_eni_trunking": true}"#, None).unwrap();
     assert_eq!(loaded.warnings.len(), 2);
     assert!(loaded.warnings.iter().all(|w| w.message.contains("no effect")));
+
+    // keys read with a value terway-rs already behaves as are not warned about;
+    // other values are
+    let quiet = Config::parse(r#"{"ip_stack": "ipv4", "disable_network_policy": "true"}"#, None).unwrap();
+    assert!(quiet.warnings.is_empty(), "{:?}", quiet.warnings);
+    let loud = Config::parse(r#"{"ip_stack": "dual", "disable_network_policy": false}"#, None).unwrap();
+    let mut warned: Vec<&str> = loud.warnings.iter().map(|w| w.path.as_str()).collect();
+    warned.sort_unstable();
+    assert_eq!(warned, ["disable_network_policy", "ip_stack"]);
+    assert!(loud.warnings[0].message.contains("no effect"));
 }
 
 #[test]

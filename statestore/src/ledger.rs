@@ -769,6 +769,19 @@ impl Ledger {
         Ok(released)
     }
 
+    /// When the next cooling address becomes usable, if any cools.
+    pub fn next_cooling_due(&self) -> Option<UnixMillis> {
+        self.lock()
+            .state
+            .ips
+            .values()
+            .filter_map(|r| match r.state {
+                IpState::Cooling { until } => Some(until),
+                _ => None,
+            })
+            .min()
+    }
+
     /// Cooling addresses whose time is up become Idle; returns how many.
     pub fn promote_cooled(&self, now: UnixMillis, durability: Durability) -> Result<usize, LedgerError> {
         let mut inner = self.lock();

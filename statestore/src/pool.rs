@@ -14,6 +14,11 @@ pub struct PoolBounds {
     pub batch: u32,
 }
 
+/// Most secondary addresses CreateNetworkInterface takes at once
+/// (`SecondaryPrivateIpAddressCount`, 1–49): a new ENI comes with all it
+/// needs in one call, not topped up batch by batch.
+pub const CREATE_MAX_SECONDARIES: u32 = 49;
+
 /// How the pool's addresses stand now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct PoolCounts {
@@ -99,7 +104,7 @@ pub fn plan(c: PoolCounts, b: PoolBounds, enis: &[EniRoom]) -> PoolPlan {
     let mut enis_now = enis.len() as u32;
     while need > 0 && enis_now < b.max_secondary_enis && b.ips_per_eni > 0 {
         // the new ENI's primary address is usable too
-        let secondaries = (need - 1).min(b.ips_per_eni - 1).min(batch);
+        let secondaries = (need - 1).min(b.ips_per_eni - 1).min(CREATE_MAX_SECONDARIES);
         out.new_enis.push(secondaries);
         need = need.saturating_sub(secondaries + 1);
         enis_now += 1;

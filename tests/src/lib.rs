@@ -8,8 +8,8 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::SystemTime;
 
-/// The path of one of terway-node's binaries (`terwayd`, `terway`,
-/// `terway-cli`). `cargo test --workspace` builds them beside the tests;
+/// The path of one of the binaries under test (`terwayd`, `terway-cli`,
+/// and terway-cni's `terway`). `cargo test --workspace` builds them beside the tests;
 /// when one is missing or older than the sources (e.g. after
 /// `cargo test -p terway-tests`), they are built once per test process with
 /// the profile the tests were built with, so a test never runs a stale binary.
@@ -37,12 +37,14 @@ pub fn binary(name: &str) -> PathBuf {
             let profile = dir.file_name().and_then(|p| p.to_str()).unwrap_or("debug").to_owned();
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let mut build = Command::new(cargo);
-            build.args(["build", "--quiet", "-p", "terway-node", "--bins"]);
+            build.args([
+                "build", "--quiet", "-p", "terway-node", "-p", "terway-cni", "--bins", "--features", "terway-node/demo",
+            ]);
             if profile != "debug" {
                 build.args(["--profile", &profile]);
             }
             let status = build.status().expect("running cargo build for terway-node's binaries");
-            assert!(status.success(), "cargo build -p terway-node --bins failed");
+            assert!(status.success(), "cargo build -p terway-node -p terway-cni --bins failed");
         }
         dir
     });
@@ -56,6 +58,7 @@ fn newest_source() -> Option<SystemTime> {
     let mut stack: Vec<PathBuf> = ["config", "cloud-sdk", "statestore", "datapath", "workspace"]
         .iter()
         .map(|c| root.join(c).join("src"))
+        .chain(std::iter::once(root.join("workspace/cni/src")))
         .collect();
     stack.push(root.join("Cargo.lock"));
     while let Some(path) = stack.pop() {

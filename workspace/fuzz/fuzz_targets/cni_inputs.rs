@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use terway_node::cni::{plugin, protocol};
+use terway_cni::{plugin, protocol};
 
 const VARS: [&str; 5] = ["CNI_COMMAND", "CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_ARGS"];
 
@@ -26,5 +26,5 @@ fuzz_target!(|data: &[u8]| {
 });
 
 fn serde_json_bytes(r: &protocol::Request) -> Vec<u8> {
-    terway_node::cni::protocol::encode_request(r)
+    protocol::encode_request(r)
 }

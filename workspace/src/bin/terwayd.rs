@@ -189,10 +189,19 @@ fn main() -> ExitCode {
             };
             terway_node::daemon::service::run(config, override_file, options).await
         }),
+        #[cfg(feature = "demo")]
         Command::Demo { pods, interval_ms } => block_on(terway_node::demo::run(
             pods,
             std::time::Duration::from_millis(interval_ms),
         )),
+        #[cfg(not(feature = "demo"))]
+        Command::Demo { .. } => {
+            eprintln!(
+                "error: this terwayd was built without the demo (the API emulator and simulated node stay out of production builds); \
+                 build it with `cargo build -p terway-node -p terway-cni --bins --features terway-node/demo`"
+            );
+            ExitCode::FAILURE
+        }
         Command::Config {
             command: ConfigCommand::Conflist { mtu, socket, chain },
         } => {

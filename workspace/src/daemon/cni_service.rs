@@ -368,6 +368,8 @@ async fn del(node: &Node, p: &PodRequest) -> Reply {
     ) {
         Ok(r) => {
             tracing::info!(pod = %pod_key(p), ips = ?r.ips, "DEL served");
+            // an address back in the pool (or cooling, with a timer in the reconciler)
+            node.pool_changed.notify_waiters();
             node.wake.notify_one();
             Reply::Ok { network: None }
         }

@@ -1,71 +1,138 @@
-//! The level-triggered reconciler: each pass observes the cloud and the
-//! ledger, plans from scratch with the pool arithmetic, and acts one cloud
-//! step at a time, each preceded by an intent in the ledger.
+//! The level-triggered reconciler. Each pass does the local work first
+//! (cooled addresses back to the pool), reads the cloud only when it must
+//! (the sync period, after our own mutations, while ADDs wait, or to resolve
+//! intents), then plans from scratch with the pool arithmetic and starts
+//! every step that can start now: assigns to different ENIs and whole new
+//! ENIs run at once, each behind an intent in the ledger. A pod served from
+//! the warm pool costs no cloud call.
 
 use super::{Node, CREATOR_TAG, NODE_TAG};
+use backoff::backoff::Backoff;
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use terway_cloud::api::*;
 use terway_cloud::{new_client_token, CloudError, ErrorClass};
 use terway_statestore::diff::{self, CloudEni};
 use terway_statestore::pool::{self, EniRoom, PoolBounds, PoolCounts};
 use terway_statestore::{now_millis, Durability, EniRecord, EniStatus, IntentKind, IpState, ROUTE_TABLE_BASE};
+use tokio::task::JoinSet;
+
+/// While ADDs wait (or intents are unresolved), the cloud is read at most this often.
+const OBSERVE_WHILE_WAITING: Duration = Duration::from_secs(1);
 
 /// What one pass did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct PassReport {
+    pub observed: bool,
+    pub promoted: usize,
     pub adopted_ips: usize,
-    pub assigned: usize,
+    /// Cloud steps started in this pass (they finish in the background).
+    pub started: usize,
     pub released: usize,
-    pub enis_created: usize,
-    /// More could be done right away (a step of the plan was done).
+    /// More could be done right away.
     pub progressed: bool,
 }
 
-/// Runs passes until the task is aborted: on a wake-up, on the sync period,
-/// and straight again while a pass makes progress.
-pub async fn run(node: std::sync::Arc<Node>) {
-    let mut failures = 0u32;
+/// When the reconciler last read the cloud, and whether it must again.
+#[derive(Debug, Default)]
+struct CloudView {
+    observed_at: Option<Instant>,
+    /// Our own mutations (or a failure) since the last read.
+    stale: bool,
+    observations: u64,
+}
+
+impl CloudView {
+    fn age(&self) -> Duration {
+        self.observed_at.map_or(Duration::MAX, |t| t.elapsed())
+    }
+}
+
+/// Steps under way, so the next plan counts what they will add and never
+/// asks twice; the tasks themselves run in the loop's `JoinSet`.
+#[derive(Debug, Default)]
+struct InFlight {
+    /// ENI → addresses an AssignPrivateIpAddresses under way adds to it.
+    assigning: HashMap<String, u32>,
+    /// Addresses (primary included) of each ENI being created and attached.
+    creating: Vec<u32>,
+}
+
+/// Runs passes until the task is aborted: on a wake-up, when a step
+/// finishes, when the sync period or the next cooldown is due, and straight
+/// again while a pass makes progress. Failed passes back off (the `backoff` crate).
+pub async fn run(node: Arc<Node>) {
+    let mut view = CloudView::default();
+    let in_flight = Arc::new(Mutex::new(InFlight::default()));
+    let mut steps: JoinSet<()> = JoinSet::new();
+    let mut retry = failure_backoff();
+    let mut failing = false;
     loop {
         let started = Instant::now();
-        let result = pass(&node).await;
+        let result = pass(&node, &mut view, &in_flight, &mut steps).await;
         node.reconcile_passes.fetch_add(1, Ordering::Relaxed);
         node.metrics
             .observe_reconcile(started.elapsed(), result.as_ref().err().map(ToString::to_string));
-        let again = match result {
+        let wait = match result {
             Ok(report) => {
-                failures = 0;
-                if report != PassReport::default() {
-                    tracing::debug!(
-                        ?report,
-                        elapsed_ms = started.elapsed().as_millis() as u64,
-                        "reconcile pass"
-                    );
+                if failing {
+                    retry.reset();
+                    failing = false;
                 }
-                report.progressed
+                if report != PassReport::default() {
+                    tracing::debug!(?report, elapsed_ms = started.elapsed().as_millis() as u64, "reconcile pass");
+                }
+                if report.progressed {
+                    continue;
+                }
+                next_due(&node, &view)
             }
             Err(e) => {
-                failures = failures.saturating_add(1);
-                tracing::warn!(error = %e, failures, "reconcile pass failed");
+                failing = true;
+                view.stale = true;
+                tracing::warn!(error = %e, "reconcile pass failed");
                 node.set_last_error(Some(e.to_string()));
-                false
+                retry.next_backoff().unwrap_or(Duration::from_secs(30))
             }
-        };
-        if again {
-            continue;
-        }
-        let wait = if failures > 0 {
-            Duration::from_millis(200u64.saturating_mul(1 << failures.min(7))).min(Duration::from_secs(30))
-        } else {
-            node.config().ip_pool_sync_period
         };
         tokio::select! {
             _ = node.wake.notified() => {}
+            Some(_) = steps.join_next(), if !steps.is_empty() => {
+                // our own mutation landed: read the cloud again before trusting the picture
+                view.stale = true;
+            }
             _ = tokio::time::sleep(wait) => {}
         }
     }
+}
+
+fn failure_backoff() -> backoff::ExponentialBackoff {
+    backoff::ExponentialBackoff {
+        current_interval: Duration::from_millis(200),
+        initial_interval: Duration::from_millis(200),
+        randomization_factor: 0.3,
+        multiplier: 2.0,
+        max_interval: Duration::from_secs(30),
+        max_elapsed_time: None,
+        ..Default::default()
+    }
+}
+
+/// How long until the next pass is due: the sync period, or sooner when a
+/// cooling address becomes usable (so waiting ADDs get it at once).
+fn next_due(node: &Node, view: &CloudView) -> Duration {
+    let period = node.config().ip_pool_sync_period;
+    let mut wait = period.saturating_sub(view.age().min(period));
+    if let Some(until) = node.ledger.next_cooling_due() {
+        wait = wait.min(Duration::from_millis(until.saturating_sub(now_millis())));
+    }
+    if node.waiting.load(Ordering::Relaxed) > 0 {
+        wait = wait.min(OBSERVE_WHILE_WAITING);
+    }
+    wait.max(Duration::from_millis(1))
 }
 
 fn bounds(node: &Node) -> PoolBounds {
@@ -79,25 +146,55 @@ fn bounds(node: &Node) -> PoolBounds {
     }
 }
 
-/// One pass: observe, reconcile the ledger with the cloud, then grow or shrink.
-pub async fn pass(node: &Node) -> anyhow::Result<PassReport> {
+/// One pass: local work, the cloud when needed, then every step that can start now.
+async fn pass(
+    node: &Arc<Node>,
+    view: &mut CloudView,
+    in_flight: &Arc<Mutex<InFlight>>,
+    steps: &mut JoinSet<()>,
+) -> anyhow::Result<PassReport> {
     let mut report = PassReport::default();
-    let unresolved_eni_work = node
-        .ledger
-        .intents()
-        .iter()
-        .any(|i| matches!(i.kind, IntentKind::CreateEni { .. } | IntentKind::AttachEni { .. }));
-    if unresolved_eni_work || node.reconcile_passes.load(Ordering::Relaxed) % 20 == 0 {
-        delete_leftover_enis(node).await?;
+    // local work never waits for the cloud
+    report.promoted = node.ledger.promote_cooled(now_millis(), Durability::Lazy)?;
+    if report.promoted > 0 {
+        node.pool_changed.notify_waiters();
     }
-    let cloud_enis = observe(node).await?;
-    report.adopted_ips += adopt(node, &cloud_enis).await?;
-    node.ledger.promote_cooled(now_millis(), Durability::Lazy)?;
-    if node.waiting.load(Ordering::Relaxed) > 0 {
-        recheck_set_aside(node).await?;
+    let waiting = node.waiting.load(Ordering::Relaxed);
+    // never read the cloud under our own steps: a half-done step would look like a crash's leftovers
+    if steps.is_empty() {
+        let unresolved = !node.ledger.intents().is_empty();
+        let due = view.age() >= node.config().ip_pool_sync_period;
+        let eager = (waiting > 0 || unresolved) && view.age() >= OBSERVE_WHILE_WAITING;
+        if view.stale || due || eager {
+            let eni_work_unresolved = node
+                .ledger
+                .intents()
+                .iter()
+                .any(|i| matches!(i.kind, IntentKind::CreateEni { .. } | IntentKind::AttachEni { .. }));
+            if eni_work_unresolved || view.observations % 20 == 0 {
+                delete_leftover_enis(node).await?;
+            }
+            let cloud_enis = observe(node).await?;
+            report.adopted_ips += adopt(node, &cloud_enis).await?;
+            view.observed_at = Some(Instant::now());
+            view.stale = false;
+            view.observations += 1;
+            report.observed = true;
+            if report.adopted_ips > 0 {
+                node.pool_changed.notify_waiters();
+            }
+        }
+        if waiting > 0 {
+            recheck_set_aside(node).await?;
+        }
     }
     if node.config().datapath_mode.is_exclusive() {
-        return exclusive_pass(node, report).await;
+        if !steps.is_empty() {
+            return Ok(report);
+        }
+        let report = exclusive_pass(node, report).await?;
+        view.stale |= report.progressed;
+        return Ok(report);
     }
 
     let s = node.ledger.snapshot();
@@ -108,26 +205,44 @@ pub async fn pass(node: &Node) -> anyhow::Result<PassReport> {
             .filter(|r| r.state.name() == name && !held.contains(&r.ip))
             .count() as u32
     };
-    let counts = PoolCounts {
-        idle: count("idle"),
-        cooling: count("cooling"),
-        bound: count("bound"),
-        waiting: node.waiting.load(Ordering::Relaxed),
-    };
-    let rooms: Vec<EniRoom> = {
-        let selector = node.vswitches.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        s.enis
-            .values()
-            .map(|e| EniRoom {
-                eni_id: e.id.clone(),
-                ips: s.ips.values().filter(|r| r.eni_id == e.id).count() as u32,
-                can_grow: e.status == EniStatus::InUse && e.owner.is_none() && !selector.is_set_aside(&e.vswitch_id),
-            })
-            .collect()
+    let (counts, rooms) = {
+        let flight = in_flight.lock().unwrap_or_else(PoisonError::into_inner);
+        let pending: u32 = flight.assigning.values().sum::<u32>() + flight.creating.iter().sum::<u32>();
+        let counts = PoolCounts {
+            idle: count("idle") + pending,
+            cooling: count("cooling"),
+            bound: count("bound"),
+            waiting,
+        };
+        let mut rooms: Vec<EniRoom> = {
+            let selector = node.vswitches.lock().unwrap_or_else(PoisonError::into_inner);
+            s.enis
+                .values()
+                .map(|e| {
+                    let assigning = flight.assigning.get(&e.id).copied();
+                    EniRoom {
+                        eni_id: e.id.clone(),
+                        ips: s.ips.values().filter(|r| r.eni_id == e.id).count() as u32 + assigning.unwrap_or(0),
+                        // one AssignPrivateIpAddresses per ENI at a time
+                        can_grow: assigning.is_none()
+                            && e.status == EniStatus::InUse
+                            && e.owner.is_none()
+                            && !selector.is_set_aside(&e.vswitch_id),
+                    }
+                })
+                .collect()
+        };
+        // ENIs being made count against the quota
+        rooms.extend(flight.creating.iter().enumerate().map(|(i, n)| EniRoom {
+            eni_id: format!("(creating {i})"),
+            ips: *n,
+            can_grow: false,
+        }));
+    (counts, rooms)
     };
     let b = bounds(node);
     let plan = pool::plan(counts, b, &rooms);
-    if pool::deficit(counts, b) > 0 && plan.assign.is_empty() && plan.new_enis.is_empty() {
+    if pool::deficit(counts, b) > 0 && plan.assign.is_empty() && plan.new_enis.is_empty() && steps.is_empty() {
         node.set_last_error(Some(format!(
             "no room left on this node: {} of {} secondary ENIs ({}: {} ENIs including the primary) are in use, none can take more addresses",
             rooms.len(),
@@ -136,30 +251,76 @@ pub async fn pass(node: &Node) -> anyhow::Result<PassReport> {
             node.limits.enis
         )));
     }
-    // one cloud step per pass keeps each pass's picture fresh; the loop runs again while it progresses
-    if let Some((eni_id, n)) = plan.assign.first() {
-        report.assigned += assign(node, eni_id, *n).await?;
-        report.progressed = true;
-    } else if let Some(secondaries) = plan.new_enis.first() {
-        if create_eni(node, *secondaries).await? {
-            report.enis_created += 1;
-            report.progressed = true;
-        }
-    } else if plan.release > 0 {
+    for (eni_id, n) in plan.assign {
+        in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .assigning
+            .insert(eni_id.clone(), n);
+        let (node, in_flight) = (node.clone(), in_flight.clone());
+        steps.spawn(async move {
+            let result = assign(&node, &eni_id, n).await;
+            in_flight.lock().unwrap_or_else(PoisonError::into_inner).assigning.remove(&eni_id);
+            step_done(&node, "assign", result.map(|added| added > 0));
+        });
+        report.started += 1;
+    }
+    for secondaries in plan.new_enis {
+        in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .creating
+            .push(secondaries + 1);
+        let (node, in_flight) = (node.clone(), in_flight.clone());
+        steps.spawn(async move {
+            let result = create_eni(&node, secondaries).await;
+            let mut flight = in_flight.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(i) = flight.creating.iter().position(|n| *n == secondaries + 1) {
+                flight.creating.remove(i);
+            }
+            drop(flight);
+            step_done(&node, "create ENI", result);
+        });
+        report.started += 1;
+    }
+    // giving back waits until nothing is growing (and the picture is fresh)
+    if plan.release > 0 && steps.is_empty() && !view.stale {
         if let Some(eni_id) = idle_eni_to_retire(node, &s, plan.release) {
             if retire_eni(node, &eni_id).await? {
                 report.released += 1;
                 report.progressed = true;
+                view.stale = true;
                 return Ok(report);
             }
         }
         report.released += release(node, plan.release as usize).await?;
         report.progressed = report.released > 0;
-    }
-    if report.assigned > 0 || report.enis_created > 0 || report.adopted_ips > 0 {
-        node.pool_changed.notify_waiters();
+        view.stale |= report.released > 0;
     }
     Ok(report)
+}
+
+/// The end of a background step: wake the ADDs waiting for what it added,
+/// and say what failed (the next pass plans again from what is true).
+fn step_done(node: &Node, what: &str, result: anyhow::Result<bool>) {
+    match result {
+        Ok(true) => node.pool_changed.notify_waiters(),
+        Ok(false) => {}
+        Err(e) => {
+            tracing::warn!(step = what, error = %e, "reconcile step failed");
+            node.set_last_error(Some(e.to_string()));
+        }
+    }
+}
+
+/// A failed mutation's intent, by the error's class: a retryable failure's
+/// outcome is unknown, so its intent stays until the cloud tells; anything
+/// else did not happen (or is already done) and the intent is complete.
+fn settle_failed(node: &Node, intent_id: u64, e: &CloudError) -> anyhow::Result<()> {
+    if e.class() != ErrorClass::Retryable {
+        node.ledger.complete_intent(intent_id, Durability::Flush)?;
+    }
+    Ok(())
 }
 
 /// ADDs are waiting and vSwitches are set aside: if the cloud shows free
@@ -212,7 +373,7 @@ async fn exclusive_pass(node: &Node, mut report: PassReport) -> anyhow::Result<P
     if want > 0 {
         if (s.enis.len() as u32) < max_enis {
             if create_eni(node, 0).await? {
-                report.enis_created += 1;
+                report.started += 1;
                 report.progressed = true;
                 node.pool_changed.notify_waiters();
             }
@@ -271,9 +432,7 @@ async fn retire_eni(node: &Node, eni_id: &str) -> anyhow::Result<bool> {
     if let Err(e) = r {
         if e.class() != ErrorClass::AlreadyDone {
             tracing::warn!(eni = eni_id, error = %e, "detach failed");
-            if e.class() != ErrorClass::Retryable {
-                node.ledger.complete_intent(detach.id, Durability::Flush)?;
-            }
+            settle_failed(node, detach.id, &e)?;
             return Ok(false);
         }
     }
@@ -503,15 +662,10 @@ async fn assign(node: &Node, eni_id: &str, n: u32) -> anyhow::Result<usize> {
                 .unwrap_or_default();
             tracing::warn!(eni = eni_id, vswitch = %vswitch, error = %e, request_id = e.request_id().unwrap_or(""), "assign failed");
             note_failure(node, &e);
-            match e.class() {
-                ErrorClass::VSwitchExhausted => {
-                    node.set_vswitch_aside(&vswitch, &e.to_string());
-                    node.ledger.complete_intent(intent.id, Durability::Flush)?;
-                }
-                // the outcome is unknown: the intent stays until the cloud tells
-                ErrorClass::Retryable => {}
-                _ => node.ledger.complete_intent(intent.id, Durability::Flush)?,
+            if e.class() == ErrorClass::VSwitchExhausted {
+                node.set_vswitch_aside(&vswitch, &e.to_string());
             }
+            settle_failed(node, intent.id, &e)?;
             Ok(0)
         }
     }
@@ -593,18 +747,12 @@ async fn create_eni(node: &Node, secondaries: u32) -> anyhow::Result<bool> {
             Err(e) => {
                 tracing::warn!(vswitch = %vswitch, error = %e, request_id = e.request_id().unwrap_or(""), "ENI creation failed");
                 note_failure(node, &e);
-                match e.class() {
-                    ErrorClass::VSwitchExhausted => {
-                        node.set_vswitch_aside(&vswitch, &e.to_string());
-                        node.ledger.complete_intent(intent.id, Durability::Flush)?;
-                        continue;
-                    }
-                    ErrorClass::Retryable => return Ok(false),
-                    _ => {
-                        node.ledger.complete_intent(intent.id, Durability::Flush)?;
-                        return Ok(false);
-                    }
+                settle_failed(node, intent.id, &e)?;
+                if e.class() == ErrorClass::VSwitchExhausted {
+                    node.set_vswitch_aside(&vswitch, &e.to_string());
+                    continue;
                 }
+                return Ok(false);
             }
         };
         let eni_id = created.eni.network_interface_id.clone();
@@ -623,8 +771,8 @@ async fn create_eni(node: &Node, secondaries: u32) -> anyhow::Result<bool> {
         if let Err(e) = result {
             tracing::warn!(eni = %eni_id, error = %e, "attach failed");
             note_failure(node, &e);
+            settle_failed(node, attach.id, &e)?;
             if e.class() != ErrorClass::Retryable {
-                node.ledger.complete_intent(attach.id, Durability::Flush)?;
                 // an ENI we made and could not attach is ours to delete
                 let _ = node
                     .cloud
@@ -759,9 +907,7 @@ async fn release(node: &Node, n: usize) -> anyhow::Result<usize> {
         Err(e) if e.class() == ErrorClass::AlreadyDone => {}
         Err(e) => {
             tracing::warn!(eni = eni_id, error = %e, "unassign failed");
-            if e.class() != ErrorClass::Retryable {
-                node.ledger.complete_intent(intent.id, Durability::Flush)?;
-            }
+            settle_failed(node, intent.id, &e)?;
             return Ok(0);
         }
     }

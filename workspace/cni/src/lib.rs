@@ -1,6 +1,8 @@
-//! The CNI plugin side: input parsing and result rendering ([`plugin`]), the
-//! plugin ⇄ daemon messages ([`protocol`]), and the synchronous exchange
-//! over the daemon's unix socket.
+//! terway-cni: the `terway` CNI plugin's side of terway-rs — input parsing
+//! and result rendering ([`plugin`]), the plugin ⇄ daemon messages
+//! ([`protocol`]), and the synchronous exchange over the daemon's unix
+//! socket. std + serde_json only, so the binary kubelet execs for every pod
+//! stays small and starts fast; terwayd decodes with the same types.
 
 pub mod plugin;
 pub mod protocol;
@@ -11,6 +13,10 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
+
+/// Where terwayd listens unless the conflist says otherwise (terway-config's
+/// `defaults::SOCKET_PATH`; a test in terway-node keeps the two equal).
+pub const DEFAULT_SOCKET_PATH: &str = "/var/run/eni/eni.socket";
 
 /// Upstream's daemon deadline is 118 s inside the plugin's 120 s.
 pub const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(120);

@@ -5,9 +5,9 @@
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use terway_node::cni::plugin::{self, code, CniError, Command};
-use terway_node::cni::protocol::{Reply, Request};
-use terway_node::cni::{exchange, EXCHANGE_TIMEOUT};
+use terway_cni::plugin::{self, code, CniError, Command};
+use terway_cni::protocol::{Reply, Request};
+use terway_cni::{exchange, EXCHANGE_TIMEOUT};
 
 fn main() -> ExitCode {
     let mut stdin = Vec::new();
@@ -44,7 +44,7 @@ fn run(stdin: &[u8]) -> Result<Option<String>, CniError> {
     let socket = inv
         .socket
         .clone()
-        .unwrap_or_else(|| PathBuf::from(terway_config::defaults::SOCKET_PATH));
+        .unwrap_or_else(|| PathBuf::from(terway_cni::DEFAULT_SOCKET_PATH));
     match exchange(&socket, &request, EXCHANGE_TIMEOUT)? {
         Reply::Error { code, msg, details } => Err(CniError { code, msg, details }),
         Reply::Inspect { .. } => Err(CniError::new(

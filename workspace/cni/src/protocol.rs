@@ -128,9 +128,16 @@ pub struct PodNetworkReply {
     pub mac: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("bad request: {0}")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProtocolError(pub String);
+
+impl std::fmt::Display for ProtocolError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "bad request: {}", self.0)
+    }
+}
+
+impl std::error::Error for ProtocolError {}
 
 /// The bytes a request travels as.
 pub fn encode_request(r: &Request) -> Vec<u8> {
@@ -175,7 +182,7 @@ fn check_pod(p: &PodRequest) -> Result<(), ProtocolError> {
     for (what, v) in [("pod namespace", &p.pod_namespace), ("pod name", &p.pod_name)] {
         check_k8s_name(what, v)?;
     }
-    if !crate::cni::plugin::SUPPORTED_VERSIONS.contains(&p.cni_version.as_str()) {
+    if !crate::plugin::SUPPORTED_VERSIONS.contains(&p.cni_version.as_str()) {
         return Err(ProtocolError(format!(
             "cniVersion {:?} is not supported",
             p.cni_version

@@ -2,7 +2,7 @@
 //! and network configuration, and writing results and errors in the form
 //! each CNI version expects. Pure functions, shared by the binary and tests.
 
-use super::protocol::{self, Attachment, PodNetworkReply, PodRequest, Request};
+use crate::protocol::{self, Attachment, PodNetworkReply, PodRequest, Request};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -24,13 +24,20 @@ pub mod code {
 }
 
 /// An error as CNI reports it.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("CNI error {code}: {msg}")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CniError {
     pub code: u32,
     pub msg: String,
     pub details: String,
 }
+
+impl std::fmt::Display for CniError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CNI error {}: {}", self.code, self.msg)
+    }
+}
+
+impl std::error::Error for CniError {}
 
 impl CniError {
     pub fn new(code: u32, msg: impl Into<String>) -> Self {

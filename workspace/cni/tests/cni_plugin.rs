@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use terway_node::cni::protocol::{decode_request, PodNetworkReply, Reply, Request};
+use terway_cni::protocol::{decode_request, PodNetworkReply, Reply, Request};
 
 fn conf(version: &str, socket: &Path) -> String {
     format!(
