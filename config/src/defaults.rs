@@ -36,6 +36,9 @@ pub const METADATA_ENDPOINT: &str = "http://100.100.100.200";
 /// A released IP waits this long before another pod may get it, so that
 /// peers' conntrack and ARP entries for the old pod age out (AWS VPC CNI uses 30 s).
 pub const IP_COOLDOWN: Duration = Duration::from_secs(30);
+/// How often the datapath agent checks every pod and ENI against its desired
+/// state and repairs drift (upstream re-syncs its rules every 5 minutes).
+pub const DATAPATH_CHECK_PERIOD: Duration = Duration::from_secs(5 * 60);
 /// How long an exhausted vSwitch is set aside (upstream: its cache entry TTL).
 pub const VSWITCH_COOLDOWN: Duration = Duration::from_secs(10 * 60);
 pub const MTU: u32 = 1500;

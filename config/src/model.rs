@@ -39,6 +39,8 @@ pub struct Config {
     pub idle_ip_reclaim: IdleIpReclaim,
     #[serde(with = "crate::duration::go_string")]
     pub ip_pool_sync_period: Duration,
+    /// How often the datapath agent re-checks and repairs every pod (terway-rs's own).
+    pub datapath_check_period: Duration,
     pub ip_stack: IpStack,
     pub eni_selection_policy: EniSelectionPolicy,
     /// Requests per minute for every known OpenAPI action (defaults merged with overrides).
@@ -174,6 +176,7 @@ impl Config {
             vswitches, vswitch_selection_policy, security_groups, resource_group_id, eni_tags,
             eni_tag_filter, eni_tag_block_list, max_pool_size, min_pool_size, min_eni, max_eni,
             eni_cap_ratio, eni_cap_shift, ip_warm_up_size, idle_ip_reclaim, ip_pool_sync_period,
+            datapath_check_period,
             ip_stack, eni_selection_policy, rate_limit, backoff, kube_client_qps,
             kube_client_burst, enable_patch_pod_ips, disable_network_policy,
             custom_stateful_workload_kinds, disable_device_plugin, ledger_path, socket_path,

@@ -55,6 +55,7 @@ const KNOWN_KEYS: &[(&str, KeyUse)] = &[
     ("idle_ip_reclaim_batch_size", KeyUse::Ignored(NOT_YET)),
     ("idle_ip_reclaim_jitter_factor", KeyUse::Ignored(NOT_YET)),
     ("ip_pool_sync_period", KeyUse::Used),
+    ("datapath_check_period", KeyUse::Used),
     (
         "ip_stack",
         KeyUse::IgnoredWhen(
@@ -230,6 +231,9 @@ pub(crate) fn config_from_object(obj: &Map<String, Value>, findings: &mut Findin
         ip_pool_sync_period: r
             .duration("ip_pool_sync_period", true)
             .unwrap_or(defaults::IP_POOL_SYNC_PERIOD),
+        datapath_check_period: r
+            .duration("datapath_check_period", true)
+            .unwrap_or(defaults::DATAPATH_CHECK_PERIOD),
         ip_stack: r.ip_stack("ip_stack"),
         eni_selection_policy: r
             .choice(

@@ -1,7 +1,7 @@
 //! Where a pod's rate limits come from: CNI `runtimeConfig.bandwidth` (bits
 //! per second) and the pod annotations.
 
-use crate::pod::Bandwidth;
+use crate::spec::Bandwidth;
 
 pub const INGRESS_ANNOTATION: &str = "k8s.aliyun.com/ingress-bandwidth";
 pub const EGRESS_ANNOTATION: &str = "k8s.aliyun.com/egress-bandwidth";

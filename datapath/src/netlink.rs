@@ -22,6 +22,7 @@ const ESRCH: i32 = 3;
 const ENODEV: i32 = 19;
 const EADDRNOTAVAIL: i32 = 99;
 const EBUSY: i32 = 16;
+const ENOBUFS: i32 = 105;
 /// How often a dump interrupted by concurrent changes is taken again.
 const DUMP_RETRIES: u32 = 8;
 
@@ -30,6 +31,23 @@ pub(crate) fn errno(e: &rtnetlink::Error) -> Option<i32> {
     match e {
         rtnetlink::Error::NetlinkError(m) => Some(m.raw_code().abs()),
         _ => None,
+    }
+}
+
+/// An error the kernel answered, with its errno kept as a value.
+pub(crate) trait KernelError: std::fmt::Display {
+    fn errno(&self) -> Option<i32>;
+}
+
+impl KernelError for rtnetlink::Error {
+    fn errno(&self) -> Option<i32> {
+        errno(self)
+    }
+}
+
+impl KernelError for rtnetlink::packet_core::ErrorMessage {
+    fn errno(&self) -> Option<i32> {
+        Some(self.raw_code().abs())
     }
 }
 
@@ -173,6 +191,7 @@ impl Netlink {
                 op: "open socket".into(),
                 ns: ns.path().to_path_buf(),
                 message: e.to_string(),
+                errno: e.raw_os_error(),
             })?;
         tokio::spawn(connection);
         Ok(Self {
@@ -181,18 +200,22 @@ impl Netlink {
         })
     }
 
-    fn err(&self, op: impl Into<String>, e: impl std::fmt::Display) -> DatapathError {
+    fn err(&self, op: impl Into<String>, e: impl KernelError) -> DatapathError {
         DatapathError::Netlink {
             op: op.into(),
             ns: self.ns.clone(),
             message: e.to_string(),
+            errno: e.errno(),
         }
     }
 
     // ---- links ----
 
     /// Runs a dump, taking it again when a concurrent change interrupted it
-    /// (the kernel answers EBUSY for NLM_F_DUMP_INTR).
+    /// (the kernel answers EBUSY for NLM_F_DUMP_INTR) or when the socket's
+    /// receive buffer was full of other requests' answers (ENOBUFS: many pods
+    /// set up at once share this socket); the kernel answers either as an
+    /// error to this request, so the connection stays in step.
     async fn dump<T, F, Fut>(&self, what: &str, mut take: F) -> Result<Vec<T>, DatapathError>
     where
         F: FnMut() -> Fut,
@@ -202,6 +225,11 @@ impl Netlink {
         loop {
             match take().await {
                 Err(e) if errno(&e) == Some(EBUSY) && attempt < DUMP_RETRIES => attempt += 1,
+                Err(e) if errno(&e) == Some(ENOBUFS) && attempt < DUMP_RETRIES => {
+                    attempt += 1;
+                    // let the reader drain what is queued
+                    tokio::time::sleep(std::time::Duration::from_millis(2 << attempt)).await;
+                }
                 other => return other.map_err(|e| self.err(what, e)),
             }
         }
@@ -330,11 +358,7 @@ impl Netlink {
             .add(msg)
             .execute()
             .await
-            .map_err(|e| DatapathError::Netlink {
-                op: format!("add {what}"),
-                ns: self.ns.clone(),
-                message: format!("{e} (errno {})", errno(&e).unwrap_or(0)),
-            })
+            .map_err(|e| self.err(format!("add {what}"), e))
     }
 
     // ---- addresses ----

@@ -380,6 +380,8 @@ async fn waits_for_hot_plug() {
         route_table: names::eni_route_table(7),
         gateway: Ipv4Addr::new(192, 168, 7, 253),
         cidr: "192.168.7.0/24".parse().unwrap(),
+        gateway_v6: None,
+        cidr_v6: None,
         mtu: 1500,
     };
     // the ENI is attached while the datapath waits for it

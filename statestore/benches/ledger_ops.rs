@@ -58,6 +58,7 @@ fn run(pods: usize) -> Result<(), LedgerError> {
                 route_table: 1000 + e,
                 created_by_us: true,
                 owner: None,
+                exclusive: false,
             },
             Durability::Lazy,
         )?;

@@ -122,6 +122,7 @@ mod tests {
                 route_table: 1001,
                 created_by_us: true,
                 owner: None,
+                exclusive: false,
             },
         );
         for a in ["10.0.0.1", "10.0.0.2"] {

@@ -514,6 +514,23 @@ impl Ledger {
         self.lock().state.pods.get(&pod.key()).cloned()
     }
 
+    /// ENIs that serve one pod whole (taken or idle).
+    pub fn exclusive_enis(&self) -> usize {
+        self.lock().state.enis.values().filter(|e| e.exclusive).count()
+    }
+
+    /// One ENI's record, without copying the rest of the ledger.
+    pub fn eni(&self, eni_id: &str) -> Option<EniRecord> {
+        self.lock().state.enis.get(eni_id).cloned()
+    }
+
+    /// The ENI an address is on, without copying the rest of the ledger.
+    pub fn eni_of_ip(&self, ip: &IpAddr) -> Option<EniRecord> {
+        let inner = self.lock();
+        let eni_id = &inner.state.ips.get(ip)?.eni_id;
+        inner.state.enis.get(eni_id).cloned()
+    }
+
     // ---- pods ----
 
     /// Gives the pod an idle address: the same one again for the same pod
@@ -586,7 +603,7 @@ impl Ledger {
             .filter(|(id, _)| {
                 s.enis
                     .get(*id)
-                    .is_some_and(|e| e.status == EniStatus::InUse && e.owner.is_none())
+                    .is_some_and(|e| e.status == EniStatus::InUse && e.owner.is_none() && !e.exclusive)
             })
             .filter_map(|(id, a)| {
                 a.idle
@@ -641,8 +658,10 @@ impl Ledger {
         })
     }
 
-    /// Exclusive-ENI mode: gives the pod a whole idle ENI (its primary IP).
-    pub fn reserve_eni(&self, req: &BindRequest, durability: Durability) -> Result<Bound, LedgerError> {
+    /// Gives the pod a whole idle ENI (its primary IP): one marked
+    /// [`exclusive`](EniRecord::exclusive), or (`any_eni`, a node in
+    /// exclusive-ENI mode) any ENI no pod holds an address of.
+    pub fn reserve_eni(&self, req: &BindRequest, any_eni: bool, durability: Durability) -> Result<Bound, LedgerError> {
         let mut inner = self.lock();
         let s = &inner.state;
         if let Some(existing) = s.pods.get(&req.pod.key()) {
@@ -682,6 +701,7 @@ impl Ledger {
             .find(|e| {
                 e.status == EniStatus::InUse
                     && e.owner.is_none()
+                    && (e.exclusive || any_eni)
                     && !held.contains(&e.id)
                     && s.count(&e.id, "bound") == 0
             })
@@ -813,6 +833,7 @@ impl Ledger {
                 status: known.status,
                 owner: known.owner.clone(),
                 created_by_us: known.created_by_us || eni.created_by_us,
+                exclusive: known.exclusive || eni.exclusive,
                 ..eni
             },
             None => eni,

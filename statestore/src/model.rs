@@ -72,6 +72,10 @@ pub struct EniRecord {
     /// Exclusive-ENI mode: the pod this ENI is reserved for.
     #[serde(default)]
     pub owner: Option<PodRef>,
+    /// Serves one pod whole (an exclusive ENI, also on a shared-mode node):
+    /// its addresses never go to shared pods.
+    #[serde(default)]
+    pub exclusive: bool,
 }
 
 /// Where one container's interface lives.

@@ -20,6 +20,7 @@ fn build(dir: &Path) {
         route_table: 1001,
         created_by_us: true,
         owner: None,
+        exclusive: false,
     };
     l.adopt_eni(eni, Durability::Flush).unwrap();
     let ips: Vec<IpAddr> = (2..=5).map(|i| IpAddr::from([10, 1, 0, i])).collect();

@@ -208,15 +208,18 @@ fn exclusive_eni_reservation() {
     let dir = tempfile::tempdir().unwrap();
     let l = Ledger::open(dir.path()).unwrap();
     l.adopt_eni(eni("eni-x", 7), Durability::Flush).unwrap();
-    let b = l.reserve_eni(&req("big", "c1"), Durability::Flush).unwrap();
+    let b = l.reserve_eni(&req("big", "c1"), true, Durability::Flush).unwrap();
     assert_eq!((b.eni.id.as_str(), b.ip), ("eni-x", ip("10.0.7.1")));
     assert_eq!(
-        l.reserve_eni(&req("big", "c1"), Durability::Flush).unwrap().eni.id,
+        l.reserve_eni(&req("big", "c1"), true, Durability::Flush)
+            .unwrap()
+            .eni
+            .id,
         "eni-x",
         "idempotent"
     );
     assert!(matches!(
-        l.reserve_eni(&req("other", "c2"), Durability::Flush),
+        l.reserve_eni(&req("other", "c2"), true, Durability::Flush),
         Err(LedgerError::NoIdleEni)
     ));
     assert!(l.check().is_empty(), "{:?}", l.check());
@@ -225,9 +228,46 @@ fn exclusive_eni_reservation() {
         .unwrap();
     assert_eq!(r.eni_id.as_deref(), Some("eni-x"));
     assert_eq!(
-        l.reserve_eni(&req("other", "c2"), Durability::Flush).unwrap().eni.id,
+        l.reserve_eni(&req("other", "c2"), true, Durability::Flush)
+            .unwrap()
+            .eni
+            .id,
         "eni-x"
     );
+}
+
+#[test]
+fn shared_and_exclusive_enis_side_by_side() {
+    let dir = tempfile::tempdir().unwrap();
+    let l = Ledger::open(dir.path()).unwrap();
+    l.adopt_eni(eni("eni-s", 1), Durability::Flush).unwrap();
+    l.adopt_ips("eni-s", &[ip("10.0.1.1")], Durability::Flush).unwrap();
+    l.adopt_eni(
+        EniRecord {
+            exclusive: true,
+            ..eni("eni-x", 2)
+        },
+        Durability::Flush,
+    )
+    .unwrap();
+    l.adopt_ips("eni-x", &[ip("10.0.2.1")], Durability::Flush).unwrap();
+    // a shared pod never gets the exclusive ENI's address
+    let shared = l
+        .bind(&req("web", "c1"), EniPreference::MostUsed, Durability::Flush)
+        .unwrap();
+    assert_eq!(shared.eni.id, "eni-s");
+    assert!(matches!(
+        l.bind(&req("web2", "c2"), EniPreference::MostUsed, Durability::Flush),
+        Err(LedgerError::NoIdleIp { .. })
+    ));
+    // on a shared node only a marked ENI is given whole
+    let whole = l.reserve_eni(&req("db", "c3"), false, Durability::Flush).unwrap();
+    assert_eq!((whole.eni.id.as_str(), whole.ip), ("eni-x", ip("10.0.2.1")));
+    assert!(matches!(
+        l.reserve_eni(&req("db2", "c4"), false, Durability::Flush),
+        Err(LedgerError::NoIdleEni)
+    ));
+    assert!(l.check().is_empty(), "{:?}", l.check());
 }
 
 #[test]

@@ -3,10 +3,11 @@
 //!    datapath in a simulated node), beside Debian's ptp + host-local doing
 //!    the same pods;
 //! 2. a cold burst of 50 pods with 100 ms of emulator latency per API call:
-//!    wall time and API calls, beside the ideal;
-//! 3. terwayd's resident memory holding 250 pods.
-//!
-//! 4. how long a `/metrics` scrape takes then.
+//!    wall time and mutating calls beside the critical-path ideal;
+//! 3. the cloud calls a warm pool makes while pods come and go within its
+//!    bounds; the plugin binary's size and exec-to-reply time;
+//! 4. terwayd's resident memory holding 250 pods, and how long a `/metrics`
+//!    scrape takes then.
 //!
 //! `cargo bench -p terway-tests --bench node_service`
 
@@ -231,9 +232,14 @@ impl Drop for Namespaces {
 
 fn cold_burst(rt: &tokio::runtime::Runtime) {
     const PODS: usize = 50;
+    const IPS_PER_ENI: usize = 20; // ecs.g6.8xlarge
+    const LATENCY_MS: u64 = 100;
     let mut scenario = Scenario::default();
-    scenario.instances[0].instance_type = "ecs.g6.8xlarge".into(); // 20 addresses per ENI
-    scenario.faults.latency_ms.insert("*".into(), 100);
+    let attach_ms = scenario.delays.attach_ms;
+    const ATTACH_MS: u64 = 200;
+    assert_eq!(attach_ms, ATTACH_MS, "the emulator's default attach delay");
+    scenario.instances[0].instance_type = "ecs.g6.8xlarge".into();
+    scenario.faults.latency_ms.insert("*".into(), LATENCY_MS);
     let em = rt.block_on(Emulator::start(scenario)).unwrap_or_else(|e| panic!("{e}"));
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let conf_path = eni_conf(dir.path(), &em.url(), r#", "max_pool_size": 0, "min_pool_size": 0"#);
@@ -263,22 +269,25 @@ fn cold_burst(rt: &tokio::runtime::Runtime) {
     let wall = started.elapsed();
     let stats = running.node.cloud.stats();
     let after: u64 = stats.values().map(|s| s.calls).sum();
-    let mutating: u64 = [
-        "AssignPrivateIpAddresses",
-        "CreateNetworkInterface",
-        "AttachNetworkInterface",
-    ]
-    .iter()
-    .filter_map(|a| stats.get(a))
-    .map(|s| s.calls)
-    .sum();
-    let enis_needed = PODS.div_ceil(20);
-    println!("cold burst of {PODS} pods, 100 ms emulator latency per call:");
+    let calls = |a: &str| stats.get(a).map_or(0, |s| s.calls);
+    let mutating =
+        calls("AssignPrivateIpAddresses") + calls("CreateNetworkInterface") + calls("AttachNetworkInterface");
+    // the critical path: every ENI created, attached and seen InUse at once —
+    // CreateNetworkInterface, AttachNetworkInterface, the attach settling,
+    // one DescribeNetworkInterfaces that sees it InUse
+    let enis_needed = PODS.div_ceil(IPS_PER_ENI) as u64;
+    let ideal = Duration::from_millis(3 * LATENCY_MS + ATTACH_MS);
+    println!("cold burst of {PODS} pods, {LATENCY_MS} ms emulator latency per call, attach settles in {ATTACH_MS} ms:");
     println!(
-        "  wall time {:.2} s; API calls {} ({} mutating: {})",
+        "  wall time {:.3} s beside the critical-path ideal {:.3} s: {:.2}x",
         wall.as_secs_f64(),
+        ideal.as_secs_f64(),
+        wall.as_secs_f64() / ideal.as_secs_f64()
+    );
+    println!(
+        "  mutating calls {mutating} beside the ideal {} ({enis_needed} creates + {enis_needed} attaches); all calls {}: {}",
+        2 * enis_needed,
         after - before,
-        mutating,
         stats
             .iter()
             .filter(|(a, _)| !a.starts_with("DescribeInstance"))
@@ -286,10 +295,96 @@ fn cold_burst(rt: &tokio::runtime::Runtime) {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    println!(
-        "  ideal: {} assign calls (⌈50/10⌉) or, on new ENIs, {enis_needed} creates + {enis_needed} attaches",
-        PODS.div_ceil(10)
+    running.stop();
+}
+
+/// Cloud calls a warm pool makes while pods come and go within its bounds
+/// (target: none), through the socket with no datapath; then the plugin
+/// binary: its size and how long one exec takes to get terwayd's answer.
+fn warm_calls_and_the_plugin(rt: &tokio::runtime::Runtime) {
+    const PAIRS: usize = 200;
+    let em = rt
+        .block_on(Emulator::start(Scenario::default()))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    // the sync period is an hour: what is counted is what the pods cause
+    let conf_path = eni_conf(
+        dir.path(),
+        &em.url(),
+        r#", "max_pool_size": 30, "min_pool_size": 10, "ip_pool_sync_period": "1h""#,
     );
+    let running = rt
+        .block_on(service::start(conf_path, None, NodeOptions::default()))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let node = running.node.clone();
+    rt.block_on(async {
+        for _ in 0..300 {
+            if terway_tests::idle_addresses(&node.ledger) >= 10 && node.ledger.intents().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await; // the read after the last assign
+    });
+    let socket = node.socket_path();
+    let total = || node.cloud.stats().values().map(|s| s.calls).sum::<u64>();
+    let before = total();
+    let started = Instant::now();
+    for i in 0..PAIRS {
+        let r = exchange(&socket, &Request::Add(pod(i % 5)), Duration::from_secs(30));
+        assert!(matches!(r, Ok(Reply::Ok { network: Some(_) })), "ADD {i}: {r:?}");
+        let r = exchange(&socket, &Request::Del(pod(i % 5)), Duration::from_secs(30));
+        assert!(matches!(r, Ok(Reply::Ok { .. })), "DEL {i}: {r:?}");
+    }
+    std::thread::sleep(Duration::from_millis(500)); // let any pass the pods woke finish
+    let calls = total() - before;
+    println!(
+        "warm pool (10..30 idle), {PAIRS} ADD+DEL pairs in {:.2} s: {calls} cloud calls, {:.3} per pair",
+        started.elapsed().as_secs_f64(),
+        calls as f64 / PAIRS as f64
+    );
+
+    let plugin = terway_tests::binary("terway");
+    let size = std::fs::metadata(&plugin).map(|m| m.len()).unwrap_or(0);
+    let status_conf = format!(
+        r#"{{"cniVersion":"1.1.0","name":"terway","type":"terway","socket":"{}"}}"#,
+        socket.display()
+    );
+    let time_exec = |binary: &Path, command: &str, conf: &str| {
+        let mut runs = Vec::new();
+        for _ in 0..200 {
+            let t = Instant::now();
+            let env = [
+                ("CNI_COMMAND", command.to_owned()),
+                ("CNI_PATH", "/usr/lib/cni".to_owned()),
+            ];
+            if !exec_cni(binary, None, &env, conf) {
+                return None;
+            }
+            runs.push(t.elapsed());
+        }
+        runs.sort();
+        Some((pct(&runs, 0.5), pct(&runs, 0.99)))
+    };
+    println!(
+        "the terway plugin binary: {:.1} MiB ({size} bytes, debug profile)",
+        size as f64 / 1048576.0
+    );
+    if let Some((p50, p99)) = time_exec(&plugin, "STATUS", &status_conf) {
+        println!("  exec to terwayd's reply (CNI STATUS over the socket): p50 {p50:.2} ms, p99 {p99:.2} ms (200 runs)");
+    }
+    let version_conf = r#"{"cniVersion":"1.0.0","name":"x","type":"x"}"#;
+    if let Some((p50, p99)) = time_exec(&plugin, "VERSION", version_conf) {
+        println!("  exec alone (CNI VERSION, no daemon):                 p50 {p50:.2} ms, p99 {p99:.2} ms");
+    }
+    if let Some(ptp) = ["/usr/lib/cni/ptp", "/opt/cni/bin/ptp"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+    {
+        if let Some((p50, p99)) = time_exec(Path::new(ptp), "VERSION", version_conf) {
+            println!("  ptp, exec alone (CNI VERSION), for comparison:        p50 {p50:.2} ms, p99 {p99:.2} ms");
+        }
+    }
     running.stop();
 }
 
@@ -389,5 +484,6 @@ fn main() {
         println!("SKIPPED the warm-pool comparison: not root (it builds network namespaces)");
     }
     cold_burst(&rt);
+    warm_calls_and_the_plugin(&rt);
     memory_at_250_pods(&rt);
 }

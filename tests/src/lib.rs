@@ -38,13 +38,24 @@ pub fn binary(name: &str) -> PathBuf {
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let mut build = Command::new(cargo);
             build.args([
-                "build", "--quiet", "-p", "terway-node", "-p", "terway-cni", "--bins", "--features", "terway-node/demo",
+                "build",
+                "--quiet",
+                "-p",
+                "terway-node",
+                "-p",
+                "terway-cni",
+                "--bins",
+                "--features",
+                "terway-node/demo",
             ]);
             if profile != "debug" {
                 build.args(["--profile", &profile]);
             }
             let status = build.status().expect("running cargo build for terway-node's binaries");
-            assert!(status.success(), "cargo build -p terway-node -p terway-cni --bins failed");
+            assert!(
+                status.success(),
+                "cargo build -p terway-node -p terway-cni --bins failed"
+            );
         }
         dir
     });

@@ -163,7 +163,7 @@ async fn pods_get_confirmed_addresses_and_the_pool_settles() {
     // at rest the idle pool is within [min, max] and every cloud address is in the ledger
     let mut settled = false;
     for _ in 0..100 {
-        running.node.wake.notify_one();
+        running.node.reconcile_soon();
         tokio::time::sleep(Duration::from_millis(100)).await;
         let s = running.node.ledger.snapshot();
         let idle = s.ips.values().filter(|r| r.state == IpState::Idle).count();
@@ -298,7 +298,7 @@ async fn a_vswitch_runs_out_mid_run_and_the_next_one_serves() {
     let on_small = ips.iter().filter(|ip| vswitch_of(ip) == "vsw-small0000000001").count();
     assert!(on_small > 0, "no pod was served from the next vSwitch");
     assert_eq!(ips.len() - on_small, 4, "the /26 served what it had left");
-    let aside = running.node.vswitches.lock().unwrap().set_aside_now();
+    let aside = running.node.vswitches_set_aside();
     assert!(aside.iter().any(|(v, _)| v == mid), "{aside:?}");
     let refused = em.calls()["AssignPrivateIpAddresses"]
         .get("InvalidVSwitchId.IpNotEnough")
@@ -350,7 +350,7 @@ async fn idle_enis_above_max_are_given_back_whole() {
     // 30 idle, max 5: two whole ENIs go back, then five addresses of the last
     let mut settled = false;
     for _ in 0..150 {
-        running.node.wake.notify_one();
+        running.node.reconcile_soon();
         tokio::time::sleep(Duration::from_millis(100)).await;
         let s = running.node.ledger.snapshot();
         if s.enis.len() == 1 && s.ips.len() == 5 && s.intents.is_empty() {
@@ -417,7 +417,7 @@ async fn cloud_faults_during_a_burst() {
     // no ENI or address twice in the cloud, and the ledger agrees with it at rest
     let mut agreed = false;
     for _ in 0..100 {
-        running.node.wake.notify_one();
+        running.node.reconcile_soon();
         tokio::time::sleep(Duration::from_millis(100)).await;
         let s = running.node.ledger.snapshot();
         let ledger_ips: BTreeSet<String> = s.ips.keys().map(ToString::to_string).collect();
@@ -582,7 +582,7 @@ async fn exclusive_eni_mode_up_to_the_quota() {
     }
     let mut retired = false;
     for _ in 0..100 {
-        running.node.wake.notify_one();
+        running.node.reconcile_soon();
         tokio::time::sleep(Duration::from_millis(100)).await;
         if running.node.ledger.snapshot().enis.len() == 1 {
             retired = true;
@@ -641,4 +641,40 @@ async fn the_plugin_and_conflist_are_installed_once_serving() {
         "no staging file left behind"
     );
     running.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_add_waiting_on_a_full_node_is_served_when_an_address_finishes_cooling() {
+    let em = Emulator::start(Scenario::default()).await.unwrap();
+    // one secondary ENI of ten addresses, and a released address cools for 2 s
+    let running = start(
+        config(
+            &em,
+            &["vsw-node00000000001"],
+            r#", "max_eni": 1, "min_pool_size": 0, "max_pool_size": 10, "ip_cooldown": "2s""#,
+        ),
+        Duration::from_secs(20),
+    )
+    .await;
+    let socket = running.node.socket_path();
+    for i in 0..10 {
+        let reply = call(&socket, Request::Add(pod(i))).await;
+        assert!(matches!(reply, Reply::Ok { network: Some(_) }), "pod {i}: {reply:?}");
+    }
+    let Reply::Ok { network: Some(freed) } = call(&socket, Request::Add(pod(0))).await else {
+        panic!("pod 0 lost its address")
+    };
+    assert_eq!(call(&socket, Request::Del(pod(0))).await, Reply::Ok { network: None });
+    // the node is full; the ADD waits for the cooled address rather than failing
+    let started = std::time::Instant::now();
+    let Reply::Ok { network: Some(got) } = call(&socket, Request::Add(pod(10))).await else {
+        panic!("the waiting ADD was not served")
+    };
+    let waited = started.elapsed();
+    assert_eq!(got.ipv4, freed.ipv4, "the cooled address is the one free");
+    assert!(
+        waited >= Duration::from_millis(1500) && waited < Duration::from_secs(15),
+        "served once the cooldown ended, not at the deadline: {waited:?}"
+    );
+    running.stop().await;
 }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use terway_cloud::emulator::{Delays, Emulator, Scenario};
 use terway_datapath::{Datapath, NetNs};
+use terway_node::cluster::bridge::{ClusterBridge, StaticPods};
 use terway_node::daemon::{service, NodeOptions};
 use terway_node::simulated_node::SimulatedNode;
 use terway_statestore::IpState;
@@ -121,6 +122,17 @@ struct Lab {
 impl Lab {
     /// `pool` holds the eni_conf keys that differ between the tests.
     fn start(tag: &str, instance_type: &str, pool: &str, add_deadline: Duration) -> Self {
+        Self::start_with(tag, instance_type, pool, add_deadline, None)
+    }
+
+    /// … with pod facts from `bridge` (annotations), as a cluster would give them.
+    fn start_with(
+        tag: &str,
+        instance_type: &str,
+        pool: &str,
+        add_deadline: Duration,
+        bridge: Option<Arc<dyn ClusterBridge>>,
+    ) -> Self {
         let sim = Arc::new(SimulatedNode::new(tag).unwrap());
         sim.add_vpc_address(&format!("{VPC_ADDR}/32")).unwrap();
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -157,6 +169,7 @@ impl Lab {
                     socket_path: Some(socket.clone()),
                     ledger_path: Some(dir.path().join("ledger")),
                     metrics_address: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+                    bridge,
                     ..Default::default()
                 };
                 service::start(conf_path, None, options).await
@@ -271,7 +284,7 @@ fn hundred_pods_through_the_terway_binary() {
     let mut settled = String::new();
     let ok = rt.block_on(async {
         for _ in 0..150 {
-            node.wake.notify_one();
+            node.reconcile_soon();
             tokio::time::sleep(Duration::from_millis(200)).await;
             let s = node.ledger.snapshot();
             let idle = s.ips.values().filter(|r| r.state == IpState::Idle).count();
@@ -375,6 +388,289 @@ fn exclusive_eni_pods_through_the_terway_binary() {
     .into_owned();
     for mac in &macs {
         assert!(links.contains(mac.as_str()), "ENI {mac} returned to the node: {links}");
+    }
+    drop(namespaces);
+    drop(sim);
+    lab.stop();
+    assert_eq!(before, root_state(), "the root namespace changed");
+}
+
+/// Runs `ip`/`tc` arguments, asserting success.
+fn run(args: &[&str]) {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_datapath_agent_repairs_drift_within_a_period() {
+    if let Some(why) = skip_reason() {
+        println!("SKIPPED the_datapath_agent_repairs_drift_within_a_period: {why}");
+        return;
+    }
+    let before = root_state();
+    let tag = format!("r{}", std::process::id() % 100_000);
+    let pool = r#""max_pool_size": 10, "min_pool_size": 2, "datapath_check_period": "1s""#;
+    let lab = Lab::start(&tag, "ecs.g6.2xlarge", pool, Duration::from_secs(30));
+    let (node, sim) = (lab.running.node.clone(), lab.sim.clone());
+    let namespaces = PodNamespaces(vec![format!("trw{tag}p0")]);
+    run(&["ip", "netns", "add", &namespaces.0[0]]);
+    // the pod asks for an egress limit, so its interface carries a TBF
+    let conf = lab.conf.replace(
+        r#""type":"terway","#,
+        r#""type":"terway","runtimeConfig":{"bandwidth":{"egressRate":8000000}},"#,
+    );
+    let netns = format!("/var/run/netns/{}", namespaces.0[0]);
+    let (ok, result) = plugin("ADD", "r0000", &netns, "r-0", &conf);
+    assert!(ok, "ADD r-0: {result}");
+    let ip = result["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .trim_end_matches("/32")
+        .to_owned();
+    let s = node.ledger.snapshot();
+    let eni = s.enis[&s.ips[&ip.parse().unwrap()].eni_id].clone();
+    sim.route_to_pod(&ip, &eni.mac).unwrap();
+    let pod_ns = PathBuf::from(&netns);
+    assert!(
+        tcp_reaches(pod_ns.clone(), lab.vpc_ns(), VPC_ADDR, 7900),
+        "r-0 reaches the VPC"
+    );
+    let (ok, result) = plugin("CHECK", "r0000", &netns, "r-0", &conf);
+    assert!(ok, "CHECK before the drift: {result}");
+
+    // by hand: a rule, the pod's route, its static neighbour, its qdisc and the ENI table's default route
+    let node_ns = sim.node_ns.clone();
+    let pod = namespaces.0[0].clone();
+    run(&["ip", "-n", &node_ns, "rule", "del", "pref", "2048", "from", &ip]);
+    run(&["ip", "-n", &pod, "route", "del", "default"]);
+    run(&["ip", "-n", &pod, "neigh", "del", "169.254.1.1", "dev", "eth0"]);
+    run(&["tc", "-n", &pod, "qdisc", "del", "dev", "eth0", "root"]);
+    run(&[
+        "ip",
+        "-n",
+        &node_ns,
+        "route",
+        "del",
+        "default",
+        "table",
+        &eni.route_table.to_string(),
+    ]);
+    let (ok, result) = plugin("CHECK", "r0000", &netns, "r-0", &conf);
+    assert!(!ok, "CHECK sees the drift: {result}");
+
+    // within a period or two of the agent, every piece is back and counted
+    let want = [("rule", 1), ("route", 2), ("neighbour", 1), ("qdisc", 1)];
+    let mut repairs = Default::default();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        repairs = node.metrics.datapath_repairs();
+        if want.iter().all(|(k, n)| repairs.get(k).copied().unwrap_or(0) >= *n) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for (k, n) in want {
+        assert_eq!(repairs.get(k).copied().unwrap_or(0), n, "repairs of {k}: {repairs:?}");
+    }
+    let (ok, result) = plugin("CHECK", "r0000", &netns, "r-0", &conf);
+    assert!(ok, "CHECK after the repair: {result}");
+    assert!(
+        tcp_reaches(pod_ns, lab.vpc_ns(), VPC_ADDR, 7901),
+        "r-0 reaches the VPC again"
+    );
+    let scraped = scrape(lab.running.metrics_address.unwrap());
+    for (k, n) in want {
+        let line = format!("terway_datapath_repairs_total{{what=\"{k}\"}} {n}");
+        assert!(scraped.contains(&line), "/metrics has {line}:\n{scraped}");
+    }
+
+    let (ok, result) = plugin("DEL", "r0000", &netns, "r-0", &conf);
+    assert!(ok, "DEL r-0: {result}");
+    drop(namespaces);
+    drop(sim);
+    lab.stop();
+    assert_eq!(before, root_state(), "the root namespace changed");
+}
+
+fn scrape(address: std::net::SocketAddr) -> String {
+    use std::io::Read;
+    let mut s = TcpStream::connect(address).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body
+}
+
+#[test]
+fn shared_and_exclusive_pods_on_one_node() {
+    if let Some(why) = skip_reason() {
+        println!("SKIPPED shared_and_exclusive_pods_on_one_node: {why}");
+        return;
+    }
+    const SHARED: usize = 20;
+    let before = root_state();
+    let tag = format!("m{}", std::process::id() % 100_000);
+    let pods = Arc::new(StaticPods::default());
+    for i in 0..2 {
+        pods.annotate("e2e", &format!("whole-{i}"), &[("k8s.aliyun.com/pod-eni", "true")]);
+    }
+    // a shared-mode node: 8 ENIs x 20 addresses
+    let lab = Lab::start_with(
+        &tag,
+        "ecs.g6.8xlarge",
+        r#""max_pool_size": 25, "min_pool_size": 5"#,
+        Duration::from_secs(60),
+        Some(pods.clone()),
+    );
+    let (node, conf, sim) = (lab.running.node.clone(), lab.conf.clone(), lab.sim.clone());
+    let max_pods_shared = node.max_pods();
+    let names: Vec<String> = (0..SHARED)
+        .map(|i| format!("shared-{i}"))
+        .chain((0..2).map(|i| format!("whole-{i}")))
+        .collect();
+    let namespaces = PodNamespaces(names.iter().map(|n| format!("trw{tag}{n}")).collect());
+    for ns in &namespaces.0 {
+        run(&["ip", "netns", "add", ns]);
+    }
+    // all at once: the exclusive pods arrive among the shared ones
+    let t0 = Instant::now();
+    let added: Vec<(usize, bool, serde_json::Value)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..names.len())
+            .map(|i| {
+                let (conf, name, ns) = (&conf, &names[i], &namespaces.0[i]);
+                scope.spawn(move || {
+                    let (ok, result) = plugin("ADD", &format!("m{i:04}"), &format!("/var/run/netns/{ns}"), name, conf);
+                    (i, ok, result)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    println!(
+        "{} pods added at once in {:.1} s",
+        names.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    let s = node.ledger.snapshot();
+    let mut ips = BTreeSet::new();
+    let mut whole_macs = BTreeSet::new();
+    for (i, ok, result) in &added {
+        assert!(ok, "ADD {}: {result}", names[*i]);
+        let ip = result["ips"][0]["address"]
+            .as_str()
+            .unwrap()
+            .trim_end_matches("/32")
+            .to_owned();
+        assert!(ips.insert(ip.clone()), "{ip} handed out twice");
+        let record = &s.pods[&format!("e2e/{}", names[*i])];
+        let pod_ns = PathBuf::from(format!("/var/run/netns/{}", namespaces.0[*i]));
+        if names[*i].starts_with("whole") {
+            // its own ENI, as eth0, reaching the VPC through it
+            let eni = &s.enis[record.eni_id.as_ref().expect("an ENI of its own")];
+            assert!(eni.exclusive);
+            assert_eq!(eni.primary_ip.to_string(), ip);
+            assert!(whole_macs.insert(eni.mac.clone()), "each exclusive pod has its own ENI");
+            let links = String::from_utf8_lossy(
+                &Command::new("ip")
+                    .args(["-n", &namespaces.0[*i], "-o", "link", "show", "eth0"])
+                    .output()
+                    .unwrap()
+                    .stdout,
+            )
+            .into_owned();
+            assert!(links.contains(&eni.mac), "eth0 of {} is its ENI: {links}", names[*i]);
+            assert_eq!(
+                result["ips"][0]["gateway"].as_str(),
+                Some(eni.gateway.to_string().as_str())
+            );
+            sim.route_to_pod(&ip, &eni.mac).unwrap();
+            let rx0 = sim.gateway_rx_packets(&eni.mac);
+            assert!(
+                tcp_reaches(pod_ns, lab.vpc_ns(), VPC_ADDR, 8000 + *i as u16),
+                "{} reaches the VPC",
+                names[*i]
+            );
+            assert!(
+                sim.gateway_rx_packets(&eni.mac) > rx0,
+                "{} sends through its own ENI",
+                names[*i]
+            );
+        } else {
+            assert!(record.eni_id.is_none(), "{} shares an ENI", names[*i]);
+            let eni = &s.enis[&s.ips[&ip.parse().unwrap()].eni_id];
+            assert!(!eni.exclusive, "{} is not on an ENI given whole", names[*i]);
+            assert!(!whole_macs.contains(&eni.mac));
+        }
+    }
+    assert_eq!(whole_macs.len(), 2);
+    // shared pods beside them are unaffected: a sample reaches the VPC through its shared ENI
+    for i in [0, SHARED - 1] {
+        let (ip, eni) = {
+            let ip: std::net::IpAddr = added[i].2["ips"][0]["address"]
+                .as_str()
+                .unwrap()
+                .trim_end_matches("/32")
+                .parse()
+                .unwrap();
+            (ip, s.enis[&s.ips[&ip].eni_id].clone())
+        };
+        sim.route_to_pod(&ip.to_string(), &eni.mac).unwrap();
+        let pod_ns = PathBuf::from(format!("/var/run/netns/{}", namespaces.0[i]));
+        assert!(
+            tcp_reaches(pod_ns, lab.vpc_ns(), VPC_ADDR, 8100 + i as u16),
+            "{} reaches the VPC",
+            names[i]
+        );
+    }
+    // capacity follows: each ENI given whole serves one pod instead of twenty
+    assert_eq!(node.max_pods(), max_pods_shared - 2 * 19);
+    // DEL of the exclusive pods returns their ENIs (to the node, then to the cloud)
+    for i in SHARED..SHARED + 2 {
+        let (ok, result) = plugin(
+            "DEL",
+            &format!("m{i:04}"),
+            &format!("/var/run/netns/{}", namespaces.0[i]),
+            &names[i],
+            &conf,
+        );
+        assert!(ok, "DEL {}: {result}", names[i]);
+    }
+    let t0 = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline && node.ledger.exclusive_enis() > 0 {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(node.ledger.exclusive_enis(), 0, "the ENIs given whole went back");
+    println!(
+        "the ENIs given whole went back {:.1} s after their DELs",
+        t0.elapsed().as_secs_f64()
+    );
+    let world = lab.em.dump();
+    for mac in &whole_macs {
+        assert!(
+            !world.to_string().contains(mac.as_str()),
+            "ENI {mac} was detached and deleted"
+        );
+    }
+    assert_eq!(node.max_pods(), max_pods_shared);
+    // the shared pods still hold their addresses
+    let s = node.ledger.snapshot();
+    for name in names.iter().take(SHARED) {
+        assert!(s.pods.contains_key(&format!("e2e/{name}")), "{name} kept its address");
+    }
+    for i in 0..SHARED {
+        let (ok, result) = plugin(
+            "DEL",
+            &format!("m{i:04}"),
+            &format!("/var/run/netns/{}", namespaces.0[i]),
+            &names[i],
+            &conf,
+        );
+        assert!(ok, "DEL {}: {result}", names[i]);
     }
     drop(namespaces);
     drop(sim);

@@ -373,7 +373,7 @@ pub async fn run(pods: usize, interval: Duration) -> anyhow::Result<()> {
         percentile(&latencies, 0.5),
         percentile(&latencies, 0.99)
     );
-    let aside = node.vswitches.lock().map(|v| v.set_aside_now()).unwrap_or_default();
+    let aside = node.vswitches_set_aside();
     for (v, left) in aside {
         println!("  vSwitch set aside  {v} (for another {} s)", left.as_secs());
     }

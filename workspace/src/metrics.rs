@@ -53,6 +53,10 @@ pub struct NodeMetrics {
     reconcile: Mutex<Histogram>,
     reconcile_failures: std::sync::atomic::AtomicU64,
     last_reconcile: Mutex<Option<LastReconcile>>,
+    datapath_checks: std::sync::atomic::AtomicU64,
+    datapath_check_failures: std::sync::atomic::AtomicU64,
+    /// Drift kind → repairs.
+    datapath_repairs: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 impl NodeMetrics {
@@ -82,6 +86,27 @@ impl NodeMetrics {
             took_ms: took.as_millis() as u64,
             error,
         });
+    }
+
+    /// A datapath agent round ended; `failed` pods or ENIs could not be checked or repaired.
+    pub fn observe_datapath_check(&self, failed: usize) {
+        self.datapath_checks.fetch_add(1, Ordering::Relaxed);
+        self.datapath_check_failures.fetch_add(failed as u64, Ordering::Relaxed);
+    }
+
+    pub fn observe_repairs(&self, drift: &[terway_datapath::Drift]) {
+        let mut repairs = self.datapath_repairs.lock().unwrap_or_else(PoisonError::into_inner);
+        for d in drift {
+            *repairs.entry(d.kind.as_str()).or_default() += 1;
+        }
+    }
+
+    /// Repairs so far, by drift kind.
+    pub fn datapath_repairs(&self) -> BTreeMap<&'static str, u64> {
+        self.datapath_repairs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     pub fn last_reconcile(&self) -> Option<LastReconcile> {
@@ -193,7 +218,7 @@ pub fn render(node: &Node) -> String {
         "gauge",
         "Pods this node can serve with the configuration in force.",
     );
-    out.sample("terway_max_pods", &[], f64::from(config.max_pods(node.limits)));
+    out.sample("terway_max_pods", &[], f64::from(node.max_pods()));
     out.family(
         "terway_add_waiting",
         "gauge",
@@ -202,7 +227,7 @@ pub fn render(node: &Node) -> String {
     out.sample(
         "terway_add_waiting",
         &[],
-        f64::from(node.waiting.load(Ordering::Relaxed)),
+        f64::from(node.waiting.load(Ordering::Relaxed) + node.waiting_eni.load(Ordering::Relaxed)),
     );
 
     let stats = node.cloud.stats();
@@ -296,6 +321,37 @@ pub fn render(node: &Node) -> String {
         .unwrap_or_else(PoisonError::into_inner)
         .clone();
     out.histogram("terway_reconcile_duration_seconds", &[], &h);
+
+    out.family(
+        "terway_datapath_checks_total",
+        "counter",
+        "Rounds of the datapath agent over every pod and shared ENI.",
+    );
+    out.sample(
+        "terway_datapath_checks_total",
+        &[],
+        node.metrics.datapath_checks.load(Ordering::Relaxed) as f64,
+    );
+    out.family(
+        "terway_datapath_check_failures_total",
+        "counter",
+        "Pods or ENIs the datapath agent could not check or repair.",
+    );
+    out.sample(
+        "terway_datapath_check_failures_total",
+        &[],
+        node.metrics.datapath_check_failures.load(Ordering::Relaxed) as f64,
+    );
+    out.family(
+        "terway_datapath_repairs_total",
+        "counter",
+        "Drift the datapath agent repaired, by what had drifted.",
+    );
+    let repairs = node.metrics.datapath_repairs();
+    for kind in ["link", "address", "route", "rule", "neighbour", "qdisc", "sysctl"] {
+        let n = repairs.get(kind).copied().unwrap_or(0);
+        out.sample("terway_datapath_repairs_total", &[("what", kind)], n as f64);
+    }
 
     let aside = node
         .vswitches

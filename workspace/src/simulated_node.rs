@@ -96,6 +96,23 @@ impl SimulatedNode {
         ])
     }
 
+    /// Packets the VPC received from the ENI with `mac` (its gateway link's rx count).
+    pub fn gateway_rx_packets(&self, mac: &str) -> u64 {
+        let Some(gw) = self.gateway_link_of(mac) else { return 0 };
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.vpc_ns,
+                "cat",
+                &format!("/sys/class/net/{gw}/statistics/rx_packets"),
+            ])
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     fn gateway_link_of(&self, mac: &str) -> Option<String> {
         Some(format!("g{}", mac.replace(':', "").get(4..)?))
     }

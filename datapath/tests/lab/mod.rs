@@ -217,6 +217,8 @@ impl Lab {
             route_table: names::eni_route_table(u32::from(k)),
             gateway: Ipv4Addr::new(192, 168, k, 253),
             cidr: format!("192.168.{k}.0/24").parse().unwrap(),
+            gateway_v6: None,
+            cidr_v6: None,
             mtu: 1500,
         }
     }

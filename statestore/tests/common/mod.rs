@@ -17,6 +17,7 @@ pub fn eni(id: &str, n: u8) -> EniRecord {
         route_table: ROUTE_TABLE_BASE + u32::from(n),
         created_by_us: true,
         owner: None,
+        exclusive: false,
     }
 }
 

@@ -14,6 +14,7 @@
 //! network (without the settings its annotations would have given).
 //! Standalone mode (systemd, no cluster) simply has no [`Cluster`].
 
+pub mod bridge;
 pub mod config_source;
 pub mod pods;
 pub mod publish;
@@ -179,7 +180,7 @@ impl Cluster {
             notices,
             status_changed: Notify::new(),
         });
-        if node.cluster.set(cluster.clone()).is_err() {
+        if node.bridge.set(cluster.clone()).is_err() {
             anyhow::bail!("the node service is already connected to a cluster");
         }
         tracing::info!(node = %cluster.options.node_name, namespace = %cluster.options.namespace, "Kubernetes integration on");
@@ -236,6 +237,29 @@ impl Cluster {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(&format!("{namespace}/{name}"))
             .cloned()
+    }
+}
+
+impl bridge::ClusterBridge for Cluster {
+    fn pod_meta<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+        timeout: Duration,
+    ) -> bridge::BridgeFuture<'a, Option<PodMeta>> {
+        Box::pin(Cluster::pod_meta(self, namespace, name, timeout))
+    }
+
+    fn tell(&self, notice: Notice) {
+        self.notify(notice);
+    }
+
+    fn status_changed(&self) {
+        self.status_changed.notify_one();
+    }
+
+    fn describe(&self) -> serde_json::Value {
+        serde_json::json!({"node_name": self.options.node_name, "namespace": self.options.namespace})
     }
 }
 

@@ -4,7 +4,7 @@
 //! is really gone (a watch can lag, or have missed a re-creation).
 
 use super::{Cluster, PodMeta};
-use crate::daemon::{cni_service, Node};
+use crate::daemon::{ipam, Node};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::watcher::{self, Event};
@@ -137,11 +137,9 @@ pub async fn collect(node: &Node, cluster: &Cluster) -> usize {
         }
         tracing::info!(pod = %pod, container = %record.container_id, ips = ?record.ips, "GC: the pod is gone from the cluster; giving its address back");
         // the release names the container, so a new sandbox of a re-created pod is left alone
-        match cni_service::release_record(node, &record).await {
-            crate::cni::protocol::Reply::Error { msg, .. } => {
-                tracing::warn!(pod = %pod, error = %msg, "GC could not release the pod's address");
-            }
-            _ => released += 1,
+        match ipam::release_gone(node, &record).await {
+            Err(e) => tracing::warn!(pod = %pod, error = %e, "GC could not release the pod's address"),
+            Ok(_) => released += 1,
         }
     }
     released

@@ -154,7 +154,7 @@ async fn pod_ips(cluster: &Cluster, namespace: &str, name: &str, ips: &[String])
 pub fn sufficiency(node: &Node) -> (bool, String) {
     let s = node.ledger.snapshot();
     let config = node.config();
-    let capacity = config.max_pods(node.limits);
+    let capacity = node.max_pods();
     let selector = node.vswitches.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let aside: Vec<String> = selector.set_aside_now().into_iter().map(|(v, _)| v).collect();
     let zone = config.vswitches_in_zone(&node.identity.zone_id);
@@ -210,7 +210,7 @@ pub async fn node_status(node: Arc<Node>, cluster: Arc<Cluster>) {
             published_enis = None;
         }
         let config = node.config();
-        let max = config.max_pods(node.limits);
+        let max = node.max_pods();
         if published_max != Some(max) && publish_max_pods(&cluster, max).await {
             published_max = Some(max);
         }

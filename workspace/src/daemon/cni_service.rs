@@ -1,7 +1,8 @@
 //! The daemon's CNI service: the unix socket the `terway` plugin talks to,
 //! and what ADD, DEL, CHECK, GC and STATUS do.
 
-use super::reconciler::eni_link;
+use super::ipam::{self, AllocError, Pool};
+use super::pod_network::{self, PodPlace};
 use super::Node;
 use crate::cluster::Notice;
 use crate::cni::plugin::code;
@@ -11,8 +12,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
-use terway_datapath::{bandwidth::resolve as resolve_bandwidth, names, Mode, PodSpec};
-use terway_statestore::{BindRequest, Durability, EniPreference, LedgerError, PodNetworkSettings, PodRecord, PodRef};
+use terway_datapath::{bandwidth::resolve as resolve_bandwidth, names};
+use terway_statestore::{BindRequest, Durability, PodNetworkSettings, PodRecord, PodRef};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixListener;
 
@@ -122,16 +123,6 @@ fn fail(code: u32, msg: impl Into<String>) -> Reply {
     }
 }
 
-/// Decrements the waiting count however the wait ends, so a request that
-/// gave up stops asking the pool to grow.
-struct Waiting<'a>(&'a Node);
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 /// A Warning Event on the pod (in a cluster).
 fn warn_pod(node: &Node, p: &PodRequest, reason: &'static str, message: String) {
     node.tell(Notice::PodEvent {
@@ -145,7 +136,7 @@ fn warn_pod(node: &Node, p: &PodRequest, reason: &'static str, message: String) 
 
 async fn add(node: &Node, p: &PodRequest) -> Reply {
     let started = Instant::now();
-    let annotations = match node.cluster.get() {
+    let annotations = match node.bridge.get() {
         Some(c) => c
             .pod_meta(&p.pod_namespace, &p.pod_name, POD_META_TIMEOUT)
             .await
@@ -163,19 +154,11 @@ async fn add(node: &Node, p: &PodRequest) -> Reply {
             format!("{e}; the pod gets its network without this setting"),
         );
     }
-    let wants_eni = annotations.get(crate::cluster::POD_ENI_ANNOTATION).map(String::as_str) == Some("true");
-    if wants_eni && !node.config().datapath_mode.is_exclusive() {
-        warn_pod(
-            node,
-            p,
-            "ExclusiveENIUnavailable",
-            format!(
-                "annotation {}=true asks for an exclusive ENI, but this node shares ENIs (datapath_mode {:?}); the pod gets a shared-ENI address",
-                crate::cluster::POD_ENI_ANNOTATION,
-                node.config().datapath_mode
-            ),
-        );
-    }
+    let pool = Pool::for_pod(
+        node,
+        annotations.get(crate::cluster::POD_ENI_ANNOTATION).map(String::as_str) == Some("true"),
+    );
+    let exclusive = pool != Pool::SharedAddress;
     let request = BindRequest {
         pod: pod_ref(p),
         container_id: p.container_id.clone(),
@@ -184,76 +167,40 @@ async fn add(node: &Node, p: &PodRequest) -> Reply {
         settings: PodNetworkSettings {
             ingress_bps: bandwidth.ingress_bps.unwrap_or(0),
             egress_bps: bandwidth.egress_bps.unwrap_or(0),
-            exclusive_eni: false,
+            exclusive_eni: exclusive,
         },
     };
-    let pref = match node.config().eni_selection_policy {
-        terway_config::EniSelectionPolicy::MostIps => EniPreference::MostUsed,
-        terway_config::EniSelectionPolicy::LeastIps => EniPreference::LeastUsed,
-    };
-    let deadline = started + node.options.add_deadline;
-    let mut waiting: Option<Waiting<'_>> = None;
-    let bound = loop {
-        let notified = node.pool_changed.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        let exclusive = node.config().datapath_mode.is_exclusive();
-        let attempt = if exclusive {
-            node.ledger.reserve_eni(&request, Durability::Flush)
-        } else {
-            node.ledger.bind(&request, pref, Durability::Flush)
-        };
-        match attempt {
-            Ok(b) => break b,
-            Err(LedgerError::NoIdleIp { .. } | LedgerError::NoIdleEni) => {
-                let cooling = node
-                    .ledger
-                    .snapshot()
-                    .ips
-                    .values()
-                    .filter(|r| matches!(r.state, terway_statestore::IpState::Cooling { .. }))
-                    .count();
-                if waiting.is_none() {
-                    node.waiting.fetch_add(1, Ordering::Relaxed);
-                    waiting = Some(Waiting(node));
-                }
-                node.wake.notify_one();
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() || tokio::time::timeout(left, notified).await.is_err() {
-                    let why = node
-                        .last_error()
-                        .unwrap_or_else(|| format!("the pool is still growing ({cooling} addresses cooling down)"));
-                    tracing::warn!(pod = %pod_key(p), reason = %why, "ADD gave up waiting for an address");
-                    warn_pod(
-                        node,
-                        p,
-                        "AllocIPFailed",
-                        format!("no address yet (the runtime will retry): {why}"),
-                    );
-                    return Reply::Error {
-                        code: code::TRY_AGAIN_LATER,
-                        msg: format!("no address for pod {} yet; try again later", pod_key(p)),
-                        details: why,
-                    };
-                }
-            }
-            Err(e) => return fail(code::IO_FAILURE, format!("ledger: {e}")),
+    let bound = match ipam::allocate(node, &request, pool, started + node.options.add_deadline).await {
+        Ok(b) => b,
+        Err(AllocError::Exhausted(why)) => {
+            tracing::warn!(pod = %pod_key(p), reason = %why, "ADD gave up waiting for an address");
+            warn_pod(
+                node,
+                p,
+                "AllocIPFailed",
+                format!("no address yet (the runtime will retry): {why}"),
+            );
+            return Reply::Error {
+                code: code::TRY_AGAIN_LATER,
+                msg: format!("no address for pod {} yet; try again later", pod_key(p)),
+                details: why,
+            };
         }
+        Err(AllocError::Ledger(e)) => return fail(code::IO_FAILURE, format!("ledger: {e}")),
     };
-    drop(waiting);
     let bound_after = started.elapsed();
-    node.wake.notify_one(); // the pool shrank by one: top it up
     let IpAddr::V4(ip) = bound.ip else {
         return fail(code::IO_FAILURE, "an IPv6 address was bound as the pod's IPv4");
     };
-    let mut mac = String::new();
-    if let Some(dp) = &node.datapath {
-        let spec = match pod_spec(node, p, &bound.eni, ip, bandwidth) {
-            Ok(s) => s,
-            Err(e) => return fail(code::IO_FAILURE, e.to_string()),
-        };
-        match dp.setup(&spec).await {
-            Ok(r) => mac = names::format_mac(&r.pod_mac),
+    let pod = PodPlace::of(p);
+    let spec = match pod_network::spec(node, &pod, &bound.eni, ip, bandwidth, exclusive) {
+        Ok(s) => s,
+        Err(e) => return fail(code::IO_FAILURE, e.to_string()),
+    };
+    // without a datapath (IPAM only) the reply says what the driver would set up
+    let (addresses, mac) = match &node.datapath {
+        Some(dp) => match dp.setup(&spec).await {
+            Ok(r) => (r.addresses, names::format_mac(&r.pod_mac)),
             Err(e) => {
                 tracing::warn!(pod = %pod_key(p), ip = %ip, error = %e, "datapath setup failed; giving the address back");
                 let _ = dp.teardown(&spec).await;
@@ -269,82 +216,34 @@ async fn add(node: &Node, p: &PodRequest) -> Reply {
                     details: String::new(),
                 };
             }
-        }
-    }
+        },
+        None => (
+            terway_datapath::desired_state(&spec, spec.mode).addresses,
+            String::new(),
+        ),
+    };
     tracing::info!(pod = %pod_key(p), ip = %ip, eni = %bound.eni.id, vswitch = %bound.eni.vswitch_id, existing = bound.existing,
         bound_ms = bound_after.as_secs_f64() * 1e3, took_ms = started.elapsed().as_secs_f64() * 1e3, "ADD served");
     if node.config().enable_patch_pod_ips {
         node.tell(Notice::PodIps {
             namespace: p.pod_namespace.clone(),
             name: p.pod_name.clone(),
-            ips: vec![ip.to_string()],
+            ips: addresses.iter().map(|a| a.ip.to_string()).collect(),
         });
     }
-    // an exclusive ENI routes straight to its vSwitch gateway; shared ones through the link-local one
-    let gateway = if node.config().datapath_mode.is_exclusive() {
-        bound.eni.gateway.to_string()
-    } else {
-        names::POD_GATEWAY_V4.to_string()
+    let family = |v4: bool| addresses.iter().find(|a| a.ip.is_ipv4() == v4);
+    let Some(v4) = family(true) else {
+        return fail(code::IO_FAILURE, "the datapath gave the pod no IPv4 address");
     };
     Reply::Ok {
         network: Some(PodNetworkReply {
-            ipv4: format!("{ip}/32"),
-            ipv4_gateway: gateway,
-            ipv6: None,
-            ipv6_gateway: None,
+            ipv4: format!("{}/{}", v4.ip, v4.prefix),
+            ipv4_gateway: v4.gateway.to_string(),
+            ipv6: family(false).map(|a| format!("{}/{}", a.ip, a.prefix)),
+            ipv6_gateway: family(false).map(|a| a.gateway.to_string()),
             mac,
         }),
     }
-}
-
-fn pod_spec(
-    node: &Node,
-    p: &PodRequest,
-    eni: &terway_statestore::EniRecord,
-    ip: std::net::Ipv4Addr,
-    bandwidth: terway_datapath::Bandwidth,
-) -> anyhow::Result<PodSpec> {
-    let mode = match node.config().datapath_mode {
-        terway_config::DatapathMode::Veth => Mode::Veth,
-        terway_config::DatapathMode::Ipvlan => Mode::Ipvlan,
-        terway_config::DatapathMode::ExclusiveEni => Mode::ExclusiveEni,
-    };
-    Ok(PodSpec {
-        namespace: p.pod_namespace.clone(),
-        name: p.pod_name.clone(),
-        netns: p.netns.clone().into(),
-        ifname: p.ifname.clone(),
-        ipv4: ip,
-        ipv6: None,
-        eni: eni_link(node, eni)?,
-        node_ip: node.node_ip,
-        mode,
-        bandwidth,
-        service_cidr: node.config().service_cidr.ipv4,
-    })
-}
-
-fn spec_of_record(node: &Node, p: &PodRequest, record: &PodRecord) -> Option<PodSpec> {
-    let s = node.ledger.snapshot();
-    let IpAddr::V4(ip) = *record.ips.first()? else {
-        return None;
-    };
-    let eni_id = record
-        .eni_id
-        .clone()
-        .or_else(|| s.ips.get(&record.ips[0]).map(|r| r.eni_id.clone()))?;
-    let eni = s.enis.get(&eni_id)?;
-    let bandwidth = terway_datapath::Bandwidth {
-        ingress_bps: (record.settings.ingress_bps > 0).then_some(record.settings.ingress_bps),
-        egress_bps: (record.settings.egress_bps > 0).then_some(record.settings.egress_bps),
-    };
-    let mut spec = pod_spec(node, p, eni, ip, bandwidth).ok()?;
-    spec.netns = if p.netns.is_empty() {
-        record.netns.clone().into()
-    } else {
-        p.netns.clone().into()
-    };
-    Some(spec)
 }
 
 async fn del(node: &Node, p: &PodRequest) -> Reply {
@@ -355,25 +254,12 @@ async fn del(node: &Node, p: &PodRequest) -> Reply {
         tracing::info!(pod = %pod_key(p), "DEL for an older sandbox of the pod; nothing to do");
         return Reply::Ok { network: None };
     }
-    if let (Some(dp), Some(spec)) = (&node.datapath, spec_of_record(node, p, &record)) {
-        if let Err(e) = dp.teardown(&spec).await {
-            return fail(code::IO_FAILURE, format!("tearing down the pod network: {e}"));
-        }
-    }
-    match node.ledger.release(
-        &pod_ref(p),
-        Some(&p.container_id),
-        node.config().ip_cooldown,
-        Durability::Flush,
-    ) {
+    match ipam::release(node, &record, Some(&p.netns)).await {
         Ok(r) => {
             tracing::info!(pod = %pod_key(p), ips = ?r.ips, "DEL served");
-            // an address back in the pool (or cooling, with a timer in the reconciler)
-            node.pool_changed.notify_waiters();
-            node.wake.notify_one();
             Reply::Ok { network: None }
         }
-        Err(e) => fail(code::IO_FAILURE, format!("ledger: {e}")),
+        Err(e) => fail(code::IO_FAILURE, e),
     }
 }
 
@@ -392,34 +278,11 @@ async fn gc(node: &Node, valid: &[crate::cni::protocol::Attachment]) -> Reply {
         .collect();
     for record in stale {
         tracing::info!(pod = %record.pod, container = %record.container_id, "GC: the runtime no longer lists this attachment");
-        if let Reply::Error { code, msg, details } = release_record(node, &record).await {
-            return Reply::Error {
-                code,
-                msg: format!("GC of pod {}: {msg}", record.pod),
-                details,
-            };
+        if let Err(e) = ipam::release_gone(node, &record).await {
+            return fail(code::IO_FAILURE, format!("GC of pod {}: {e}", record.pod));
         }
     }
     Reply::Ok { network: None }
-}
-
-/// Undoes what ADD did for a recorded pod, as a DEL of that very container
-/// would (a newer sandbox of the same pod is left alone).
-pub(crate) async fn release_record(node: &Node, record: &PodRecord) -> Reply {
-    let request = PodRequest {
-        container_id: record.container_id.clone(),
-        netns: record.netns.clone(),
-        ifname: record.ifname.clone(),
-        pod_namespace: record.pod.namespace.clone(),
-        pod_name: record.pod.name.clone(),
-        infra_container_id: record.container_id.clone(),
-        ingress_bps: None,
-        egress_bps: None,
-        cni_version: "1.1.0".into(),
-    };
-    let lock = node.pod_lock(&pod_key(&request));
-    let _guard = lock.lock().await;
-    del(node, &request).await
 }
 
 async fn check(node: &Node, p: &PodRequest) -> Reply {
@@ -440,7 +303,10 @@ async fn check(node: &Node, p: &PodRequest) -> Reply {
             ),
         );
     }
-    if let (Some(dp), Some(spec)) = (&node.datapath, spec_of_record(node, p, &record)) {
+    if let (Some(dp), Some(spec)) = (
+        &node.datapath,
+        pod_network::spec_of_record(node, &record, Some(&p.netns)),
+    ) {
         match dp.check(&spec).await {
             Ok(drift) if drift.is_empty() => {}
             Ok(drift) => {

@@ -101,10 +101,7 @@ fn status(node: &Node) -> Value {
         .into_iter()
         .map(|(v, left)| json!({"vswitch": v, "seconds_left": left.as_secs()}))
         .collect();
-    let cluster = node
-        .cluster
-        .get()
-        .map(|c| json!({"node_name": c.options.node_name, "namespace": c.options.namespace}));
+    let cluster = node.bridge.get().map(|c| c.describe());
     json!({
         "instance": {
             "instance_id": node.identity.instance_id,
@@ -116,7 +113,7 @@ fn status(node: &Node) -> Value {
         "mode": if cluster.is_some() { "cluster" } else { "standalone" },
         "cluster": cluster,
         "limits": {"enis": node.limits.enis, "ipv4_per_eni": node.limits.ipv4_per_eni},
-        "max_pods": config.max_pods(node.limits),
+        "max_pods": node.max_pods(),
         "datapath_mode": config.datapath_mode,
         "pool": {
             "idle": count("idle"),

@@ -2,7 +2,10 @@
 //! (the CNI socket service and the reconciler).
 
 pub mod cni_service;
+pub mod datapath_agent;
 pub mod inspect;
+pub mod ipam;
+pub(crate) mod pod_network;
 pub mod reconciler;
 pub mod service;
 pub mod vswitch;
@@ -27,6 +30,9 @@ use vswitch::VSwitchSelector;
 pub const CREATOR_TAG: (&str, &str) = ("creator", "terway");
 /// Tag naming the instance an ENI was created for, so `eni gc` finds its own.
 pub const NODE_TAG: &str = "terway.alibabacloud.com/node";
+/// Tag of an ENI made to be given whole to one pod on a shared node, so it
+/// is known for what it is after a crash between create and record.
+pub const EXCLUSIVE_TAG: (&str, &str) = ("terway.alibabacloud.com/exclusive", "true");
 
 /// What terwayd needs that does not come from the config file.
 #[derive(Debug, Clone)]
@@ -43,6 +49,9 @@ pub struct NodeOptions {
     pub metrics_address: Option<std::net::SocketAddr>,
     /// The Kubernetes cluster to integrate with; `None` is standalone mode.
     pub cluster: Option<crate::cluster::ClusterOptions>,
+    /// Pod facts and notices from somewhere else than Kubernetes (tests);
+    /// not together with `cluster`.
+    pub bridge: Option<Arc<dyn crate::cluster::bridge::ClusterBridge>>,
     /// Copies the plugin and writes the conflist once terwayd serves.
     pub install_cni: Option<InstallCni>,
 }
@@ -69,6 +78,7 @@ impl Default for NodeOptions {
             ledger_path: None,
             metrics_address: None,
             cluster: None,
+            bridge: None,
             install_cni: None,
         }
     }
@@ -82,30 +92,33 @@ pub struct Node {
     pub identity: InstanceIdentity,
     pub node_ip: Ipv4Addr,
     pub limits: InstanceLimits,
-    pub security_groups: Vec<String>,
+    pub(crate) security_groups: Vec<String>,
     pub ledger: Arc<Ledger>,
     pub cloud: CloudClient,
-    pub metadata: Arc<MetadataClient>,
-    pub datapath: Option<Arc<Datapath>>,
-    pub options: NodeOptions,
-    pub vswitches: Mutex<VSwitchSelector>,
-    /// ADD requests waiting for an address.
-    pub waiting: AtomicU32,
+    pub(crate) metadata: Arc<MetadataClient>,
+    pub(crate) datapath: Option<Arc<Datapath>>,
+    pub(crate) options: NodeOptions,
+    pub(crate) vswitches: Mutex<VSwitchSelector>,
+    /// ADD requests waiting for an address (or, on an exclusive-ENI node, an ENI).
+    pub(crate) waiting: AtomicU32,
+    /// ADD requests on a shared node waiting for a whole ENI (`k8s.aliyun.com/pod-eni`).
+    pub(crate) waiting_eni: AtomicU32,
     /// Wakes the reconciler.
-    pub wake: Notify,
+    pub(crate) wake: Notify,
     /// Wakes waiting ADDs when the pool changed.
-    pub pool_changed: Notify,
+    pub(crate) pool_changed: Notify,
     /// Why the pool last failed to grow (shown to waiting ADDs).
-    pub last_error: Mutex<Option<String>>,
-    pub reconcile_passes: AtomicU64,
+    pub(crate) last_error: Mutex<Option<String>>,
+    pub(crate) reconcile_passes: AtomicU64,
     /// CNI requests being answered; SIGTERM waits for them.
-    pub in_flight: std::sync::atomic::AtomicUsize,
-    pub request_done: Notify,
+    pub(crate) in_flight: std::sync::atomic::AtomicUsize,
+    pub(crate) request_done: Notify,
     /// The CNI socket is bound and accepting (for `/readyz`).
-    pub serving: std::sync::atomic::AtomicBool,
+    pub(crate) serving: std::sync::atomic::AtomicBool,
     pub metrics: crate::metrics::NodeMetrics,
-    /// Set when terwayd runs in a Kubernetes cluster.
-    pub cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
+    /// The cluster bridge (Kubernetes, or the one given in the options);
+    /// unset in standalone mode.
+    pub(crate) bridge: std::sync::OnceLock<Arc<dyn crate::cluster::bridge::ClusterBridge>>,
     pod_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -217,6 +230,10 @@ impl Node {
             enis = limits.enis, ips_per_eni = limits.ipv4_per_eni, max_pods = config.max_pods(limits),
             "node identity and capacity"
         );
+        let bridge = std::sync::OnceLock::new();
+        if let Some(b) = &options.bridge {
+            let _ = bridge.set(b.clone());
+        }
         Ok(Arc::new(Self {
             config: std::sync::RwLock::new(config),
             identity,
@@ -230,6 +247,7 @@ impl Node {
             options,
             vswitches: Mutex::new(VSwitchSelector::default()),
             waiting: AtomicU32::new(0),
+            waiting_eni: AtomicU32::new(0),
             wake: Notify::new(),
             pool_changed: Notify::new(),
             last_error: Mutex::new(None),
@@ -238,9 +256,34 @@ impl Node {
             request_done: Notify::new(),
             serving: std::sync::atomic::AtomicBool::new(false),
             metrics: crate::metrics::NodeMetrics::default(),
-            cluster: std::sync::OnceLock::new(),
+            bridge,
             pod_locks: Mutex::new(HashMap::new()),
         }))
+    }
+
+    /// Pods this node can serve now: on a shared node every ENI taken whole
+    /// by one pod serves that pod instead of `ips_per_eni` shared ones.
+    pub fn max_pods(&self) -> u32 {
+        let config = self.config();
+        let base = config.max_pods(self.limits);
+        if config.datapath_mode.is_exclusive() {
+            return base;
+        }
+        let whole = self.ledger.exclusive_enis() as u32;
+        base.saturating_sub(whole.saturating_mul(self.limits.ipv4_per_eni.saturating_sub(1)))
+    }
+
+    /// Asks the reconciler for a pass now (it reads the cloud only if due).
+    pub fn reconcile_soon(&self) {
+        self.wake.notify_one();
+    }
+
+    /// vSwitches set aside after running out, with the time each has left.
+    pub fn vswitches_set_aside(&self) -> Vec<(String, Duration)> {
+        self.vswitches
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .set_aside_now()
     }
 
     /// The configuration in force.
@@ -287,15 +330,15 @@ impl Node {
                 cooldown.as_secs()
             ),
         });
-        if let Some(c) = self.cluster.get() {
-            c.status_changed.notify_one();
+        if let Some(c) = self.bridge.get() {
+            c.status_changed();
         }
     }
 
     /// Tells the cluster (Events, annotations); nothing in standalone mode.
     pub(crate) fn tell(&self, notice: crate::cluster::Notice) {
-        if let Some(c) = self.cluster.get() {
-            c.notify(notice);
+        if let Some(c) = self.bridge.get() {
+            c.tell(notice);
         }
     }
 

@@ -6,7 +6,7 @@
 //! ENIs run at once, each behind an intent in the ledger. A pod served from
 //! the warm pool costs no cloud call.
 
-use super::{Node, CREATOR_TAG, NODE_TAG};
+use super::{Node, CREATOR_TAG, EXCLUSIVE_TAG, NODE_TAG};
 use backoff::backoff::Backoff;
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -59,6 +59,8 @@ struct InFlight {
     assigning: HashMap<String, u32>,
     /// Addresses (primary included) of each ENI being created and attached.
     creating: Vec<u32>,
+    /// ENIs being created to be given whole to one pod each.
+    creating_whole: u32,
 }
 
 /// Runs passes until the task is aborted: on a wake-up, when a step
@@ -83,7 +85,11 @@ pub async fn run(node: Arc<Node>) {
                     failing = false;
                 }
                 if report != PassReport::default() {
-                    tracing::debug!(?report, elapsed_ms = started.elapsed().as_millis() as u64, "reconcile pass");
+                    tracing::debug!(
+                        ?report,
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "reconcile pass"
+                    );
                 }
                 if report.progressed {
                     continue;
@@ -129,7 +135,7 @@ fn next_due(node: &Node, view: &CloudView) -> Duration {
     if let Some(until) = node.ledger.next_cooling_due() {
         wait = wait.min(Duration::from_millis(until.saturating_sub(now_millis())));
     }
-    if node.waiting.load(Ordering::Relaxed) > 0 {
+    if node.waiting.load(Ordering::Relaxed) + node.waiting_eni.load(Ordering::Relaxed) > 0 {
         wait = wait.min(OBSERVE_WHILE_WAITING);
     }
     wait.max(Duration::from_millis(1))
@@ -160,11 +166,12 @@ async fn pass(
         node.pool_changed.notify_waiters();
     }
     let waiting = node.waiting.load(Ordering::Relaxed);
+    let anyone_waiting = waiting + node.waiting_eni.load(Ordering::Relaxed) > 0;
     // never read the cloud under our own steps: a half-done step would look like a crash's leftovers
     if steps.is_empty() {
         let unresolved = !node.ledger.intents().is_empty();
         let due = view.age() >= node.config().ip_pool_sync_period;
-        let eager = (waiting > 0 || unresolved) && view.age() >= OBSERVE_WHILE_WAITING;
+        let eager = (anyone_waiting || unresolved) && view.age() >= OBSERVE_WHILE_WAITING;
         if view.stale || due || eager {
             let eni_work_unresolved = node
                 .ledger
@@ -184,7 +191,7 @@ async fn pass(
                 node.pool_changed.notify_waiters();
             }
         }
-        if waiting > 0 {
+        if anyone_waiting {
             recheck_set_aside(node).await?;
         }
     }
@@ -199,14 +206,29 @@ async fn pass(
 
     let s = node.ledger.snapshot();
     let held = s.ips_held_by_intents();
+    // the shared pool: addresses of ENIs no pod holds whole
+    let shared = |r: &&terway_statestore::IpRecord| s.enis.get(&r.eni_id).is_some_and(|e| !e.exclusive);
     let count = |name: &str| {
         s.ips
             .values()
+            .filter(shared)
             .filter(|r| r.state.name() == name && !held.contains(&r.ip))
             .count() as u32
     };
-    let (counts, rooms) = {
+    let (counts, rooms, unknown_enis) = {
         let flight = in_flight.lock().unwrap_or_else(PoisonError::into_inner);
+        // ENI creations whose outcome is unknown (an answer lost, a crash): the
+        // cloud may hold ENIs the ledger does not, until the next read says
+        let eni_intents = s
+            .intents
+            .values()
+            .filter(|i| match &i.kind {
+                IntentKind::CreateEni { .. } => true,
+                IntentKind::AttachEni { eni_id } => !s.enis.contains_key(eni_id),
+                _ => false,
+            })
+            .count();
+        let unknown_enis = eni_intents.saturating_sub(flight.creating.len() + flight.creating_whole as usize);
         let pending: u32 = flight.assigning.values().sum::<u32>() + flight.creating.iter().sum::<u32>();
         let counts = PoolCounts {
             idle: count("idle") + pending,
@@ -227,6 +249,7 @@ async fn pass(
                         can_grow: assigning.is_none()
                             && e.status == EniStatus::InUse
                             && e.owner.is_none()
+                            && !e.exclusive
                             && !selector.is_set_aside(&e.vswitch_id),
                     }
                 })
@@ -238,10 +261,19 @@ async fn pass(
             ips: *n,
             can_grow: false,
         }));
-    (counts, rooms)
+        rooms.extend((0..flight.creating_whole).map(|i| EniRoom {
+            eni_id: format!("(creating whole {i})"),
+            ips: 1,
+            can_grow: false,
+        }));
+        (counts, rooms, unknown_enis)
     };
     let b = bounds(node);
-    let plan = pool::plan(counts, b, &rooms);
+    let mut plan = pool::plan(counts, b, &rooms);
+    if unknown_enis > 0 {
+        // no new ENI until the cloud says what became of those: the quota may be taken
+        plan.new_enis.clear();
+    }
     if pool::deficit(counts, b) > 0 && plan.assign.is_empty() && plan.new_enis.is_empty() && steps.is_empty() {
         node.set_last_error(Some(format!(
             "no room left on this node: {} of {} secondary ENIs ({}: {} ENIs including the primary) are in use, none can take more addresses",
@@ -251,6 +283,8 @@ async fn pass(
             node.limits.enis
         )));
     }
+    // secondary ENIs there are, are being made, or are about to be
+    let enis_after = (rooms.len() + plan.new_enis.len()) as u32;
     for (eni_id, n) in plan.assign {
         in_flight
             .lock()
@@ -260,7 +294,11 @@ async fn pass(
         let (node, in_flight) = (node.clone(), in_flight.clone());
         steps.spawn(async move {
             let result = assign(&node, &eni_id, n).await;
-            in_flight.lock().unwrap_or_else(PoisonError::into_inner).assigning.remove(&eni_id);
+            in_flight
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .assigning
+                .remove(&eni_id);
             step_done(&node, "assign", result.map(|added| added > 0));
         });
         report.started += 1;
@@ -273,7 +311,7 @@ async fn pass(
             .push(secondaries + 1);
         let (node, in_flight) = (node.clone(), in_flight.clone());
         steps.spawn(async move {
-            let result = create_eni(&node, secondaries).await;
+            let result = create_eni(&node, secondaries, false).await;
             let mut flight = in_flight.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some(i) = flight.creating.iter().position(|n| *n == secondaries + 1) {
                 flight.creating.remove(i);
@@ -282,6 +320,25 @@ async fn pass(
             step_done(&node, "create ENI", result);
         });
         report.started += 1;
+    }
+    if unknown_enis == 0 {
+        report.started += whole_enis(node, &s, enis_after, in_flight, steps);
+    }
+    let no_whole_wanted = node.waiting_eni.load(Ordering::Relaxed) == 0;
+    if no_whole_wanted && steps.is_empty() && !view.stale {
+        // an ENI given whole and returned is not kept: the shared pool may need its slot
+        let idle_whole = s
+            .enis
+            .values()
+            .find(|e| e.exclusive && e.created_by_us && e.owner.is_none() && e.status == EniStatus::InUse);
+        if let Some(e) = idle_whole {
+            if retire_eni(node, &e.id).await? {
+                report.released += 1;
+                report.progressed = true;
+                view.stale = true;
+                return Ok(report);
+            }
+        }
     }
     // giving back waits until nothing is growing (and the picture is fresh)
     if plan.release > 0 && steps.is_empty() && !view.stale {
@@ -298,6 +355,48 @@ async fn pass(
         view.stale |= report.released > 0;
     }
     Ok(report)
+}
+
+/// Pods asking for a whole ENI on a shared node: one ENI without secondary
+/// addresses each, made on demand within the quota (`enis`: secondary ENIs
+/// there are or will be). Returns how many creations started.
+fn whole_enis(
+    node: &Arc<Node>,
+    s: &terway_statestore::State,
+    enis: u32,
+    in_flight: &Arc<Mutex<InFlight>>,
+    steps: &mut JoinSet<()>,
+) -> usize {
+    let waiting = node.waiting_eni.load(Ordering::Relaxed);
+    if waiting == 0 {
+        return 0;
+    }
+    let idle = s
+        .enis
+        .values()
+        .filter(|e| e.exclusive && e.owner.is_none() && e.status == EniStatus::InUse)
+        .count() as u32;
+    let creating = in_flight.lock().unwrap_or_else(PoisonError::into_inner).creating_whole;
+    let want = waiting.saturating_sub(idle + creating);
+    let quota = node.config().usable_secondary_enis(node.limits);
+    let room = quota.saturating_sub(enis);
+    if want > room {
+        node.set_last_error(Some(format!(
+            "no ENI left to give a pod whole: {enis} of {quota} secondary ENIs are in use or being made ({}: EniQuantity {} including the primary)",
+            node.identity.instance_type, node.limits.enis
+        )));
+    }
+    let start = want.min(room);
+    for _ in 0..start {
+        in_flight.lock().unwrap_or_else(PoisonError::into_inner).creating_whole += 1;
+        let (node, in_flight) = (node.clone(), in_flight.clone());
+        steps.spawn(async move {
+            let result = create_eni(&node, 0, true).await;
+            in_flight.lock().unwrap_or_else(PoisonError::into_inner).creating_whole -= 1;
+            step_done(&node, "create ENI for one pod", result);
+        });
+    }
+    start as usize
 }
 
 /// The end of a background step: wake the ADDs waiting for what it added,
@@ -372,7 +471,7 @@ async fn exclusive_pass(node: &Node, mut report: PassReport) -> anyhow::Result<P
         .max(waiting.saturating_sub(idle_count));
     if want > 0 {
         if (s.enis.len() as u32) < max_enis {
-            if create_eni(node, 0).await? {
+            if create_eni(node, 0, true).await? {
                 report.started += 1;
                 report.progressed = true;
                 node.pool_changed.notify_waiters();
@@ -402,7 +501,7 @@ fn idle_eni_to_retire(node: &Node, s: &terway_statestore::State, surplus: u32) -
     let held = s.ips_held_by_intents();
     s.enis
         .values()
-        .filter(|e| e.created_by_us && e.status == EniStatus::InUse && e.owner.is_none())
+        .filter(|e| e.created_by_us && e.status == EniStatus::InUse && e.owner.is_none() && !e.exclusive)
         .find(|e| {
             let ips: Vec<_> = s.ips.values().filter(|r| r.eni_id == e.id).collect();
             ips.len() as u32 <= surplus && ips.iter().all(|r| r.state == IpState::Idle && !held.contains(&r.ip))
@@ -587,27 +686,16 @@ async fn adopt_eni(node: &Node, e: &NetworkInterfaceSet) -> anyhow::Result<()> {
         route_table: ROUTE_TABLE_BASE + e.attachment.device_index,
         created_by_us: e.tag(CREATOR_TAG.0) == Some(CREATOR_TAG.1),
         owner: None,
+        exclusive: node.config().datapath_mode.is_exclusive() || e.tag(EXCLUSIVE_TAG.0) == Some(EXCLUSIVE_TAG.1),
     };
-    if let Some(dp) = &node.datapath {
-        dp.ensure_eni(&eni_link(node, &record)?, node.node_ip).await?;
+    // an ENI given whole goes into its pod as it is: no host set-up
+    if let (Some(dp), false) = (&node.datapath, record.exclusive) {
+        dp.ensure_eni(&super::pod_network::eni_link(node, &record)?, node.node_ip)
+            .await?;
     }
     tracing::info!(eni = %record.id, vswitch = %record.vswitch_id, table = record.route_table, "ENI adopted");
     node.ledger.adopt_eni(record, Durability::Flush)?;
     Ok(())
-}
-
-pub(crate) fn eni_link(node: &Node, e: &EniRecord) -> anyhow::Result<terway_datapath::EniLink> {
-    let IpAddr::V4(gateway) = e.gateway else {
-        anyhow::bail!("ENI {} has an IPv6 gateway", e.id)
-    };
-    Ok(terway_datapath::EniLink {
-        mac: terway_datapath::names::parse_mac(&e.mac)
-            .ok_or_else(|| anyhow::anyhow!("ENI {} has a bad MAC {:?}", e.id, e.mac))?,
-        route_table: e.route_table,
-        gateway,
-        cidr: e.cidr.parse()?,
-        mtu: node.config().mtu,
-    })
 }
 
 /// The error as the node reports it: what failed, the code, the request id.
@@ -671,8 +759,9 @@ async fn assign(node: &Node, eni_id: &str, n: u32) -> anyhow::Result<usize> {
     }
 }
 
-/// Creates and attaches an ENI on the first vSwitch that has room.
-async fn create_eni(node: &Node, secondaries: u32) -> anyhow::Result<bool> {
+/// Creates and attaches an ENI on the first vSwitch that has room;
+/// `exclusive`: to be given whole to one pod (tagged so).
+async fn create_eni(node: &Node, secondaries: u32, exclusive: bool) -> anyhow::Result<bool> {
     let config = node.config();
     let configured = config.vswitches_in_zone(&node.identity.zone_id);
     let configured: Vec<String> = if configured.is_empty() {
@@ -719,6 +808,9 @@ async fn create_eni(node: &Node, secondaries: u32) -> anyhow::Result<bool> {
         (CREATOR_TAG.0.into(), CREATOR_TAG.1.into()),
         (NODE_TAG.into(), node.identity.instance_id.clone()),
     ];
+    if exclusive {
+        tags.push((EXCLUSIVE_TAG.0.into(), EXCLUSIVE_TAG.1.into()));
+    }
     tags.extend(node.config().eni_tags.iter().map(|(k, v)| (k.clone(), v.clone())));
     for vswitch in candidates {
         let token = new_client_token();
@@ -854,7 +946,7 @@ async fn release(node: &Node, n: usize) -> anyhow::Result<usize> {
         .filter(|r| {
             s.enis
                 .get(&r.eni_id)
-                .is_some_and(|e| e.primary_ip != r.ip && e.owner.is_none())
+                .is_some_and(|e| e.primary_ip != r.ip && e.owner.is_none() && !e.exclusive)
         })
         .map(|r| {
             (

@@ -1,7 +1,7 @@
 //! Running terwayd: the config watcher, the node service's tasks, and a
 //! clean stop on SIGTERM.
 
-use super::{cni_service, reconciler, Node, NodeOptions};
+use super::{cni_service, datapath_agent, reconciler, Node, NodeOptions};
 use anyhow::Context;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -74,6 +74,9 @@ pub async fn start(config: PathBuf, override_path: Option<PathBuf>, options: Nod
         tracing::warn!(%w, "configuration");
     }
     let watcher = Arc::new(watcher);
+    if options.cluster.is_some() && options.bridge.is_some() {
+        anyhow::bail!("a Kubernetes cluster and another cluster bridge were both given; terwayd uses one");
+    }
     let node = Node::start(watcher.current(), options.clone()).await?;
     let mut tasks = vec![watcher.spawn_polling(CONFIG_POLL)];
     tasks.push(tokio::spawn(node.clone().follow_config(watcher.subscribe())));
@@ -82,6 +85,9 @@ pub async fn start(config: PathBuf, override_path: Option<PathBuf>, options: Nod
         tasks.extend(cluster_tasks);
     }
     tasks.push(tokio::spawn(reconciler::run(node.clone())));
+    if let Some(dp) = node.datapath.clone() {
+        tasks.push(tokio::spawn(datapath_agent::run(node.clone(), dp)));
+    }
     let metrics_address = match start_metrics(&node, &options).await {
         Ok((address, task)) => {
             tasks.push(task);

@@ -1,0 +1,103 @@
+//! The datapath agent: every `datapath_check_period` it checks every shared
+//! ENI and every pod the ledger holds against the desired state, repairs
+//! what drifted (a rule, a route, a neighbour, a qdisc deleted by hand or by
+//! another agent), logs what it repaired and counts it in the metrics.
+//! Level-triggered: it needs no memory of what it did before.
+
+use super::pod_network;
+use super::Node;
+use std::sync::Arc;
+use terway_datapath::{Datapath, Drift};
+use terway_statestore::EniStatus;
+
+/// What one round found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct CheckReport {
+    pub pods_checked: usize,
+    pub enis_checked: usize,
+    /// Drift repaired, per pod or ENI.
+    pub repaired: Vec<(String, Vec<Drift>)>,
+    /// Pods or ENIs that could not be checked or repaired, with why.
+    pub failed: Vec<(String, String)>,
+}
+
+/// Checks on the configured period until the task is aborted.
+pub async fn run(node: Arc<Node>, dp: Arc<Datapath>) {
+    loop {
+        tokio::time::sleep(node.config().datapath_check_period).await;
+        let report = check_all(&node, &dp).await;
+        tracing::debug!(
+            pods = report.pods_checked,
+            enis = report.enis_checked,
+            repaired = report.repaired.len(),
+            failed = report.failed.len(),
+            "datapath checked"
+        );
+    }
+}
+
+/// One round over every shared ENI and every pod.
+pub async fn check_all(node: &Node, dp: &Datapath) -> CheckReport {
+    let mut report = CheckReport::default();
+    let state = node.ledger.snapshot();
+    // ENIs given whole go into their pods as they are: only shared ones have a host set-up
+    for eni in state
+        .enis
+        .values()
+        .filter(|e| !e.exclusive && e.owner.is_none() && e.status == EniStatus::InUse)
+    {
+        report.enis_checked += 1;
+        let who = format!("ENI {}", eni.id);
+        let link = match pod_network::eni_link(node, eni) {
+            Ok(l) => l,
+            Err(e) => {
+                report.failed.push((who, e.to_string()));
+                continue;
+            }
+        };
+        match dp.check_eni(&link, node.node_ip).await {
+            Ok(drift) if drift.is_empty() => {}
+            Ok(drift) => match dp.ensure_eni(&link, node.node_ip).await {
+                Ok(_) => {
+                    tracing::warn!(eni = %eni.id, drift = ?drift.iter().map(ToString::to_string).collect::<Vec<_>>(), "ENI datapath repaired");
+                    node.metrics.observe_repairs(&drift);
+                    report.repaired.push((who, drift));
+                }
+                Err(e) => report.failed.push((who, e.to_string())),
+            },
+            Err(e) => report.failed.push((who, e.to_string())),
+        }
+    }
+    for key in state.pods.keys() {
+        // the pod's own lock: no ADD or DEL of it runs while it is repaired
+        let lock = node.pod_lock(key);
+        let _guard = lock.lock().await;
+        let Some(record) = node.ledger.pod(&state.pods[key].pod) else {
+            continue; // released meanwhile
+        };
+        if !std::path::Path::new(&record.netns).exists() {
+            continue; // the runtime removed the sandbox; its DEL or GC gives the address back
+        }
+        let Some(spec) = pod_network::spec_of_record(node, &record, None) else {
+            report
+                .failed
+                .push((key.clone(), "the ledger record names no usable address or ENI".into()));
+            continue;
+        };
+        report.pods_checked += 1;
+        match dp.repair(&spec).await {
+            Ok(drift) if drift.is_empty() => {}
+            Ok(drift) => {
+                tracing::warn!(pod = %key, drift = ?drift.iter().map(ToString::to_string).collect::<Vec<_>>(), "pod datapath repaired");
+                node.metrics.observe_repairs(&drift);
+                report.repaired.push((key.clone(), drift));
+            }
+            Err(e) => {
+                tracing::warn!(pod = %key, error = %e, "pod datapath could not be repaired");
+                report.failed.push((key.clone(), e.to_string()));
+            }
+        }
+    }
+    node.metrics.observe_datapath_check(report.failed.len());
+    report
+}
