@@ -253,6 +253,13 @@ fn cold_burst(rt: &tokio::runtime::Runtime) {
             },
         ))
         .unwrap_or_else(|e| panic!("{e}"));
+    // the node's first read of the cloud (a fresh node adopts what is there
+    // before it acts) is done before the burst, so the burst is timed alone
+    let start_read = Instant::now();
+    while running.node.metrics.last_reconcile().is_none() && start_read.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let start_read = start_read.elapsed();
     let socket = running.node.socket_path();
     let before: u64 = running.node.cloud.stats().values().map(|s| s.calls).sum();
     let started = Instant::now();
@@ -279,10 +286,11 @@ fn cold_burst(rt: &tokio::runtime::Runtime) {
     let ideal = Duration::from_millis(3 * LATENCY_MS + ATTACH_MS);
     println!("cold burst of {PODS} pods, {LATENCY_MS} ms emulator latency per call, attach settles in {ATTACH_MS} ms:");
     println!(
-        "  wall time {:.3} s beside the critical-path ideal {:.3} s: {:.2}x",
+        "  wall time {:.3} s beside the critical-path ideal {:.3} s: {:.2}x (the node's start-up read before it: {:.3} s)",
         wall.as_secs_f64(),
         ideal.as_secs_f64(),
-        wall.as_secs_f64() / ideal.as_secs_f64()
+        wall.as_secs_f64() / ideal.as_secs_f64(),
+        start_read.as_secs_f64()
     );
     println!(
         "  mutating calls {mutating} beside the ideal {} ({enis_needed} creates + {enis_needed} attaches); all calls {}: {}",
@@ -328,18 +336,29 @@ fn warm_calls_and_the_plugin(rt: &tokio::runtime::Runtime) {
     });
     let socket = node.socket_path();
     let total = || node.cloud.stats().values().map(|s| s.calls).sum::<u64>();
-    let before = total();
-    let started = Instant::now();
-    for i in 0..PAIRS {
+    let pair = |i: usize| {
         let r = exchange(&socket, &Request::Add(pod(i % 5)), Duration::from_secs(30));
         assert!(matches!(r, Ok(Reply::Ok { network: Some(_) })), "ADD {i}: {r:?}");
         let r = exchange(&socket, &Request::Del(pod(i % 5)), Duration::from_secs(30));
         assert!(matches!(r, Ok(Reply::Ok { .. })), "DEL {i}: {r:?}");
+    };
+    // the first ADD takes the pool below min_pool_size: it is topped up once
+    let warm_up = total();
+    for i in 0..10 {
+        pair(i);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let warm_up = total() - warm_up;
+    let before = total();
+    let started = Instant::now();
+    for i in 0..PAIRS {
+        pair(i);
     }
     std::thread::sleep(Duration::from_millis(500)); // let any pass the pods woke finish
     let calls = total() - before;
     println!(
-        "warm pool (10..30 idle), {PAIRS} ADD+DEL pairs in {:.2} s: {calls} cloud calls, {:.3} per pair",
+        "warm pool (10..30 idle), {PAIRS} ADD+DEL pairs in {:.2} s: {calls} cloud calls, {:.3} per pair \
+         (the 10 pairs before them: {warm_up}, the pool topped up to min_pool_size once)",
         started.elapsed().as_secs_f64(),
         calls as f64 / PAIRS as f64
     );

@@ -278,6 +278,18 @@ impl Node {
         self.wake.notify_one();
     }
 
+    /// The vSwitches new ENIs are made on: those configured for this zone, or
+    /// (none listed) the instance's own, as upstream does.
+    pub(crate) fn configured_vswitches(&self) -> Vec<String> {
+        let config = self.config();
+        let listed = config.vswitches_in_zone(&self.identity.zone_id);
+        if listed.is_empty() {
+            vec![self.identity.vswitch_id.clone()]
+        } else {
+            listed.to_vec()
+        }
+    }
+
     /// vSwitches set aside after running out, with the time each has left.
     pub fn vswitches_set_aside(&self) -> Vec<(String, Duration)> {
         self.vswitches

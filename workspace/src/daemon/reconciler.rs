@@ -20,6 +20,15 @@ use terway_statestore::pool::{self, EniRoom, PoolBounds, PoolCounts};
 use terway_statestore::{now_millis, Durability, EniRecord, EniStatus, IntentKind, IpState, ROUTE_TABLE_BASE};
 use tokio::task::JoinSet;
 
+/// A step that failed (or found nothing to do) is not tried again for this
+/// long, doubling up to the maximum: no hot loop against a refusing cloud.
+const STEP_HOLD_OFF_MIN: Duration = Duration::from_secs(1);
+const STEP_HOLD_OFF_MAX: Duration = Duration::from_secs(30);
+
+/// How long the reconciler lets a burst of ADDs gather before planning for
+/// it, when nothing is under way (a cloud step takes 100 ms or more anyway).
+const BURST_WINDOW: Duration = Duration::from_millis(10);
+
 /// While ADDs wait (or intents are unresolved), the cloud is read at most this often.
 const OBSERVE_WHILE_WAITING: Duration = Duration::from_secs(1);
 
@@ -61,6 +70,36 @@ struct InFlight {
     creating: Vec<u32>,
     /// ENIs being created to be given whole to one pod each.
     creating_whole: u32,
+    /// Steps that just failed or did nothing, by kind ("create", "assign <eni>"):
+    /// not started again before the instant, which doubles per failure (1 s … 30 s).
+    held_off: HashMap<String, (Instant, Duration)>,
+}
+
+impl InFlight {
+    fn may_start(&self, kind: &str) -> bool {
+        self.held_off
+            .get(kind)
+            .is_none_or(|(until, _)| Instant::now() >= *until)
+    }
+
+    /// Records how a step of `kind` ended: a success clears its hold-off.
+    fn ended(&mut self, kind: &str, succeeded: bool) {
+        if succeeded {
+            self.held_off.remove(kind);
+            return;
+        }
+        let last = self.held_off.get(kind).map_or(Duration::ZERO, |(_, d)| *d);
+        let next = (last * 2).clamp(STEP_HOLD_OFF_MIN, STEP_HOLD_OFF_MAX);
+        self.held_off.insert(kind.to_owned(), (Instant::now() + next, next));
+    }
+
+    fn next_hold_off_end(&self) -> Option<Instant> {
+        self.held_off
+            .values()
+            .map(|(until, _)| *until)
+            .filter(|u| *u > Instant::now())
+            .min()
+    }
 }
 
 /// Runs passes until the task is aborted: on a wake-up, when a step
@@ -69,7 +108,7 @@ struct InFlight {
 pub async fn run(node: Arc<Node>) {
     let mut view = CloudView::default();
     let in_flight = Arc::new(Mutex::new(InFlight::default()));
-    let mut steps: JoinSet<()> = JoinSet::new();
+    let mut steps: JoinSet<bool> = JoinSet::new();
     let mut retry = failure_backoff();
     let mut failing = false;
     loop {
@@ -94,7 +133,15 @@ pub async fn run(node: Arc<Node>) {
                 if report.progressed {
                     continue;
                 }
-                next_due(&node, &view)
+                let wait = next_due(&node, &view);
+                match in_flight
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .next_hold_off_end()
+                {
+                    Some(end) => wait.min(end.saturating_duration_since(Instant::now())),
+                    None => wait,
+                }
             }
             Err(e) => {
                 failing = true;
@@ -105,10 +152,19 @@ pub async fn run(node: Arc<Node>) {
             }
         };
         tokio::select! {
-            _ = node.wake.notified() => {}
-            Some(_) = steps.join_next(), if !steps.is_empty() => {
-                // our own mutation landed: read the cloud again before trusting the picture
-                view.stale = true;
+            _ = node.wake.notified() => {
+                // the first pod of a burst: let the rest of it arrive, so one plan
+                // sizes the new ENIs for all of it instead of one small ENI each
+                let waiting = node.waiting.load(Ordering::Relaxed) + node.waiting_eni.load(Ordering::Relaxed);
+                if waiting > 0 && steps.is_empty() {
+                    tokio::time::sleep(BURST_WINDOW).await;
+                }
+            }
+            Some(done) = steps.join_next(), if !steps.is_empty() => {
+                // our own mutation landed (or may have): read the cloud again before trusting the picture
+                if done.unwrap_or(true) {
+                    view.stale = true;
+                }
             }
             _ = tokio::time::sleep(wait) => {}
         }
@@ -157,7 +213,7 @@ async fn pass(
     node: &Arc<Node>,
     view: &mut CloudView,
     in_flight: &Arc<Mutex<InFlight>>,
-    steps: &mut JoinSet<()>,
+    steps: &mut JoinSet<bool>,
 ) -> anyhow::Result<PassReport> {
     let mut report = PassReport::default();
     // local work never waits for the cloud
@@ -168,34 +224,14 @@ async fn pass(
     let waiting = node.waiting.load(Ordering::Relaxed);
     let anyone_waiting = waiting + node.waiting_eni.load(Ordering::Relaxed) > 0;
     // never read the cloud under our own steps: a half-done step would look like a crash's leftovers
-    if steps.is_empty() {
-        let unresolved = !node.ledger.intents().is_empty();
-        let due = view.age() >= node.config().ip_pool_sync_period;
-        let eager = (anyone_waiting || unresolved) && view.age() >= OBSERVE_WHILE_WAITING;
-        if view.stale || due || eager {
-            let eni_work_unresolved = node
-                .ledger
-                .intents()
-                .iter()
-                .any(|i| matches!(i.kind, IntentKind::CreateEni { .. } | IntentKind::AttachEni { .. }));
-            if eni_work_unresolved || view.observations % 20 == 0 {
-                delete_leftover_enis(node).await?;
-            }
-            let cloud_enis = observe(node).await?;
-            report.adopted_ips += adopt(node, &cloud_enis).await?;
-            view.observed_at = Some(Instant::now());
-            view.stale = false;
-            view.observations += 1;
-            report.observed = true;
-            if report.adopted_ips > 0 {
-                node.pool_changed.notify_waiters();
-            }
-        }
-        if anyone_waiting {
-            recheck_set_aside(node).await?;
-        }
+    let due = view.stale || view.age() >= node.config().ip_pool_sync_period;
+    let eager = (anyone_waiting || !node.ledger.intents().is_empty()) && view.age() >= OBSERVE_WHILE_WAITING;
+    let exclusive_node = node.config().datapath_mode.is_exclusive();
+    // a shared node plans from the ledger first, so waiting pods do not wait for a read
+    if steps.is_empty() && (due || (eager && exclusive_node)) {
+        read_cloud(node, view, &mut report, anyone_waiting).await?;
     }
-    if node.config().datapath_mode.is_exclusive() {
+    if exclusive_node {
         if !steps.is_empty() {
             return Ok(report);
         }
@@ -270,11 +306,27 @@ async fn pass(
     };
     let b = bounds(node);
     let mut plan = pool::plan(counts, b, &rooms);
+    // the arithmetic finds no room at all (not merely a step held back below)
+    let no_room = pool::deficit(counts, b) > 0 && plan.assign.is_empty() && plan.new_enis.is_empty();
     if unknown_enis > 0 {
         // no new ENI until the cloud says what became of those: the quota may be taken
         plan.new_enis.clear();
     }
-    if pool::deficit(counts, b) > 0 && plan.assign.is_empty() && plan.new_enis.is_empty() && steps.is_empty() {
+    let growing = {
+        let flight = in_flight.lock().unwrap_or_else(PoisonError::into_inner);
+        !flight.assigning.is_empty() || !flight.creating.is_empty()
+    };
+    if !plan.assign.is_empty() || growing {
+        // ENI slots are scarce: a new ENI only once the existing ones are known
+        // to be full (an assign may find the vSwitch exhausted instead, and an
+        // ENI being made may take more addresses once attached); the ENIs one
+        // plan asks for are made together
+        plan.new_enis.clear();
+    }
+    if !plan.new_enis.is_empty() && !may_create(node, in_flight) {
+        plan.new_enis.clear();
+    }
+    if no_room && steps.is_empty() {
         node.set_last_error(Some(format!(
             "no room left on this node: {} of {} secondary ENIs ({}: {} ENIs including the primary) are in use, none can take more addresses",
             rooms.len(),
@@ -285,7 +337,16 @@ async fn pass(
     }
     // secondary ENIs there are, are being made, or are about to be
     let enis_after = (rooms.len() + plan.new_enis.len()) as u32;
+    let mut assigning_now = std::collections::HashSet::new();
     for (eni_id, n) in plan.assign {
+        // one AssignPrivateIpAddresses per ENI at a time; the rest next pass
+        let may = in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .may_start(&format!("assign {eni_id}"));
+        if !may || !assigning_now.insert(eni_id.clone()) {
+            continue;
+        }
         in_flight
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -294,12 +355,11 @@ async fn pass(
         let (node, in_flight) = (node.clone(), in_flight.clone());
         steps.spawn(async move {
             let result = assign(&node, &eni_id, n).await;
-            in_flight
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .assigning
-                .remove(&eni_id);
-            step_done(&node, "assign", result.map(|added| added > 0));
+            let mut flight = in_flight.lock().unwrap_or_else(PoisonError::into_inner);
+            flight.assigning.remove(&eni_id);
+            flight.ended(&format!("assign {eni_id}"), matches!(result, Ok(n) if n > 0));
+            drop(flight);
+            step_done(&node, "assign", result.map(|added| added > 0))
         });
         report.started += 1;
     }
@@ -316,13 +376,20 @@ async fn pass(
             if let Some(i) = flight.creating.iter().position(|n| *n == secondaries + 1) {
                 flight.creating.remove(i);
             }
+            flight.ended("create", matches!(result, Ok(true)));
             drop(flight);
-            step_done(&node, "create ENI", result);
+            step_done(&node, "create ENI", result)
         });
         report.started += 1;
     }
     if unknown_enis == 0 {
         report.started += whole_enis(node, &s, enis_after, in_flight, steps);
+    }
+    if steps.is_empty() && eager && !report.observed {
+        // nothing to start from what the ledger holds, and pods wait: ask the cloud, then plan again
+        read_cloud(node, view, &mut report, anyone_waiting).await?;
+        report.progressed = true;
+        return Ok(report);
     }
     let no_whole_wanted = node.waiting_eni.load(Ordering::Relaxed) == 0;
     if no_whole_wanted && steps.is_empty() && !view.stale {
@@ -357,6 +424,39 @@ async fn pass(
     Ok(report)
 }
 
+/// Reads the cloud: ENIs left Available by a crash are deleted (when ENI
+/// work is unresolved, and every 20th read), the ledger is brought in line
+/// with what the cloud shows, and (pods waiting) set-aside vSwitches are
+/// looked at again.
+async fn read_cloud(
+    node: &Node,
+    view: &mut CloudView,
+    report: &mut PassReport,
+    anyone_waiting: bool,
+) -> anyhow::Result<()> {
+    let eni_work_unresolved = node
+        .ledger
+        .intents()
+        .iter()
+        .any(|i| matches!(i.kind, IntentKind::CreateEni { .. } | IntentKind::AttachEni { .. }));
+    if eni_work_unresolved || view.observations % 20 == 0 {
+        delete_leftover_enis(node).await?;
+    }
+    let cloud_enis = observe(node).await?;
+    report.adopted_ips += adopt(node, &cloud_enis).await?;
+    view.observed_at = Some(Instant::now());
+    view.stale = false;
+    view.observations += 1;
+    report.observed = true;
+    if report.adopted_ips > 0 {
+        node.pool_changed.notify_waiters();
+    }
+    if anyone_waiting {
+        recheck_set_aside(node).await?;
+    }
+    Ok(())
+}
+
 /// Pods asking for a whole ENI on a shared node: one ENI without secondary
 /// addresses each, made on demand within the quota (`enis`: secondary ENIs
 /// there are or will be). Returns how many creations started.
@@ -365,7 +465,7 @@ fn whole_enis(
     s: &terway_statestore::State,
     enis: u32,
     in_flight: &Arc<Mutex<InFlight>>,
-    steps: &mut JoinSet<()>,
+    steps: &mut JoinSet<bool>,
 ) -> usize {
     let waiting = node.waiting_eni.load(Ordering::Relaxed);
     if waiting == 0 {
@@ -386,28 +486,67 @@ fn whole_enis(
             node.identity.instance_type, node.limits.enis
         )));
     }
-    let start = want.min(room);
+    let start = if may_create(node, in_flight) { want.min(room) } else { 0 };
     for _ in 0..start {
         in_flight.lock().unwrap_or_else(PoisonError::into_inner).creating_whole += 1;
         let (node, in_flight) = (node.clone(), in_flight.clone());
         steps.spawn(async move {
             let result = create_eni(&node, 0, true).await;
-            in_flight.lock().unwrap_or_else(PoisonError::into_inner).creating_whole -= 1;
-            step_done(&node, "create ENI for one pod", result);
+            let mut flight = in_flight.lock().unwrap_or_else(PoisonError::into_inner);
+            flight.creating_whole -= 1;
+            flight.ended("create", matches!(result, Ok(true)));
+            drop(flight);
+            step_done(&node, "create ENI for one pod", result)
         });
     }
     start as usize
 }
 
+/// Why no ENI can be created: every configured vSwitch is set aside.
+fn no_vswitch_message(node: &Node, configured: &[String]) -> String {
+    let aside: Vec<String> = node.vswitches_set_aside().into_iter().map(|(v, _)| v).collect();
+    format!(
+        "no vSwitch of zone {} has room (configured: {}; set aside after running out: {})",
+        node.identity.zone_id,
+        configured.join(", "),
+        aside.join(", ")
+    )
+}
+
+/// Whether an ENI may be created now: a configured vSwitch is not set
+/// aside, and creation is not held off after a failure.
+fn may_create(node: &Node, in_flight: &Arc<Mutex<InFlight>>) -> bool {
+    if !in_flight
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .may_start("create")
+    {
+        return false;
+    }
+    let configured = node.configured_vswitches();
+    let selector = node.vswitches.lock().unwrap_or_else(PoisonError::into_inner);
+    if configured.iter().all(|v| selector.is_set_aside(v)) {
+        drop(selector);
+        node.set_last_error(Some(no_vswitch_message(node, &configured)));
+        return false;
+    }
+    true
+}
+
 /// The end of a background step: wake the ADDs waiting for what it added,
 /// and say what failed (the next pass plans again from what is true).
-fn step_done(node: &Node, what: &str, result: anyhow::Result<bool>) {
+/// Returns whether the cloud may have changed.
+fn step_done(node: &Node, what: &str, result: anyhow::Result<bool>) -> bool {
     match result {
-        Ok(true) => node.pool_changed.notify_waiters(),
-        Ok(false) => {}
+        Ok(true) => {
+            node.pool_changed.notify_waiters();
+            true
+        }
+        Ok(false) => false,
         Err(e) => {
             tracing::warn!(step = what, error = %e, "reconcile step failed");
             node.set_last_error(Some(e.to_string()));
+            true
         }
     }
 }
@@ -762,13 +901,7 @@ async fn assign(node: &Node, eni_id: &str, n: u32) -> anyhow::Result<usize> {
 /// Creates and attaches an ENI on the first vSwitch that has room;
 /// `exclusive`: to be given whole to one pod (tagged so).
 async fn create_eni(node: &Node, secondaries: u32, exclusive: bool) -> anyhow::Result<bool> {
-    let config = node.config();
-    let configured = config.vswitches_in_zone(&node.identity.zone_id);
-    let configured: Vec<String> = if configured.is_empty() {
-        vec![node.identity.vswitch_id.clone()]
-    } else {
-        configured.to_vec()
-    };
+    let configured = node.configured_vswitches();
     let mut free = HashMap::new();
     if node.config().vswitch_selection_policy == terway_config::VSwitchSelectionPolicy::Ordered {
         for v in node
@@ -789,19 +922,7 @@ async fn create_eni(node: &Node, secondaries: u32, exclusive: bool) -> anyhow::R
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .candidates(&configured, node.config().vswitch_selection_policy, &free);
     if candidates.is_empty() {
-        node.set_last_error(Some(format!(
-            "no vSwitch of zone {} has room (configured: {}; set aside after running out: {})",
-            node.identity.zone_id,
-            configured.join(", "),
-            node.vswitches
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .set_aside_now()
-                .iter()
-                .map(|(v, _)| v.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )));
+        node.set_last_error(Some(no_vswitch_message(node, &configured)));
         return Ok(false);
     }
     let mut tags: Vec<(String, String)> = vec![
