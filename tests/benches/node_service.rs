@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 use terway_cloud::emulator::*;
 use terway_node::cni::exchange;
 use terway_node::cni::protocol::{PodRequest, Reply, Request};
-use terway_node::daemon::{service, NodeOptions};
+use terway_node::daemon::NodeOptions;
+use terway_node::service;
 
 fn eni_conf(dir: &Path, url: &str, extra: &str) -> PathBuf {
     let path = dir.join("eni_conf");

@@ -461,7 +461,7 @@ async fn capacity_returns_when_a_vswitch_is_added_to_the_file() {
         metrics_address: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
         ..Default::default()
     };
-    let running = terway_node::daemon::service::start(dir.path().join("eni_conf"), None, options)
+    let running = terway_node::service::start(dir.path().join("eni_conf"), None, options)
         .await
         .unwrap();
     let socket = running.node.socket_path();
@@ -617,7 +617,7 @@ async fn the_plugin_and_conflist_are_installed_once_serving() {
         }),
         ..Default::default()
     };
-    let running = terway_node::daemon::service::start(dir.path().join("eni_conf"), None, options)
+    let running = terway_node::service::start(dir.path().join("eni_conf"), None, options)
         .await
         .unwrap();
     // by the time the conflist exists the socket answers

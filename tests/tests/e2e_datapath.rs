@@ -12,8 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use terway_cloud::emulator::{Delays, Emulator, Scenario};
 use terway_datapath::{Datapath, NetNs};
-use terway_node::cluster::bridge::{ClusterBridge, StaticPods};
-use terway_node::daemon::{service, NodeOptions};
+use terway_node::bridge::{ClusterBridge, StaticPods};
+use terway_node::daemon::NodeOptions;
+use terway_node::service;
 use terway_node::simulated_node::SimulatedNode;
 use terway_statestore::IpState;
 

@@ -11,8 +11,8 @@ use terway_cloud::emulator::{Emulator, Scenario, DEFAULT_ZONE};
 use terway_node::cluster::ClusterOptions;
 use terway_node::cni::exchange;
 use terway_node::cni::protocol::{PodRequest, Reply, Request};
-use terway_node::daemon::service::{self, Running};
 use terway_node::daemon::NodeOptions;
+use terway_node::service::{self, Running};
 use terway_tests::kube_api::FakeApiServer;
 
 const NODE: &str = "node-1";

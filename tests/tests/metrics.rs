@@ -11,7 +11,8 @@ use std::time::Duration;
 use terway_cloud::emulator::{Emulator, Scenario};
 use terway_node::cni::exchange;
 use terway_node::cni::protocol::{PodRequest, Reply, Request};
-use terway_node::daemon::{service, NodeOptions};
+use terway_node::daemon::NodeOptions;
+use terway_node::service;
 
 fn http_get(address: SocketAddr, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(address).unwrap();

@@ -15,7 +15,8 @@ use terway_cloud::emulator::{
 use terway_cloud::{ClientOptions, CloudClient, CredentialProvider};
 use terway_node::cni::exchange;
 use terway_node::cni::protocol::{PodRequest, Reply, Request};
-use terway_node::daemon::{service, NodeOptions};
+use terway_node::daemon::NodeOptions;
+use terway_node::service;
 
 struct Cli<'a> {
     socket: &'a Path,

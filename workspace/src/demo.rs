@@ -5,8 +5,8 @@
 
 use crate::cni::exchange;
 use crate::cni::protocol::{PodRequest, Reply, Request};
-use crate::daemon::service;
 use crate::daemon::NodeOptions;
+use crate::service;
 use crate::simulated_node::SimulatedNode;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -1,5 +1,6 @@
 //! terway-node: the node service that ties config, cloud, ledger and datapath together.
 
+pub mod bridge;
 pub mod cluster;
 /// The plugin's crate: terwayd decodes requests with the very types the plugin encodes.
 pub use terway_cni as cni;
@@ -8,6 +9,7 @@ pub mod daemon;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod metrics;
+pub mod service;
 #[cfg(feature = "demo")]
 pub mod simulated_node;
 

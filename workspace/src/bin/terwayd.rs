@@ -187,7 +187,7 @@ fn main() -> ExitCode {
                 install_cni,
                 ..Default::default()
             };
-            terway_node::daemon::service::run(config, override_file, options).await
+            terway_node::service::run(config, override_file, options).await
         }),
         #[cfg(feature = "demo")]
         Command::Demo { pods, interval_ms } => block_on(terway_node::demo::run(

@@ -14,13 +14,13 @@
 //! network (without the settings its annotations would have given).
 //! Standalone mode (systemd, no cluster) simply has no [`Cluster`].
 
-pub mod bridge;
 pub mod config_source;
 pub mod pods;
 pub mod publish;
 
+pub use crate::bridge::{ClusterOptions, Notice, PodMeta, POD_ENI_ANNOTATION};
 use crate::daemon::Node;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -34,8 +34,6 @@ pub const POD_IPS_ANNOTATION: &str = "k8s.aliyun.com/pod-ips";
 pub const MAX_AVAILABLE_IP_ANNOTATION: &str = "k8s.aliyun.com/max-available-ip";
 /// Extended resource counting exclusive ENIs (exclusive-ENI mode).
 pub const ENI_RESOURCE: &str = "aliyun/eni";
-/// Pod annotation asking for an exclusive ENI.
-pub const POD_ENI_ANNOTATION: &str = "k8s.aliyun.com/pod-eni";
 /// Node label naming the ConfigMap with this node's merge patch.
 pub const NODE_CONFIG_LABEL: &str = "terway-config";
 /// The cluster-wide configuration ConfigMap and its key.
@@ -60,77 +58,6 @@ pub const API_ACCESS: &[(&str, &str, &[&str], bool)] = &[
     // eni-config and the node override ConfigMaps
     ("", "configmaps", &["list", "watch"], true),
 ];
-
-/// How terwayd reaches the cluster.
-#[derive(Clone)]
-pub struct ClusterOptions {
-    pub kube: kube::Config,
-    /// This node's name (the DaemonSet passes `spec.nodeName` as `NODE_NAME`).
-    pub node_name: String,
-    /// Where `eni-config` and the node override ConfigMaps live (`POD_NAMESPACE`).
-    pub namespace: String,
-    /// How often addresses of vanished pods are looked for, besides pod deletions.
-    pub gc_period: Duration,
-    /// How often the node's condition and capacity are re-published.
-    pub status_period: Duration,
-}
-
-impl std::fmt::Debug for ClusterOptions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // the kube config carries credentials: only its address is shown
-        f.debug_struct("ClusterOptions")
-            .field("api_server", &self.kube.cluster_url.to_string())
-            .field("node_name", &self.node_name)
-            .field("namespace", &self.namespace)
-            .field("gc_period", &self.gc_period)
-            .field("status_period", &self.status_period)
-            .finish()
-    }
-}
-
-impl ClusterOptions {
-    pub fn new(kube: kube::Config, node_name: &str, namespace: &str) -> Self {
-        Self {
-            kube,
-            node_name: node_name.into(),
-            namespace: namespace.into(),
-            gc_period: Duration::from_secs(60),
-            status_period: Duration::from_secs(30),
-        }
-    }
-}
-
-/// What the node service asks to be told to the cluster.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Notice {
-    PodEvent {
-        namespace: String,
-        name: String,
-        warning: bool,
-        reason: &'static str,
-        message: String,
-    },
-    NodeEvent {
-        warning: bool,
-        reason: &'static str,
-        message: String,
-    },
-    /// The pod's addresses, for its `k8s.aliyun.com/pod-ips` annotation.
-    PodIps {
-        namespace: String,
-        name: String,
-        ips: Vec<String>,
-    },
-}
-
-/// What terwayd knows of a pod from its object.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PodMeta {
-    pub uid: String,
-    pub annotations: BTreeMap<String, String>,
-    /// `Succeeded` or `Failed`: its sandbox is gone, its address may go too.
-    pub finished: bool,
-}
 
 /// The cluster side of a running terwayd.
 pub struct Cluster {
@@ -240,13 +167,13 @@ impl Cluster {
     }
 }
 
-impl bridge::ClusterBridge for Cluster {
+impl crate::bridge::ClusterBridge for Cluster {
     fn pod_meta<'a>(
         &'a self,
         namespace: &'a str,
         name: &'a str,
         timeout: Duration,
-    ) -> bridge::BridgeFuture<'a, Option<PodMeta>> {
+    ) -> crate::bridge::BridgeFuture<'a, Option<PodMeta>> {
         Box::pin(Cluster::pod_meta(self, namespace, name, timeout))
     }
 

@@ -4,7 +4,7 @@
 use super::ipam::{self, AllocError, Pool};
 use super::pod_network::{self, PodPlace};
 use super::Node;
-use crate::cluster::Notice;
+use crate::bridge::Notice;
 use crate::cni::plugin::code;
 use crate::cni::protocol::{decode_request, PodNetworkReply, PodRequest, Reply, Request, MAX_REQUEST_BYTES};
 use std::net::IpAddr;
@@ -156,7 +156,7 @@ async fn add(node: &Node, p: &PodRequest) -> Reply {
     }
     let pool = Pool::for_pod(
         node,
-        annotations.get(crate::cluster::POD_ENI_ANNOTATION).map(String::as_str) == Some("true"),
+        annotations.get(crate::bridge::POD_ENI_ANNOTATION).map(String::as_str) == Some("true"),
     );
     let exclusive = pool != Pool::SharedAddress;
     let request = BindRequest {

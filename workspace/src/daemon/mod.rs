@@ -5,9 +5,9 @@ pub mod cni_service;
 pub mod datapath_agent;
 pub mod inspect;
 pub mod ipam;
+pub mod measurements;
 pub(crate) mod pod_network;
 pub mod reconciler;
-pub mod service;
 pub mod vswitch;
 
 use anyhow::Context;
@@ -48,10 +48,10 @@ pub struct NodeOptions {
     /// Overrides `metrics_address` of the config (port 0: any free port).
     pub metrics_address: Option<std::net::SocketAddr>,
     /// The Kubernetes cluster to integrate with; `None` is standalone mode.
-    pub cluster: Option<crate::cluster::ClusterOptions>,
+    pub cluster: Option<crate::bridge::ClusterOptions>,
     /// Pod facts and notices from somewhere else than Kubernetes (tests);
     /// not together with `cluster`.
-    pub bridge: Option<Arc<dyn crate::cluster::bridge::ClusterBridge>>,
+    pub bridge: Option<Arc<dyn crate::bridge::ClusterBridge>>,
     /// Copies the plugin and writes the conflist once terwayd serves.
     pub install_cni: Option<InstallCni>,
 }
@@ -115,10 +115,10 @@ pub struct Node {
     pub(crate) request_done: Notify,
     /// The CNI socket is bound and accepting (for `/readyz`).
     pub(crate) serving: std::sync::atomic::AtomicBool,
-    pub metrics: crate::metrics::NodeMetrics,
+    pub metrics: measurements::NodeMetrics,
     /// The cluster bridge (Kubernetes, or the one given in the options);
     /// unset in standalone mode.
-    pub(crate) bridge: std::sync::OnceLock<Arc<dyn crate::cluster::bridge::ClusterBridge>>,
+    pub(crate) bridge: std::sync::OnceLock<Arc<dyn crate::bridge::ClusterBridge>>,
     pod_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -255,7 +255,7 @@ impl Node {
             in_flight: std::sync::atomic::AtomicUsize::new(0),
             request_done: Notify::new(),
             serving: std::sync::atomic::AtomicBool::new(false),
-            metrics: crate::metrics::NodeMetrics::default(),
+            metrics: measurements::NodeMetrics::default(),
             bridge,
             pod_locks: Mutex::new(HashMap::new()),
         }))
@@ -334,7 +334,7 @@ impl Node {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .set_aside(vswitch, cooldown);
-        self.tell(crate::cluster::Notice::NodeEvent {
+        self.tell(crate::bridge::Notice::NodeEvent {
             warning: true,
             reason: "IpNotEnough",
             message: format!(
@@ -348,7 +348,7 @@ impl Node {
     }
 
     /// Tells the cluster (Events, annotations); nothing in standalone mode.
-    pub(crate) fn tell(&self, notice: crate::cluster::Notice) {
+    pub(crate) fn tell(&self, notice: crate::bridge::Notice) {
         if let Some(c) = self.bridge.get() {
             c.tell(notice);
         }

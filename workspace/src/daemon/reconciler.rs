@@ -845,7 +845,7 @@ fn note_failure(node: &Node, e: &CloudError) {
         // without the request id, so repeats of one failure count up one Event (the log has each id)
         let text = e.to_string();
         let message = text.split(" [RequestId:").next().unwrap_or(&text).to_owned();
-        node.tell(crate::cluster::Notice::NodeEvent {
+        node.tell(crate::bridge::Notice::NodeEvent {
             warning: true,
             reason: "AllocIPFailed",
             message,

@@ -1,7 +1,8 @@
-//! Running terwayd: the config watcher, the node service's tasks, and a
-//! clean stop on SIGTERM.
+//! Running terwayd: the wiring of the node service with the config watcher,
+//! the Kubernetes integration and the metrics server, its tasks, and a clean
+//! stop on SIGTERM. The only module that knows all of them.
 
-use super::{cni_service, datapath_agent, reconciler, Node, NodeOptions};
+use crate::daemon::{cni_service, datapath_agent, reconciler, InstallCni, Node, NodeOptions};
 use anyhow::Context;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -151,7 +152,7 @@ async fn start_metrics(
 /// file and renaming it over the old one, so kubelet never reads half a file.
 /// Runs once the socket serves: until the conflist exists, kubelet keeps
 /// the node NotReady and schedules no pods onto it.
-pub fn install_cni(node: &Node, install: &super::InstallCni) -> anyhow::Result<()> {
+pub fn install_cni(node: &Node, install: &InstallCni) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(&install.bin_dir)?;
     std::fs::create_dir_all(&install.conf_dir)?;
