@@ -42,25 +42,24 @@ struct Sides<'a> {
 }
 
 impl Sides<'_> {
+    /// The pod's namespace and its netlink socket (absent: the namespace is gone).
+    fn pod(&self) -> Result<&(NetNs, Netlink), DatapathError> {
+        self.pod
+            .as_ref()
+            .ok_or_else(|| DatapathError::NotFound("the pod's namespace".into()))
+    }
+
     fn nl(&self, side: Side) -> Result<&Netlink, DatapathError> {
         match side {
             Side::Host => Ok(self.host_nl),
-            Side::Pod => self
-                .pod
-                .as_ref()
-                .map(|(_, nl)| nl)
-                .ok_or_else(|| DatapathError::NotFound("the pod's namespace".into())),
+            Side::Pod => self.pod().map(|(_, nl)| nl),
         }
     }
 
     fn ns(&self, side: Side) -> Result<&NetNs, DatapathError> {
         match side {
             Side::Host => Ok(self.host),
-            Side::Pod => self
-                .pod
-                .as_ref()
-                .map(|(ns, _)| ns)
-                .ok_or_else(|| DatapathError::NotFound("the pod's namespace".into())),
+            Side::Pod => self.pod().map(|(ns, _)| ns),
         }
     }
 
