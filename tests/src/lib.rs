@@ -2,6 +2,7 @@
 //! binaries under test, and a Kubernetes API server to run in a test.
 
 pub mod kube_api;
+pub mod netpol_lab;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -9,6 +9,7 @@ pub mod daemon;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod metrics;
+pub mod policy;
 pub mod service;
 #[cfg(feature = "demo")]
 pub mod simulated_node;

@@ -1,0 +1,325 @@
+//! The policy engine: cluster facts in, the kernel's table kept equal to
+//! what they call for. Changes are recorded as they come (cheap, under a
+//! lock); [`Enforcer::sync`] turns everything recorded since the last one
+//! into one nftables transaction. Until every watch has listed once the
+//! engine is not ready: it never writes a table from half a picture (after
+//! a restart the kernel keeps the previous rules in force meanwhile).
+
+use super::model::{ClusterState, Labels, ObjectKey, PodInfo, Policy};
+use super::nft::{Nft, NftError};
+use super::ruleset::{self, Applied, Chains, LocalPod, Sets};
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+/// What one sync did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    /// Nothing was written (nothing changed).
+    pub unchanged: bool,
+    /// The whole table was written (first sync, or after a failure).
+    pub full: bool,
+    /// Lines of the nftables script.
+    pub script_lines: usize,
+    pub took: Duration,
+}
+
+/// Figures for metrics and `terway-cli status`.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct PolicyStats {
+    pub ready: bool,
+    pub policies: usize,
+    pub pods_known: usize,
+    pub local_pods: usize,
+    pub isolated_pods: usize,
+    pub rules: usize,
+    pub sets: usize,
+    pub set_elements: usize,
+    pub syncs: u64,
+    pub sync_errors: u64,
+    pub last_sync_seconds: f64,
+    pub last_error: Option<String>,
+    /// Local pods a policy selects but whose mode cannot be policed.
+    pub unenforceable: BTreeMap<String, String>,
+}
+
+#[derive(Debug)]
+pub struct Enforcer {
+    pub state: ClusterState,
+    locals: BTreeMap<ObjectKey, LocalPod>,
+    /// Local pods in a mode the host cannot police, and why.
+    unpoliced: BTreeMap<ObjectKey, String>,
+    sets: Sets,
+    chains: Chains,
+    chains_dirty: bool,
+    /// What the kernel holds; `None`: unknown (write everything next time).
+    applied: Option<Applied>,
+    ready: bool,
+    nft: Nft,
+    stats: PolicyStats,
+}
+
+impl Enforcer {
+    pub fn new(nft: Nft) -> Self {
+        Self {
+            state: ClusterState::default(),
+            locals: BTreeMap::new(),
+            unpoliced: BTreeMap::new(),
+            sets: Sets::default(),
+            chains: Chains::default(),
+            chains_dirty: true,
+            applied: None,
+            ready: false,
+            nft,
+            stats: PolicyStats::default(),
+        }
+    }
+
+    /// Every watch has listed once: syncs may write the table from now on.
+    pub fn set_ready(&mut self) {
+        self.ready = true;
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready
+    }
+
+    pub fn nft(&self) -> &Nft {
+        &self.nft
+    }
+
+    // ---- cluster facts ----
+
+    pub fn upsert_pod(&mut self, key: ObjectKey, mut info: PodInfo) {
+        if let Some(local) = self.locals.get(&key) {
+            // this node knows its own pods' addresses before the API server does
+            info.ips.clone_from(&local.ips);
+            self.chains_dirty = true;
+        }
+        if self.state.pods.get(&key) == Some(&info) {
+            return;
+        }
+        self.state.pods.insert(key.clone(), info);
+        self.sets.update_pod(&self.state, &key);
+    }
+
+    pub fn remove_pod(&mut self, key: &ObjectKey) {
+        if self.locals.contains_key(key) {
+            return; // its sandbox is still here: DEL removes it
+        }
+        if self.state.pods.remove(key).is_some() {
+            self.sets.update_pod(&self.state, key);
+        }
+    }
+
+    pub fn set_namespace(&mut self, name: &str, labels: Option<Labels>) {
+        let changed = match labels {
+            Some(l) => self.state.namespaces.insert(name.to_owned(), l.clone()) != Some(l),
+            None => self.state.namespaces.remove(name).is_some(),
+        };
+        if !changed {
+            return;
+        }
+        let members: Vec<ObjectKey> = self
+            .state
+            .pods
+            .keys()
+            .filter(|k| k.namespace == name)
+            .cloned()
+            .collect();
+        for key in members {
+            self.sets.update_pod(&self.state, &key);
+        }
+    }
+
+    pub fn set_policy(&mut self, key: ObjectKey, policy: Option<Policy>) {
+        match policy {
+            Some(p) => {
+                if self.state.policies.get(&key) == Some(&p) {
+                    return;
+                }
+                self.state.policies.insert(key, p);
+            }
+            None => {
+                if self.state.policies.remove(&key).is_none() {
+                    return;
+                }
+            }
+        }
+        self.chains_dirty = true;
+    }
+
+    /// A relist of pods: the watch's whole picture replaces ours.
+    pub fn replace_pods(&mut self, pods: HashMap<ObjectKey, PodInfo>) {
+        self.state.pods = pods;
+        for (key, local) in &self.locals {
+            let pod = self.state.pods.entry(key.clone()).or_default();
+            pod.ips.clone_from(&local.ips);
+        }
+        self.sets.rebuild(&self.state);
+        self.chains_dirty = true;
+        self.applied_sets_unknown();
+    }
+
+    pub fn replace_namespaces(&mut self, namespaces: HashMap<String, Labels>) {
+        self.state.namespaces = namespaces;
+        self.sets.rebuild(&self.state);
+        self.applied_sets_unknown();
+    }
+
+    pub fn replace_policies(&mut self, policies: BTreeMap<ObjectKey, Policy>) {
+        self.state.policies = policies;
+        self.chains_dirty = true;
+    }
+
+    /// After a rebuild every set may differ: compare them all next sync.
+    fn applied_sets_unknown(&mut self) {
+        let names: Vec<String> = self.sets.content.keys().cloned().collect();
+        for name in names {
+            self.sets.mark_dirty(&name);
+        }
+    }
+
+    // ---- this node's pods ----
+
+    /// A pod this node wired. `known` is what the pod's object said at ADD
+    /// (used until the watch shows the pod); `unpoliced` says why its mode
+    /// cannot be policed, if it cannot.
+    pub fn add_local(&mut self, key: ObjectKey, local: LocalPod, known: Option<PodInfo>, unpoliced: Option<String>) {
+        let mut info = self.state.pods.get(&key).cloned().or(known).unwrap_or_default();
+        info.ips.clone_from(&local.ips);
+        match unpoliced {
+            Some(why) => {
+                self.unpoliced.insert(key.clone(), why);
+                self.locals.remove(&key);
+            }
+            None => {
+                self.unpoliced.remove(&key);
+                self.locals.insert(key.clone(), local);
+            }
+        }
+        self.chains_dirty = true;
+        self.state.pods.insert(key.clone(), info);
+        self.sets.update_pod(&self.state, &key);
+    }
+
+    /// The pod's sandbox is gone: its rules, and its address in every set.
+    pub fn remove_local(&mut self, key: &ObjectKey) {
+        let was_local = self.locals.remove(key).is_some() | self.unpoliced.remove(key).is_some();
+        if was_local {
+            self.chains_dirty = true;
+            // the address may go to another pod next: never leave it in a set
+            if let Some(pod) = self.state.pods.get_mut(key) {
+                pod.ips.clear();
+            }
+            self.sets.update_pod(&self.state, key);
+        }
+    }
+
+    /// The policies isolating a pod (either direction).
+    pub fn isolating(&self, key: &ObjectKey) -> Vec<String> {
+        let Some(pod) = self.state.pods.get(key) else {
+            return Vec::new();
+        };
+        self.state
+            .policies_selecting(key, pod)
+            .filter(|p| p.ingress.is_some() || p.egress.is_some())
+            .map(|p| p.key.to_string())
+            .collect()
+    }
+
+    /// Why a local pod is selected by a policy the host cannot enforce on it.
+    pub fn refusal(&self, key: &ObjectKey) -> Option<String> {
+        let why = self.unpoliced.get(key)?;
+        let policies = self.isolating(key);
+        (!policies.is_empty()).then(|| {
+            format!(
+                "NetworkPolicy {} selects pod {key}, but {why}: the policy cannot be enforced on it",
+                policies.join(", ")
+            )
+        })
+    }
+
+    // ---- the kernel ----
+
+    /// Writes what changed since the last sync, in one transaction.
+    pub fn sync(&mut self) -> Result<SyncReport, NftError> {
+        let started = Instant::now();
+        if !self.ready {
+            return Ok(SyncReport {
+                unchanged: true,
+                ..SyncReport::default()
+            });
+        }
+        if self.chains_dirty {
+            self.chains = ruleset::chains(&self.state, &self.locals);
+            self.sets.retain(&self.state, &self.chains.sets);
+            self.chains_dirty = false;
+        }
+        let dirty = self.sets.take_dirty();
+        let want = Applied::from_desired(&self.chains, &self.sets);
+        let (script, full) = match &self.applied {
+            Some(have) => (ruleset::delta_script(have, &want, &dirty), false),
+            None => (ruleset::full_script(&want), true),
+        };
+        let mut report = SyncReport {
+            unchanged: script.is_empty(),
+            full,
+            script_lines: script.lines().count(),
+            took: Duration::ZERO,
+        };
+        if !script.is_empty() {
+            if let Err(e) = self.nft.apply(&script) {
+                self.applied = None;
+                self.stats.sync_errors += 1;
+                self.stats.last_error = Some(e.to_string());
+                tracing::warn!(error = %e, full, "policy sync failed; the next sync writes the whole table");
+                return Err(e);
+            }
+            self.stats.syncs += 1;
+            self.stats.last_error = None;
+        }
+        self.applied = Some(want);
+        report.took = started.elapsed();
+        self.stats.last_sync_seconds = report.took.as_secs_f64();
+        Ok(report)
+    }
+
+    /// Removes the table (policy switched off, `terwayd cleanup`).
+    pub fn remove_table(&mut self) -> Result<(), NftError> {
+        self.applied = None;
+        self.nft.remove_table()
+    }
+
+    pub fn stats(&self) -> PolicyStats {
+        let unenforceable = self
+            .unpoliced
+            .keys()
+            .filter_map(|k| self.refusal(k).map(|why| (k.to_string(), why)))
+            .collect();
+        PolicyStats {
+            ready: self.ready,
+            policies: self.state.policies.len(),
+            pods_known: self.state.pods.len(),
+            local_pods: self.locals.len() + self.unpoliced.len(),
+            isolated_pods: self
+                .chains
+                .ingress
+                .keys()
+                .chain(self.chains.egress.keys())
+                .collect::<std::collections::BTreeSet<_>>()
+                .len(),
+            rules: self.chains.rule_count(),
+            sets: self.sets.content.len(),
+            set_elements: self.sets.element_count(),
+            unenforceable,
+            ..self.stats.clone()
+        }
+    }
+
+    /// The ruleset the engine would write in full (for tests and `policy dump`).
+    pub fn full_script(&mut self) -> String {
+        self.chains = ruleset::chains(&self.state, &self.locals);
+        self.sets.retain(&self.state, &self.chains.sets);
+        ruleset::full_script(&Applied::from_desired(&self.chains, &self.sets))
+    }
+}

@@ -1,0 +1,555 @@
+//! The nftables rules policy wants, kept up to date piece by piece, and the
+//! script that brings the kernel's table from what it holds to that.
+//!
+//! Layout of `table inet terway` (only this table is ever touched):
+//! - `chain forward` (hook forward): replies of allowed connections pass
+//!   (conntrack); a packet from a pod's host-side interface jumps to the
+//!   pod's egress chain through the verdict map `egress_pods`, a packet to
+//!   one jumps to its ingress chain through `ingress_pods`. Traffic between
+//!   a pod and its own node uses the input and output hooks and is never
+//!   policed (kubelet probes).
+//! - `chain in_<ifname>` / `eg_<ifname>`: one per isolated pod and direction,
+//!   the rules of every policy selecting the pod; an allowed egress packet
+//!   returns (on to the destination's ingress check), an allowed ingress
+//!   packet is accepted, anything else is counted and dropped.
+//! - `set p…`: the addresses of the pods a peer selector matches, one set per
+//!   distinct selector and family; a pod joining a selector is one element.
+//!   `set n…`: address . protocol . port of pods with a named port.
+
+use super::evaluate::peer_matches;
+use super::model::{block_ranges, ClusterState, Direction, ObjectKey, Peer, PodInfo, PortMatch, Protocol, Rule};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+pub const TABLE: &str = "inet terway";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    fn of(ip: IpAddr) -> Self {
+        if ip.is_ipv4() {
+            Self::V4
+        } else {
+            Self::V6
+        }
+    }
+    fn matches(self, ip: &IpAddr) -> bool {
+        Self::of(*ip) == self
+    }
+    fn keyword(self) -> &'static str {
+        match self {
+            Self::V4 => "ip",
+            Self::V6 => "ip6",
+        }
+    }
+    fn addr_type(self) -> &'static str {
+        match self {
+            Self::V4 => "ipv4_addr",
+            Self::V6 => "ipv6_addr",
+        }
+    }
+}
+
+/// What a named set holds.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SetSource {
+    /// Addresses of the pods a pod peer matches.
+    Peer(Peer, Family),
+    /// address . protocol . port of the pods that have the named port, among
+    /// the pods at the peer's addresses (`None`: every pod).
+    NamedPort(Option<Peer>, Protocol, String, Family),
+}
+
+impl SetSource {
+    pub fn name(&self) -> String {
+        use sha1::{Digest, Sha1};
+        let digest = Sha1::digest(format!("{self:?}").as_bytes());
+        let hex: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+        let (kind, family) = match self {
+            Self::Peer(_, f) => ('p', f),
+            Self::NamedPort(_, _, _, f) => ('n', f),
+        };
+        format!("{kind}{hex}_{}", if *family == Family::V4 { 4 } else { 6 })
+    }
+
+    fn declaration(&self) -> String {
+        match self {
+            Self::Peer(_, f) => format!("type {}", f.addr_type()),
+            Self::NamedPort(_, _, _, f) => format!("type {} . inet_proto . inet_service", f.addr_type()),
+        }
+    }
+
+    /// The elements a pod brings to this set.
+    pub fn contribution(&self, state: &ClusterState, key: &ObjectKey, pod: &PodInfo) -> Vec<String> {
+        match self {
+            Self::Peer(peer, family) => {
+                if state.pod_in_peer(peer, &key.namespace, pod) {
+                    pod.ips
+                        .iter()
+                        .filter(|ip| family.matches(ip))
+                        .map(ToString::to_string)
+                        .collect()
+                } else {
+                    Vec::new()
+                }
+            }
+            Self::NamedPort(scope, protocol, name, family) => {
+                let Some(port) = pod.resolve(name, *protocol) else {
+                    return Vec::new();
+                };
+                pod.ips
+                    .iter()
+                    .filter(|ip| family.matches(ip))
+                    .filter(|ip| match scope {
+                        None => true,
+                        Some(peer @ Peer::Pods { .. }) => state.pod_in_peer(peer, &key.namespace, pod),
+                        Some(peer) => peer_matches(state, peer, **ip),
+                    })
+                    .map(|ip| format!("{ip} . {} . {port}", protocol.nft()))
+                    .collect()
+            }
+        }
+    }
+}
+
+/// A named set and who brought which element.
+#[derive(Debug, Clone, Default)]
+pub struct SetContent {
+    members: HashMap<ObjectKey, Vec<String>>,
+    counts: BTreeMap<String, u32>,
+}
+
+impl SetContent {
+    /// Records what `key` brings now; returns whether the elements changed.
+    fn put(&mut self, key: &ObjectKey, elements: Vec<String>) -> bool {
+        let old = if elements.is_empty() {
+            self.members.remove(key).unwrap_or_default()
+        } else {
+            self.members.insert(key.clone(), elements.clone()).unwrap_or_default()
+        };
+        if old == elements {
+            return false;
+        }
+        let mut changed = false;
+        for e in old {
+            if let Some(c) = self.counts.get_mut(&e) {
+                *c -= 1;
+                if *c == 0 {
+                    self.counts.remove(&e);
+                    changed = true;
+                }
+            }
+        }
+        for e in elements {
+            let c = self.counts.entry(e).or_insert(0);
+            *c += 1;
+            changed |= *c == 1;
+        }
+        changed
+    }
+
+    pub fn elements(&self) -> impl Iterator<Item = &String> {
+        self.counts.keys()
+    }
+
+    pub fn len(&self) -> usize {
+        self.counts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.counts.is_empty()
+    }
+}
+
+/// A pod this node wired, whose host-side interface policy hooks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalPod {
+    pub ifname: String,
+    pub ips: Vec<IpAddr>,
+}
+
+/// The rules wanted, as data.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Chains {
+    /// chain name → rules
+    pub chains: BTreeMap<String, Vec<String>>,
+    /// ifname → chain, per direction
+    pub ingress: BTreeMap<String, String>,
+    pub egress: BTreeMap<String, String>,
+    /// The sets the chains use.
+    pub sets: BTreeSet<SetSource>,
+}
+
+impl Chains {
+    pub fn rule_count(&self) -> usize {
+        self.chains.values().map(Vec::len).sum()
+    }
+}
+
+/// The chains of every local pod that a policy isolates.
+pub fn chains(state: &ClusterState, locals: &BTreeMap<ObjectKey, LocalPod>) -> Chains {
+    let mut out = Chains::default();
+    for (key, local) in locals {
+        let Some(pod) = state.pods.get(key) else { continue };
+        for direction in [Direction::Ingress, Direction::Egress] {
+            let mut rules = Vec::new();
+            let mut isolated = false;
+            for policy in state.policies_selecting(key, pod) {
+                let Some(list) = policy.rules(direction) else { continue };
+                isolated = true;
+                for (i, rule) in list.iter().enumerate() {
+                    let comment = format!("{} {direction}[{i}]", policy.key);
+                    compile_rule(direction, rule, pod, &comment, &mut rules, &mut out.sets);
+                }
+            }
+            if !isolated {
+                continue;
+            }
+            rules.push(format!("counter drop comment \"isolated for {direction}\""));
+            let (prefix, map) = match direction {
+                Direction::Ingress => ("in_", &mut out.ingress),
+                Direction::Egress => ("eg_", &mut out.egress),
+            };
+            let chain = format!("{prefix}{}", local.ifname);
+            map.insert(local.ifname.clone(), chain.clone());
+            out.chains.insert(chain, rules);
+        }
+    }
+    out
+}
+
+/// One policy rule as nftables rules, appended to `out`.
+fn compile_rule(
+    direction: Direction,
+    rule: &Rule,
+    subject: &PodInfo,
+    comment: &str,
+    out: &mut Vec<String>,
+    sets: &mut BTreeSet<SetSource>,
+) {
+    let (remote, verdict) = match direction {
+        Direction::Ingress => ("saddr", "accept"),
+        Direction::Egress => ("daddr", "return"),
+    };
+    // ports: numbered ones go in the rule; named ones resolve on the
+    // destination (the subject itself for ingress, a set for egress)
+    let mut numbered: BTreeMap<Protocol, Vec<(u16, u16)>> = BTreeMap::new();
+    let mut named: Vec<(Protocol, &str)> = Vec::new();
+    let ports_given = rule.ports.is_some();
+    for p in rule.ports.iter().flatten() {
+        match p {
+            PortMatch::All(proto) => numbered.entry(*proto).or_default().push((0, u16::MAX)),
+            PortMatch::Range(proto, a, b) => numbered.entry(*proto).or_default().push((*a, *b)),
+            PortMatch::Named(proto, name) => match direction {
+                Direction::Ingress => {
+                    if let Some(n) = subject.resolve(name, *proto) {
+                        numbered.entry(*proto).or_default().push((n, n));
+                    }
+                }
+                Direction::Egress => named.push((*proto, name)),
+            },
+            PortMatch::Nothing => {}
+        }
+    }
+    let port_expr = if ports_given {
+        if numbered.is_empty() {
+            None
+        } else {
+            Some(port_expression(&numbered))
+        }
+    } else {
+        Some(String::new())
+    };
+    // the remote side, per peer: every address, a selector's set, or ipBlock ranges
+    let groups: Vec<(Option<&Peer>, Vec<String>)> = match &rule.peers {
+        None => vec![(None, Vec::new())],
+        Some(peers) => peers
+            .iter()
+            .filter_map(|peer| match peer {
+                Peer::Pods { .. } => Some((
+                    Some(peer),
+                    [Family::V4, Family::V6]
+                        .into_iter()
+                        .map(|f| {
+                            let set = SetSource::Peer(peer.clone(), f);
+                            let m = format!("{} {remote} @{}", f.keyword(), set.name());
+                            sets.insert(set);
+                            m
+                        })
+                        .collect(),
+                )),
+                Peer::Block { cidr, except } => {
+                    let list: Vec<String> = block_ranges(cidr, except)
+                        .iter()
+                        .map(|(a, b)| format!("{a}-{b}"))
+                        .collect();
+                    let f = Family::of(cidr.addr());
+                    (!list.is_empty()).then(|| {
+                        (
+                            Some(peer),
+                            vec![format!("{} {remote} {{ {} }}", f.keyword(), list.join(", "))],
+                        )
+                    })
+                }
+                Peer::Nothing => None,
+            })
+            .collect(),
+    };
+    for (peer, matchers) in groups {
+        if let Some(ports) = &port_expr {
+            if peer.is_none() {
+                out.push(join_rule(&[ports], verdict, comment));
+            }
+            for m in &matchers {
+                out.push(join_rule(&[m, ports], verdict, comment));
+            }
+        }
+        // named egress ports resolve on the destination: a set of address .
+        // protocol . port over the pods the peer matches (or every pod)
+        for (proto, name) in &named {
+            let families: Vec<Family> = match peer {
+                Some(Peer::Block { cidr, .. }) => vec![Family::of(cidr.addr())],
+                _ => vec![Family::V4, Family::V6],
+            };
+            for f in families {
+                let set = SetSource::NamedPort(peer.cloned(), *proto, (*name).to_owned(), f);
+                let m = format!("{} daddr . meta l4proto . th dport @{}", f.keyword(), set.name());
+                out.push(join_rule(&[&m], verdict, comment));
+                sets.insert(set);
+            }
+        }
+    }
+}
+
+fn join_rule(parts: &[&str], verdict: &str, comment: &str) -> String {
+    let mut s = String::new();
+    for p in parts.iter().filter(|p| !p.is_empty()) {
+        s.push_str(p);
+        s.push(' ');
+    }
+    let _ = write!(s, "{verdict} comment \"{comment}\"");
+    s
+}
+
+/// `meta l4proto . th dport { tcp . 80, udp . 1000-2000 }`, ranges merged per protocol.
+fn port_expression(ports: &BTreeMap<Protocol, Vec<(u16, u16)>>) -> String {
+    let mut items = Vec::new();
+    for (proto, ranges) in ports {
+        let mut ranges = ranges.clone();
+        ranges.sort_unstable();
+        let mut merged: Vec<(u16, u16)> = Vec::new();
+        for (a, b) in ranges {
+            match merged.last_mut() {
+                Some(last) if u32::from(a) <= u32::from(last.1) + 1 => last.1 = last.1.max(b),
+                _ => merged.push((a, b)),
+            }
+        }
+        for (a, b) in merged {
+            if a == b {
+                items.push(format!("{} . {a}", proto.nft()));
+            } else {
+                items.push(format!("{} . {a}-{b}", proto.nft()));
+            }
+        }
+    }
+    format!("meta l4proto . th dport {{ {} }}", items.join(", "))
+}
+
+/// The sets wanted, kept up to date pod by pod.
+#[derive(Debug, Default)]
+pub struct Sets {
+    pub content: BTreeMap<String, (SetSource, SetContent)>,
+    /// Sets whose elements changed since the last [`Sets::take_dirty`].
+    dirty: BTreeSet<String>,
+}
+
+impl Sets {
+    /// Makes the sets exactly `wanted`: new ones filled from every pod, unused ones dropped.
+    pub fn retain(&mut self, state: &ClusterState, wanted: &BTreeSet<SetSource>) {
+        let names: BTreeSet<String> = wanted.iter().map(SetSource::name).collect();
+        self.content.retain(|name, _| names.contains(name));
+        for source in wanted {
+            let name = source.name();
+            if self.content.contains_key(&name) {
+                continue;
+            }
+            let mut content = SetContent::default();
+            for (key, pod) in &state.pods {
+                content.put(key, source.contribution(state, key, pod));
+            }
+            self.content.insert(name, (source.clone(), content));
+        }
+    }
+
+    /// Re-reads one pod into every set (after it changed, or its namespace did).
+    pub fn update_pod(&mut self, state: &ClusterState, key: &ObjectKey) {
+        let pod = state.pods.get(key);
+        for (name, (source, content)) in &mut self.content {
+            let elements = pod.map(|p| source.contribution(state, key, p)).unwrap_or_default();
+            if content.put(key, elements) {
+                self.dirty.insert(name.clone());
+            }
+        }
+    }
+
+    /// Refills every set (after a relist).
+    pub fn rebuild(&mut self, state: &ClusterState) {
+        let wanted: BTreeSet<SetSource> = self.content.values().map(|(s, _)| s.clone()).collect();
+        self.content.clear();
+        self.retain(state, &wanted);
+    }
+
+    pub fn mark_dirty(&mut self, name: &str) {
+        self.dirty.insert(name.to_owned());
+    }
+
+    pub fn take_dirty(&mut self) -> BTreeSet<String> {
+        std::mem::take(&mut self.dirty)
+    }
+
+    pub fn element_count(&self) -> usize {
+        self.content.values().map(|(_, c)| c.len()).sum()
+    }
+}
+
+/// What the kernel's table holds (as last written by us).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub sets: BTreeMap<String, (String, BTreeSet<String>)>,
+    pub chains: Chains,
+}
+
+impl Applied {
+    pub fn from_desired(chains: &Chains, sets: &Sets) -> Self {
+        Self {
+            sets: sets
+                .content
+                .iter()
+                .map(|(name, (source, content))| {
+                    (
+                        name.clone(),
+                        (source.declaration(), content.elements().cloned().collect()),
+                    )
+                })
+                .collect(),
+            chains: chains.clone(),
+        }
+    }
+}
+
+const FORWARD: &str = "chain forward {\n    type filter hook forward priority filter; policy accept;\n    ct state established,related accept\n    iifname vmap @egress_pods\n    oifname vmap @ingress_pods\n  }";
+
+/// One transaction that replaces whatever the table holds with `want`
+/// (`add` first so the `delete` never fails; atomic, so no packet sees an empty table).
+pub fn full_script(want: &Applied) -> String {
+    let mut s = format!("add table {TABLE}\ndelete table {TABLE}\ntable {TABLE} {{\n");
+    for (name, (decl, elements)) in &want.sets {
+        let _ = write!(s, "  set {name} {{ {decl};");
+        if !elements.is_empty() {
+            let _ = write!(
+                s,
+                " elements = {{ {} }}",
+                elements.iter().cloned().collect::<Vec<_>>().join(", ")
+            );
+        }
+        s.push_str(" }\n");
+    }
+    for (name, rules) in &want.chains.chains {
+        let _ = writeln!(s, "  chain {name} {{");
+        for r in rules {
+            let _ = writeln!(s, "    {r}");
+        }
+        s.push_str("  }\n");
+    }
+    for (map, entries) in [
+        ("ingress_pods", &want.chains.ingress),
+        ("egress_pods", &want.chains.egress),
+    ] {
+        let _ = write!(s, "  map {map} {{ type ifname : verdict;");
+        if !entries.is_empty() {
+            let list: Vec<String> = entries.iter().map(|(i, c)| format!("\"{i}\" : jump {c}")).collect();
+            let _ = write!(s, " elements = {{ {} }}", list.join(", "));
+        }
+        s.push_str(" }\n");
+    }
+    let _ = writeln!(s, "  {FORWARD}\n}}");
+    s
+}
+
+/// One transaction from `have` to `want`; `dirty` names the sets whose
+/// elements may differ. Empty when nothing changes.
+pub fn delta_script(have: &Applied, want: &Applied, dirty: &BTreeSet<String>) -> String {
+    let mut s = String::new();
+    let elements = |list: Vec<&String>| list.into_iter().cloned().collect::<Vec<_>>().join(", ");
+    // new sets, and element changes
+    for (name, (decl, els)) in &want.sets {
+        match have.sets.get(name) {
+            None => {
+                let _ = writeln!(s, "add set {TABLE} {name} {{ {decl}; }}");
+                if !els.is_empty() {
+                    let _ = writeln!(s, "add element {TABLE} {name} {{ {} }}", elements(els.iter().collect()));
+                }
+            }
+            Some((_, old)) if dirty.contains(name) => {
+                let gone: Vec<&String> = old.difference(els).collect();
+                let new: Vec<&String> = els.difference(old).collect();
+                if !gone.is_empty() {
+                    let _ = writeln!(s, "delete element {TABLE} {name} {{ {} }}", elements(gone));
+                }
+                if !new.is_empty() {
+                    let _ = writeln!(s, "add element {TABLE} {name} {{ {} }}", elements(new));
+                }
+            }
+            Some(_) => {}
+        }
+    }
+    // chains: new ones created, changed ones flushed and refilled
+    for (name, rules) in &want.chains.chains {
+        match have.chains.chains.get(name) {
+            Some(old) if old == rules => continue,
+            Some(_) => {
+                let _ = writeln!(s, "flush chain {TABLE} {name}");
+            }
+            None => {
+                let _ = writeln!(s, "add chain {TABLE} {name}");
+            }
+        }
+        for r in rules {
+            let _ = writeln!(s, "add rule {TABLE} {name} {r}");
+        }
+    }
+    // dispatch: pods newly isolated, pods no longer isolated
+    for (map, old, new) in [
+        ("ingress_pods", &have.chains.ingress, &want.chains.ingress),
+        ("egress_pods", &have.chains.egress, &want.chains.egress),
+    ] {
+        for (ifname, chain) in new {
+            if old.get(ifname) != Some(chain) {
+                if old.contains_key(ifname) {
+                    let _ = writeln!(s, "delete element {TABLE} {map} {{ \"{ifname}\" }}");
+                }
+                let _ = writeln!(s, "add element {TABLE} {map} {{ \"{ifname}\" : jump {chain} }}");
+            }
+        }
+        for ifname in old.keys().filter(|i| !new.contains_key(*i)) {
+            let _ = writeln!(s, "delete element {TABLE} {map} {{ \"{ifname}\" }}");
+        }
+    }
+    for name in have
+        .chains
+        .chains
+        .keys()
+        .filter(|c| !want.chains.chains.contains_key(*c))
+    {
+        let _ = writeln!(s, "delete chain {TABLE} {name}");
+    }
+    for name in have.sets.keys().filter(|n| !want.sets.contains_key(*n)) {
+        let _ = writeln!(s, "delete set {TABLE} {name}");
+    }
+    s
+}
