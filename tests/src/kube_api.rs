@@ -71,7 +71,17 @@ fn kind_of(plural: &str) -> &'static str {
         "nodes" => "Node",
         "configmaps" => "ConfigMap",
         "events" => "Event",
+        "namespaces" => "Namespace",
+        "networkpolicies" => "NetworkPolicy",
         _ => "Unknown",
+    }
+}
+
+fn api_version(plural: &str) -> &'static str {
+    if plural == "networkpolicies" {
+        "networking.k8s.io/v1"
+    } else {
+        "v1"
     }
 }
 
@@ -158,7 +168,7 @@ impl Shared {
             meta.insert("namespace".into(), json!(key.1));
         }
         object["kind"] = json!(kind_of(&key.0));
-        object["apiVersion"] = json!("v1");
+        object["apiVersion"] = json!(api_version(&key.0));
         let kind = if deleted {
             store.objects.remove(&key);
             "DELETED"
@@ -300,7 +310,11 @@ async fn handle(
             return status(503, "ServiceUnavailable", "the API server is unavailable".into());
         }
     }
-    let path = uri.path().trim_start_matches("/api/v1/").trim_end_matches('/');
+    let path = uri
+        .path()
+        .trim_start_matches("/api/v1/")
+        .trim_start_matches("/apis/networking.k8s.io/v1/")
+        .trim_end_matches('/');
     let parts: Vec<&str> = path.split('/').collect();
     // (plural, namespace, name, subresource)
     let (plural, ns, name, sub) = match parts.as_slice() {
@@ -390,7 +404,7 @@ fn list(shared: &Shared, plural: &str, ns: &str, query: &HashMap<String, String>
         .map(|(_, v)| v.clone())
         .collect();
     ok_json(&json!({
-        "apiVersion": "v1",
+        "apiVersion": api_version(plural),
         "kind": format!("{}List", kind_of(plural)),
         "metadata": {"resourceVersion": store.rv.to_string()},
         "items": items,

@@ -214,3 +214,88 @@ async fn every_subcommand_against_a_live_daemon() {
     assert!(!ok && err.contains("nothing.socket"), "{err}");
     running.stop();
 }
+
+#[test]
+fn policy_explain_offline_reads_yaml_and_names_the_deciding_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cluster.yaml");
+    std::fs::write(
+        &file,
+        r#"apiVersion: v1
+kind: Namespace
+metadata: {name: shop}
+---
+apiVersion: v1
+kind: Pod
+metadata: {namespace: shop, name: db, labels: {app: db}}
+spec: {containers: [{name: db, image: pg, ports: [{name: pg, containerPort: 5432}]}]}
+status: {podIP: 10.0.0.5}
+---
+apiVersion: v1
+kind: Pod
+metadata: {namespace: shop, name: web, labels: {app: web}}
+spec: {containers: [{name: web, image: nginx}]}
+status: {podIPs: [{ip: 10.0.1.7}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {namespace: shop, name: db-from-web}
+spec:
+  podSelector: {matchLabels: {app: db}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: nobody}}}]
+  - from: [{podSelector: {matchLabels: {app: web}}}]
+    ports: [{port: pg}]
+"#,
+    )
+    .unwrap();
+    let explain = |from: &str, to: &str, port: &str| {
+        let out = std::process::Command::new(terway_tests::binary("terway-cli"))
+            .args([
+                "policy",
+                "explain",
+                "--from",
+                from,
+                "--to",
+                to,
+                "--port",
+                port,
+                "--json",
+                "--offline",
+            ])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    // the named port resolves on the destination pod; rule 1 of the policy decides
+    let v = explain("shop/web", "shop/db", "5432");
+    assert_eq!(v["allowed"], true, "{v}");
+    assert_eq!(
+        v["ingress"]["allowed_by"],
+        serde_json::json!({"policy": "shop/db-from-web", "rule": 1})
+    );
+    let v = explain("shop/web", "10.0.0.5", "80");
+    assert_eq!(v["allowed"], false, "{v}");
+    assert_eq!(v["ingress"]["policies"], serde_json::json!(["shop/db-from-web"]));
+    assert_eq!(v["egress"]["allowed"], true);
+    // bad input names the value
+    let out = std::process::Command::new(terway_tests::binary("terway-cli"))
+        .args([
+            "policy",
+            "explain",
+            "--from",
+            "shop/nope",
+            "--to",
+            "shop/db",
+            "--port",
+            "1",
+            "--offline",
+        ])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no pod shop/nope"));
+}

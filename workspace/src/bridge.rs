@@ -67,6 +67,14 @@ pub enum Notice {
         reason: &'static str,
         message: String,
     },
+    /// A Warning on a NetworkPolicy (a field that cannot be enforced as written).
+    PolicyEvent {
+        namespace: String,
+        name: String,
+        uid: String,
+        reason: &'static str,
+        message: String,
+    },
     /// The pod's addresses, for its `k8s.aliyun.com/pod-ips` annotation.
     PodIps {
         namespace: String,
@@ -80,6 +88,8 @@ pub enum Notice {
 pub struct PodMeta {
     pub uid: String,
     pub annotations: BTreeMap<String, String>,
+    /// Its labels (which NetworkPolicies select it).
+    pub labels: BTreeMap<String, String>,
     /// `Succeeded` or `Failed`: its sandbox is gone, its address may go too.
     pub finished: bool,
 }

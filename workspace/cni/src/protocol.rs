@@ -26,6 +26,14 @@ pub enum Request {
     Inspect {
         what: Inspect,
     },
+    /// `terway-cli policy explain`: would a connection pass NetworkPolicy?
+    /// Endpoints are `namespace/pod` or an address.
+    Explain {
+        from: String,
+        to: String,
+        port: u16,
+        protocol: String,
+    },
 }
 
 /// What `terway-cli` asks a live terwayd for.
@@ -48,6 +56,7 @@ impl Request {
             Request::Gc { .. } => "GC",
             Request::Status => "STATUS",
             Request::Inspect { .. } => "INSPECT",
+            Request::Explain { .. } => "EXPLAIN",
         }
     }
 }
@@ -168,7 +177,7 @@ pub fn decode_request(bytes: &[u8]) -> Result<Request, ProtocolError> {
                 check_ifname(&a.ifname)?;
             }
         }
-        Request::Status | Request::Inspect { .. } => {}
+        Request::Status | Request::Inspect { .. } | Request::Explain { .. } => {}
     }
     Ok(request)
 }

@@ -77,6 +77,35 @@ enum Cmd {
         #[arg(long)]
         instance_type: String,
     },
+    /// NetworkPolicy.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCmd {
+    /// Would a new connection pass, and which policy and rule decided — from
+    /// the live terwayd, or (`--offline`) from Kubernetes YAML files alone.
+    Explain {
+        /// NAMESPACE/POD or an address.
+        #[arg(long)]
+        from: String,
+        /// NAMESPACE/POD or an address.
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        port: u16,
+        #[arg(long, default_value = "TCP")]
+        protocol: String,
+        /// YAML files of Namespace, Pod and NetworkPolicy objects (multi-document); no daemon needed.
+        #[arg(long, num_args = 1..)]
+        offline: Vec<PathBuf>,
+        /// Print {"allowed", "ingress", "egress"} as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -136,7 +165,71 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 },
         } => eni_gc(&cli, *yes, *all_nodes, Duration::from_secs(*min_age_seconds)).await,
         Cmd::MaxPods { instance_type } => max_pods(&cli, instance_type).await,
+        Cmd::Policy {
+            command:
+                PolicyCmd::Explain {
+                    from,
+                    to,
+                    port,
+                    protocol,
+                    offline,
+                    json,
+                },
+        } => policy_explain(&cli, from, to, *port, protocol, offline, *json),
     }
+}
+
+fn policy_explain(
+    cli: &Cli,
+    from: &str,
+    to: &str,
+    port: u16,
+    protocol: &str,
+    offline: &[PathBuf],
+    json: bool,
+) -> anyhow::Result<()> {
+    let verdict: Value = if offline.is_empty() {
+        let request = Request::Explain {
+            from: from.into(),
+            to: to.into(),
+            port,
+            protocol: protocol.into(),
+        };
+        match exchange(&cli.socket, &request, Duration::from_secs(10)).map_err(|e| anyhow::anyhow!("{}", e.msg))? {
+            Reply::Inspect { body } => body,
+            Reply::Error { msg, .. } => bail!("terwayd: {msg}"),
+            Reply::Ok { .. } => bail!("terwayd answered without a verdict (an older terwayd?)"),
+        }
+    } else {
+        let (state, skipped) = terway_node::policy::offline::load_files(offline)?;
+        for s in skipped {
+            eprintln!("note: skipped {s} (only Namespace, Pod and NetworkPolicy are read)");
+        }
+        serde_json::to_value(
+            terway_node::policy::evaluate::explain_query(&state, from, to, port, protocol)
+                .map_err(anyhow::Error::msg)?,
+        )?
+    };
+    if json {
+        return print_json(&verdict);
+    }
+    let word = |b: &Value| if b.as_bool() == Some(true) { "allowed" } else { "denied" };
+    println!(
+        "{}: {} -> {} {}/{}",
+        word(&verdict["allowed"]),
+        s(&verdict["from"]),
+        s(&verdict["to"]),
+        s(&verdict["protocol"]),
+        verdict["port"]
+    );
+    for side in ["egress", "ingress"] {
+        println!(
+            "  {side:<8} {:<8} {}",
+            word(&verdict[side]["allowed"]),
+            s(&verdict[side]["reason"])
+        );
+    }
+    Ok(())
 }
 
 fn inspect(cli: &Cli, what: Inspect) -> anyhow::Result<Value> {

@@ -51,6 +51,13 @@ enum Command {
         #[arg(long, default_value_t = 150)]
         interval_ms: u64,
     },
+    /// Removes what terwayd leaves in the kernel that outlives it: the
+    /// NetworkPolicy table `inet terway` (uninstall; pods' own links go with DEL).
+    Cleanup {
+        /// The namespace that plays the host (default: the current one).
+        #[arg(long)]
+        host_netns: Option<PathBuf>,
+    },
     /// Configuration tools.
     Config {
         #[command(subcommand)]
@@ -201,6 +208,18 @@ fn main() -> ExitCode {
                  build it with `cargo build -p terway-node -p terway-cni --bins --features terway-node/demo`"
             );
             ExitCode::FAILURE
+        }
+        Command::Cleanup { host_netns } => {
+            match terway_node::policy::nft::Nft::new(host_netns.as_deref()).remove_table() {
+                Ok(()) => {
+                    println!("removed the NetworkPolicy table inet terway (if it was there)");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Config {
             command: ConfigCommand::Conflist { mtu, socket, chain },

@@ -5,6 +5,8 @@
 //!   are gone (double-checked with an uncached GET first).
 //! - [`config_source`]: watches the `eni-config` ConfigMap and the node's
 //!   `terway-config` label (a per-node merge patch), applied live.
+//! - [`policy_watch`]: NetworkPolicies, namespaces and pods cluster-wide
+//!   for the policy engine, while `disable_network_policy` is off (live).
 //! - [`publish`]: what terwayd tells the cluster — the node's capacity
 //!   annotation and `aliyun/eni` resource, the `SufficientIP` condition,
 //!   the pod IP annotation, and Events on pods and on the node.
@@ -16,6 +18,7 @@
 
 pub mod config_source;
 pub mod pods;
+pub mod policy_watch;
 pub mod publish;
 
 pub use crate::bridge::{ClusterOptions, Notice, PodMeta, POD_ENI_ANNOTATION};
@@ -57,6 +60,10 @@ pub const API_ACCESS: &[(&str, &str, &[&str], bool)] = &[
     ("", "events", &["create", "patch"], false),
     // eni-config and the node override ConfigMaps
     ("", "configmaps", &["list", "watch"], true),
+    // NetworkPolicy: the policies, and the namespaces their selectors match
+    // (the pods come from the pod watch above, cluster-wide)
+    ("networking.k8s.io", "networkpolicies", &["list", "watch"], false),
+    ("", "namespaces", &["list", "watch"], false),
 ];
 
 /// The cluster side of a running terwayd.
@@ -115,9 +122,10 @@ impl Cluster {
             tokio::spawn(pods::watch(node.clone(), cluster.clone())),
             tokio::spawn(pods::collect_periodically(node.clone(), cluster.clone())),
             tokio::spawn(config_source::watch(node.clone(), cluster.clone(), watcher.clone())),
-            tokio::spawn(config_source::report_rejections(cluster.clone(), watcher)),
+            tokio::spawn(config_source::report_rejections(cluster.clone(), watcher.clone())),
             tokio::spawn(publish::notices(cluster.clone(), queue)),
-            tokio::spawn(publish::node_status(node, cluster.clone())),
+            tokio::spawn(publish::node_status(node.clone(), cluster.clone())),
+            tokio::spawn(policy_watch::supervise(node, cluster.clone(), watcher.subscribe())),
         ];
         Ok((cluster, tasks))
     }

@@ -19,6 +19,7 @@ pub(crate) fn meta(pod: &Pod) -> PodMeta {
     PodMeta {
         uid: pod.metadata.uid.clone().unwrap_or_default(),
         annotations: pod.metadata.annotations.clone().unwrap_or_default(),
+        labels: pod.metadata.labels.clone().unwrap_or_default(),
         finished: matches!(phase, Some("Succeeded" | "Failed")),
     }
 }

@@ -64,6 +64,17 @@ pub async fn notices(cluster: Arc<Cluster>, mut queue: mpsc::Receiver<Notice>) {
                 let object = json!({"kind": "Node", "apiVersion": "v1", "name": name, "uid": name});
                 event(&cluster, &mut written, "default", object, warning, reason, &message).await
             }
+            Notice::PolicyEvent {
+                namespace,
+                name,
+                uid,
+                reason,
+                message,
+            } => {
+                let object = json!({"kind": "NetworkPolicy", "apiVersion": "networking.k8s.io/v1",
+                    "namespace": namespace, "name": name, "uid": uid});
+                event(&cluster, &mut written, &namespace, object, true, reason, &message).await
+            }
             Notice::PodIps { namespace, name, ips } => pod_ips(&cluster, &namespace, &name, &ips).await,
         };
         if let Err(e) = result {

@@ -92,6 +92,31 @@ async fn answer(node: &Node, request: Request) -> Reply {
         Request::Inspect { what } => Reply::Inspect {
             body: super::inspect::answer(node, what),
         },
+        Request::Explain {
+            from,
+            to,
+            port,
+            protocol,
+        } => {
+            if !node.policy.is_active() {
+                let why = node
+                    .policy_refusal()
+                    .unwrap_or_else(|| "the policy watches have not started".into());
+                return fail(
+                    code::INVALID_NETWORK_CONFIG,
+                    format!("NetworkPolicy is not enforced on this node: {why}"),
+                );
+            }
+            match node
+                .policy
+                .read(|e| crate::policy::evaluate::explain_query(&e.state, &from, &to, port, &protocol))
+            {
+                Ok(verdict) => Reply::Inspect {
+                    body: serde_json::to_value(verdict).unwrap_or_default(),
+                },
+                Err(e) => fail(code::INVALID_NETWORK_CONFIG, e),
+            }
+        }
         Request::Status => {
             let s = node.ledger.snapshot();
             if s.ips.values().any(|r| r.state == terway_statestore::IpState::Idle) || node.last_error().is_none() {
@@ -136,14 +161,11 @@ fn warn_pod(node: &Node, p: &PodRequest, reason: &'static str, message: String) 
 
 async fn add(node: &Node, p: &PodRequest) -> Reply {
     let started = Instant::now();
-    let annotations = match node.bridge.get() {
-        Some(c) => c
-            .pod_meta(&p.pod_namespace, &p.pod_name, POD_META_TIMEOUT)
-            .await
-            .map(|m| m.annotations)
-            .unwrap_or_default(),
-        None => Default::default(),
+    let meta = match node.bridge.get() {
+        Some(c) => c.pod_meta(&p.pod_namespace, &p.pod_name, POD_META_TIMEOUT).await,
+        None => None,
     };
+    let annotations = meta.as_ref().map(|m| m.annotations.clone()).unwrap_or_default();
     let (bandwidth, bad) = resolve_bandwidth(p.ingress_bps, p.egress_bps, &annotations);
     for e in bad {
         tracing::warn!(pod = %pod_key(p), error = %e, "bandwidth setting ignored");
@@ -200,7 +222,28 @@ async fn add(node: &Node, p: &PodRequest) -> Reply {
     // without a datapath (IPAM only) the reply says what the driver would set up
     let (addresses, mac) = match &node.datapath {
         Some(dp) => match dp.setup(&spec).await {
-            Ok(r) => (r.addresses, names::format_mac(&r.pod_mac)),
+            Ok(r) => match admit_to_policy(node, p, &spec, meta.as_ref()).await {
+                Ok(()) => (r.addresses, names::format_mac(&r.pod_mac)),
+                Err(why) => {
+                    tracing::warn!(pod = %pod_key(p), ip = %ip, reason = %why, "ADD refused by NetworkPolicy; giving the address back");
+                    warn_pod(node, p, "NetworkPolicyNotEnforced", why.clone());
+                    let _ = dp.teardown(&spec).await;
+                    node.policy
+                        .forget(&crate::policy::ObjectKey::new(&p.pod_namespace, &p.pod_name))
+                        .await;
+                    let _ = node.ledger.release(
+                        &pod_ref(p),
+                        Some(&p.container_id),
+                        std::time::Duration::ZERO,
+                        Durability::Flush,
+                    );
+                    return Reply::Error {
+                        code: code::TRY_AGAIN_LATER,
+                        msg: why,
+                        details: String::new(),
+                    };
+                }
+            },
             Err(e) => {
                 tracing::warn!(pod = %pod_key(p), ip = %ip, error = %e, "datapath setup failed; giving the address back");
                 let _ = dp.teardown(&spec).await;
@@ -244,6 +287,31 @@ async fn add(node: &Node, p: &PodRequest) -> Reply {
             mac,
         }),
     }
+}
+
+/// Registers the wired pod with policy; when policy is on, its rules (or
+/// its default allow) are in force when this returns.
+async fn admit_to_policy(
+    node: &Node,
+    p: &PodRequest,
+    spec: &terway_datapath::PodSpec,
+    meta: Option<&crate::bridge::PodMeta>,
+) -> Result<(), String> {
+    let (key, local, unpoliced) = pod_network::policy_local_of(spec, vec![IpAddr::V4(spec.ipv4)]);
+    let known = meta.map(|m| crate::policy::PodInfo {
+        labels: m.labels.clone(),
+        ..Default::default()
+    });
+    if node.policy.is_active() && known.is_none() && node.bridge.get().is_some() {
+        // without its labels nobody can say which policies select the pod
+        return Err(format!(
+            "the pod object of {} could not be read, so the NetworkPolicies selecting it are unknown; try again later",
+            pod_key(p)
+        ));
+    }
+    node.policy
+        .admit(key, local, known, unpoliced, node.options.add_deadline)
+        .await
 }
 
 async fn del(node: &Node, p: &PodRequest) -> Reply {

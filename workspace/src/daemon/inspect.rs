@@ -113,6 +113,11 @@ fn status(node: &Node) -> Value {
         "mode": if cluster.is_some() { "cluster" } else { "standalone" },
         "cluster": cluster,
         "limits": {"enis": node.limits.enis, "ipv4_per_eni": node.limits.ipv4_per_eni},
+        "network_policy": {
+            "enforced": node.policy.is_active(),
+            "not_enforced_because": node.policy_refusal(),
+            "state": node.policy.stats(),
+        },
         "max_pods": node.max_pods(),
         "datapath_mode": config.datapath_mode,
         "pool": {

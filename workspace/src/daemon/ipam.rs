@@ -110,6 +110,10 @@ pub async fn release(node: &Node, record: &PodRecord, netns: Option<&str>) -> Re
             .await
             .map_err(|e| format!("tearing down the pod network: {e}"))?;
     }
+    // out of every policy set before the address can go to another pod
+    node.policy
+        .forget(&crate::policy::ObjectKey::new(&record.pod.namespace, &record.pod.name))
+        .await;
     let released = node
         .ledger
         .release(

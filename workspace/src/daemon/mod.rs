@@ -119,6 +119,9 @@ pub struct Node {
     /// The cluster bridge (Kubernetes, or the one given in the options);
     /// unset in standalone mode.
     pub(crate) bridge: std::sync::OnceLock<Arc<dyn crate::bridge::ClusterBridge>>,
+    /// NetworkPolicy, enforced at this node's pods (on while a cluster is
+    /// connected, a datapath wires pods and `disable_network_policy` is off).
+    pub policy: Arc<crate::policy::PolicyAgent>,
     pod_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -234,7 +237,10 @@ impl Node {
         if let Some(b) = &options.bridge {
             let _ = bridge.set(b.clone());
         }
-        Ok(Arc::new(Self {
+        // nft runs in the datapath's host namespace (the simulated node's, in tests)
+        let nft = crate::policy::nft::Nft::new(options.datapath.as_ref().map(|dp| dp.host().path()));
+        let policy = Arc::new(crate::policy::PolicyAgent::new(crate::policy::Enforcer::new(nft)));
+        let node = Arc::new(Self {
             config: std::sync::RwLock::new(config),
             identity,
             node_ip,
@@ -257,8 +263,30 @@ impl Node {
             serving: std::sync::atomic::AtomicBool::new(false),
             metrics: measurements::NodeMetrics::default(),
             bridge,
+            policy,
             pod_locks: Mutex::new(HashMap::new()),
-        }))
+        });
+        // the pods this node wired before a restart: policy knows them before any watch answers
+        for record in node.ledger.snapshot().pods.values() {
+            if let Some((key, local, unpoliced)) = pod_network::policy_local(&node, record) {
+                node.policy.update(|e| e.add_local(key, local, None, unpoliced));
+            }
+        }
+        Ok(node)
+    }
+
+    /// Whether NetworkPolicy can be enforced here at all, and why not.
+    pub fn policy_refusal(&self) -> Option<String> {
+        if self.config().disable_network_policy {
+            return Some("disable_network_policy is set".into());
+        }
+        if self.datapath.is_none() {
+            return Some("terwayd runs without a datapath (IPAM only): no pod interface to police".into());
+        }
+        if self.config().datapath_mode.is_exclusive() {
+            return Some("exclusive ENI mode: pod traffic never crosses the host, so NetworkPolicy cannot be enforced (the seed offers it only with exclusive ENI off)".into());
+        }
+        None
     }
 
     /// Pods this node can serve now: on a shared node every ENI taken whole

@@ -104,3 +104,40 @@ pub(crate) fn eni_link(node: &Node, e: &EniRecord) -> anyhow::Result<EniLink> {
         mtu: node.config().mtu,
     })
 }
+
+/// A recorded pod as policy sees it: its key, its host-side interface, and
+/// why its mode cannot be policed (exclusive ENI, ipvlan), if it cannot.
+pub(crate) fn policy_local(
+    node: &Node,
+    record: &PodRecord,
+) -> Option<(
+    crate::policy::ObjectKey,
+    crate::policy::ruleset::LocalPod,
+    Option<String>,
+)> {
+    let spec = spec_of_record(node, record, None)?;
+    Some(policy_local_of(&spec, record.ips.clone()))
+}
+
+pub(crate) fn policy_local_of(
+    spec: &PodSpec,
+    ips: Vec<IpAddr>,
+) -> (
+    crate::policy::ObjectKey,
+    crate::policy::ruleset::LocalPod,
+    Option<String>,
+) {
+    let key = crate::policy::ObjectKey::new(&spec.namespace, &spec.name);
+    let local = crate::policy::ruleset::LocalPod {
+        ifname: terway_datapath::names::host_veth_name(&spec.namespace, &spec.name, &spec.ifname),
+        ips,
+    };
+    let unpoliced = match spec.mode {
+        Mode::Veth => None,
+        Mode::ExclusiveEni => Some("it holds an exclusive ENI, whose traffic never crosses the host".to_owned()),
+        Mode::Ipvlan => {
+            Some("it is wired with ipvlan, whose traffic to pods on its ENI never crosses the host".to_owned())
+        }
+    };
+    (key, local, unpoliced)
+}

@@ -179,6 +179,25 @@ impl Enforcer {
         }
     }
 
+    /// Policy switched off: forget what the watches told (this node's own
+    /// pods stay known, for when it is switched on again).
+    pub fn forget_cluster(&mut self) {
+        let keep: HashMap<ObjectKey, PodInfo> = self
+            .state
+            .pods
+            .iter()
+            .filter(|(k, _)| self.locals.contains_key(*k) || self.unpoliced.contains_key(*k))
+            .map(|(k, p)| (k.clone(), p.clone()))
+            .collect();
+        self.state = ClusterState::default();
+        self.state.pods = keep;
+        self.sets = Sets::default();
+        self.chains = Chains::default();
+        self.chains_dirty = true;
+        self.applied = None;
+        self.ready = false;
+    }
+
     // ---- this node's pods ----
 
     /// A pod this node wired. `known` is what the pod's object said at ADD

@@ -275,3 +275,34 @@ pub fn rule_allows(
     });
     peer_ok && port_ok
 }
+
+/// An endpoint as a user names it: `namespace/pod`, or an address.
+pub fn resolve(state: &ClusterState, what: &str) -> Result<Endpoint, String> {
+    if let Ok(ip) = what.parse::<IpAddr>() {
+        return Ok(state.endpoint_at(ip));
+    }
+    let key = ObjectKey::parse(what).ok_or_else(|| format!("{what:?} is neither NAMESPACE/POD nor an IP address"))?;
+    match state.pods.get(&key) {
+        None => Err(format!("no pod {key} is known")),
+        Some(p) if p.ips.is_empty() => Err(format!("pod {key} has no address yet (status.podIPs is empty)")),
+        Some(_) => state
+            .endpoint_of_pod(&key, None)
+            .ok_or_else(|| format!("pod {key} has no address")),
+    }
+}
+
+/// [`explain`] for endpoints and a protocol as a user writes them.
+pub fn explain_query(state: &ClusterState, from: &str, to: &str, port: u16, protocol: &str) -> Result<Verdict, String> {
+    let protocol = Protocol::parse(protocol).ok_or_else(|| format!("protocol {protocol:?} is not TCP, UDP or SCTP"))?;
+    let from = resolve(state, from)?;
+    let mut to = resolve(state, to)?;
+    // a dual-stack pod: compare within the source's family
+    if let Endpoint::Pod(key, ip) = &to {
+        if ip.is_ipv4() != from.ip().is_ipv4() {
+            if let Some(e) = state.endpoint_of_pod(key, Some(from.ip())) {
+                to = e;
+            }
+        }
+    }
+    Ok(explain(state, &from, &to, protocol, port))
+}

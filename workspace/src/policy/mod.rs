@@ -15,6 +15,7 @@
 //! modes that a policy selects is refused at ADD (and reported later) rather
 //! than left open while a policy says it is closed.
 
+pub mod agent;
 pub mod engine;
 pub mod evaluate;
 pub mod model;
@@ -22,6 +23,7 @@ pub mod nft;
 pub mod offline;
 pub mod ruleset;
 
+pub use agent::PolicyAgent;
 pub use engine::{Enforcer, PolicyStats, SyncReport};
 pub use evaluate::{explain, Endpoint, Verdict};
 pub use model::{ClusterState, ObjectKey, PodInfo, Policy, Protocol};
