@@ -150,7 +150,6 @@ pub const RESTART_ONLY_FIELDS: &[&str] = &[
     "ip_stack",
     "kube_client_qps",
     "kube_client_burst",
-    "disable_network_policy",
     "disable_device_plugin",
     "ledger_path",
     "socket_path",
@@ -192,7 +191,6 @@ impl Config {
         self.ip_stack = running.ip_stack;
         self.kube_client_qps = running.kube_client_qps;
         self.kube_client_burst = running.kube_client_burst;
-        self.disable_network_policy = running.disable_network_policy;
         self.disable_device_plugin = running.disable_device_plugin;
         self.ledger_path.clone_from(&running.ledger_path);
         self.socket_path.clone_from(&running.socket_path);

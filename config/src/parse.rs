@@ -72,13 +72,7 @@ const KNOWN_KEYS: &[(&str, KeyUse)] = &[
     ("kube_client_qps", KeyUse::Used),
     ("kube_client_burst", KeyUse::Used),
     ("enable_patch_pod_ips", KeyUse::Used),
-    (
-        "disable_network_policy",
-        KeyUse::IgnoredWhen(
-            |v| !(v.as_bool() == Some(true) || v.as_str() == Some("true")),
-            "NetworkPolicy is not enforced by terway-rs yet, so policies have no effect whatever this says",
-        ),
-    ),
+    ("disable_network_policy", KeyUse::Used),
     (
         "custom_stateful_workload_kinds",
         KeyUse::Ignored("pods keep their address only across sandboxes of the same pod; fixed IPs for stateful workloads are not supported"),
