@@ -861,3 +861,166 @@ fn e2e_model_truth_tables() {
         failures.join("\n\n")
     );
 }
+
+/// Random labels, random policies: the kernel's verdict (a real packet)
+/// and the offline evaluator's must agree on every probed cell.
+#[test]
+fn random_policies_rules_and_evaluator_agree() {
+    use rand::{Rng, SeedableRng};
+    if let Some(why) = terway_tests::netpol_lab::unavailable() {
+        eprintln!("SKIPPED random_policies_rules_and_evaluator_agree: {why}");
+        return;
+    }
+    let mut lab = Lab::model().expect("the lab");
+    let n = lab.pods.len();
+    let seed: u64 = std::env::var("NETPOL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20_261_130);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let (mut probed, mut denied, mut disagreements) = (0, 0, Vec::new());
+    let pick = |rng: &mut rand::rngs::StdRng, from: &[&str]| from[rng.random_range(0..from.len())].to_owned();
+    for round in 0..25 {
+        // random labels on namespaces and pods
+        for ns in ["x", "y", "z"] {
+            let mut labels = namespace_labels(ns);
+            if rng.random_bool(0.6) {
+                labels.insert("team".into(), pick(&mut rng, &["red", "blue"]));
+            }
+            lab.set_namespace_labels(ns, labels).expect("labels");
+        }
+        for i in 0..n {
+            let key = lab.pods[i].key.clone();
+            let mut labels: terway_node::policy::model::Labels = [("pod".to_owned(), key.name.clone())].into();
+            if rng.random_bool(0.5) {
+                labels.insert("tier".into(), pick(&mut rng, &["web", "db"]));
+            }
+            lab.set_pod_labels(&key, labels).expect("labels");
+        }
+        let selector = |rng: &mut rand::rngs::StdRng, keys: &[(&str, &[&str])]| -> Value {
+            let (key, values) = keys[rng.random_range(0..keys.len())];
+            match rng.random_range(0..6) {
+                0 => json!({}),
+                1 => json!({"matchLabels": {key: pick(rng, values)}}),
+                2 => {
+                    json!({"matchExpressions": [{"key": key, "operator": "In", "values": [pick(rng, values), pick(rng, values)]}]})
+                }
+                3 => json!({"matchExpressions": [{"key": key, "operator": "NotIn", "values": [pick(rng, values)]}]}),
+                4 => json!({"matchExpressions": [{"key": key, "operator": "Exists"}]}),
+                _ => json!({"matchExpressions": [{"key": key, "operator": "DoesNotExist"}]}),
+            }
+        };
+        let pod_keys: &[(&str, &[&str])] = &[("pod", &["a", "b", "c"]), ("tier", &["web", "db"])];
+        let ns_keys: &[(&str, &[&str])] = &[("team", &["red", "blue"]), ("ns", &["x", "y", "z"])];
+        let mut policies = Vec::new();
+        for p in 0..rng.random_range(1..4) {
+            let ns = pick(&mut rng, &["x", "y", "z"]);
+            let mut rules = Vec::new();
+            for _ in 0..rng.random_range(0..3) {
+                let mut rule = serde_json::Map::new();
+                if rng.random_bool(0.8) {
+                    let peers: Vec<Value> = (0..rng.random_range(1..3))
+                        .map(|_| match rng.random_range(0..4) {
+                            0 => json!({"podSelector": selector(&mut rng, pod_keys)}),
+                            1 => json!({"namespaceSelector": selector(&mut rng, ns_keys)}),
+                            2 => json!({"podSelector": selector(&mut rng, pod_keys), "namespaceSelector": selector(&mut rng, ns_keys)}),
+                            _ => {
+                                let ip = lab.pods[rng.random_range(0..n)].ip;
+                                if rng.random_bool(0.5) {
+                                    json!({"ipBlock": {"cidr": format!("{ip}/32")}})
+                                } else {
+                                    json!({"ipBlock": {"cidr": format!("{ip}/16"), "except": [format!("{ip}/32")]}})
+                                }
+                            }
+                        })
+                        .collect();
+                    rule.insert("peers".into(), json!(peers));
+                }
+                if rng.random_bool(0.6) {
+                    let ports: Vec<Value> = (0..rng.random_range(1..3))
+                        .map(|_| {
+                            let proto = pick(&mut rng, &["TCP", "UDP"]);
+                            match rng.random_range(0..4) {
+                                0 => json!({"protocol": proto}),
+                                1 => json!({"protocol": proto, "port": 80 + rng.random_range(0..2)}),
+                                2 => json!({"protocol": proto, "port": 80, "endPort": 81}),
+                                _ => json!({"protocol": proto, "port": format!("serve-{}-{}", 80 + rng.random_range(0..2), proto.to_lowercase())}),
+                            }
+                        })
+                        .collect();
+                    rule.insert("ports".into(), json!(ports));
+                }
+                rules.push(rule);
+            }
+            let direction = pick(&mut rng, &["Ingress", "Egress", "Both"]);
+            let render = |rules: &[serde_json::Map<String, Value>], peer_key: &str| -> Value {
+                rules
+                    .iter()
+                    .map(|r| {
+                        let mut out = serde_json::Map::new();
+                        if let Some(p) = r.get("peers") {
+                            out.insert(peer_key.into(), p.clone());
+                        }
+                        if let Some(p) = r.get("ports") {
+                            out.insert("ports".into(), p.clone());
+                        }
+                        Value::Object(out)
+                    })
+                    .collect()
+            };
+            let mut spec = json!({"podSelector": selector(&mut rng, pod_keys)});
+            let types: Vec<&str> = match direction.as_str() {
+                "Ingress" => vec!["Ingress"],
+                "Egress" => vec!["Egress"],
+                _ => vec!["Ingress", "Egress"],
+            };
+            if types.contains(&"Ingress") {
+                spec["ingress"] = render(&rules, "from");
+            }
+            if types.contains(&"Egress") {
+                spec["egress"] = render(&rules, "to");
+            }
+            spec["policyTypes"] = json!(types);
+            policies.push(policy_of(&lab, np(&ns, &format!("r{round}-{p}"), spec)));
+        }
+        let shown: Vec<String> = policies.iter().map(|p| format!("{p:?}")).collect();
+        lab.set_policies(policies).expect("policies");
+        let cells: Vec<_> = (0..40)
+            .map(|_| {
+                let proto = if rng.random_bool(0.5) { TCP } else { UDP };
+                (
+                    rng.random_range(0..n),
+                    rng.random_range(0..n),
+                    proto,
+                    80 + rng.random_range(0..2),
+                )
+            })
+            .collect();
+        let expected: Vec<bool> = cells
+            .iter()
+            .map(|&(f, t, p, port)| lab.evaluate(f, t, p, port))
+            .collect();
+        let mut got = lab.probe_all(&cells, Duration::from_millis(300));
+        let again: Vec<usize> = (0..cells.len()).filter(|&i| got[i] != expected[i]).collect();
+        let retry: Vec<_> = again.iter().map(|&i| cells[i]).collect();
+        for (&i, r) in again.iter().zip(lab.probe_all(&retry, Duration::from_secs(2))) {
+            got[i] = r;
+        }
+        probed += cells.len();
+        denied += expected.iter().filter(|e| !**e).count();
+        for (i, &(f, t, proto, port)) in cells.iter().enumerate() {
+            if got[i] != expected[i] {
+                disagreements.push(format!(
+                    "seed {seed} round {round}: {} -> {} {proto}/{port}: packet {}, evaluator {}\npolicies: {shown:#?}\nnode 0:\n{}\nnode 1:\n{}",
+                    lab.pods[f].key, lab.pods[t].key, got[i], expected[i], lab.listing(0), lab.listing(1)
+                ));
+            }
+        }
+    }
+    eprintln!("{probed} random cells probed, {denied} of them denied (seed {seed})");
+    assert!(
+        denied > probed / 10 && denied < probed * 9 / 10,
+        "random policies should both allow and deny"
+    );
+    assert!(disagreements.is_empty(), "{}", disagreements.join("\n\n"));
+}
