@@ -26,7 +26,9 @@ pub async fn supervise(node: Arc<Node>, cluster: Arc<Cluster>, mut config: watch
     let mut running: Option<Vec<AbortOnDrop>> = None;
     let mut first = true;
     loop {
-        match (node.policy_refusal(), running.is_some()) {
+        // the config as this receiver sees it: the node may not have applied it yet
+        let current = config.borrow_and_update().clone();
+        match (node.policy_refusal_with(&current), running.is_some()) {
             (None, false) => {
                 tracing::info!("NetworkPolicy on: watching NetworkPolicies, namespaces and pods");
                 node.policy.activate();

@@ -277,13 +277,18 @@ impl Node {
 
     /// Whether NetworkPolicy can be enforced here at all, and why not.
     pub fn policy_refusal(&self) -> Option<String> {
-        if self.config().disable_network_policy {
+        self.policy_refusal_with(&self.config())
+    }
+
+    /// [`Node::policy_refusal`] under `config` (a reload not yet applied to the node).
+    pub fn policy_refusal_with(&self, config: &Config) -> Option<String> {
+        if config.disable_network_policy {
             return Some("disable_network_policy is set".into());
         }
         if self.datapath.is_none() {
             return Some("terwayd runs without a datapath (IPAM only): no pod interface to police".into());
         }
-        if self.config().datapath_mode.is_exclusive() {
+        if config.datapath_mode.is_exclusive() {
             return Some("exclusive ENI mode: pod traffic never crosses the host, so NetworkPolicy cannot be enforced (the seed offers it only with exclusive ENI off)".into());
         }
         None
