@@ -252,3 +252,14 @@ fn throughput(lab: &Lab, a: usize, b: usize, for_: Duration) -> f64 {
     let total = server.join().unwrap();
     total as f64 / t.elapsed().as_secs_f64()
 }
+
+/// Removes a namespace on drop (also when the bench panics).
+struct RemoveNetns(String);
+
+impl Drop for RemoveNetns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .status();
+    }
+}

@@ -97,6 +97,17 @@ fn put_policy(api: &FakeApiServer, cidr: &str) {
     );
 }
 
+/// Pod namespaces, removed on drop (also when an assertion fails).
+struct PodNamespaces(Vec<String>);
+
+impl Drop for PodNamespaces {
+    fn drop(&mut self) {
+        for ns in &self.0 {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policy_in_force_at_add_across_restart_and_switched_off_live() {
     if std::fs::read_to_string("/proc/self/status").is_ok_and(|s| !s.lines().any(|l| l.starts_with("Uid:\t0\t"))) {
@@ -139,11 +150,11 @@ async fn policy_in_force_at_add_across_restart_and_switched_off_live() {
 
     // ADD: the reply comes after the pod's rules are in the kernel
     let mut ips = Vec::new();
-    let mut pod_namespaces = Vec::new();
+    let mut pod_namespaces = PodNamespaces(Vec::new());
     for name in ["guarded", "open"] {
         let netns = format!("trw{tag}{name}");
         let _ = Command::new("ip").args(["netns", "add", &netns]).status();
-        pod_namespaces.push(netns.clone());
+        pod_namespaces.0.push(netns.clone());
         let request = PodRequest::new("np", name, &format!("{name}-sandbox"), &format!("/run/netns/{netns}"));
         let socket = running.node.socket_path();
         let reply = tokio::task::spawn_blocking(move || {
@@ -159,7 +170,7 @@ async fn policy_in_force_at_add_across_restart_and_switched_off_live() {
         sim.route_to_pod(&ip.to_string(), &eni.mac).unwrap();
         ips.push(ip);
     }
-    let pod_path = |i: usize| PathBuf::from(format!("/run/netns/{}", pod_namespaces[i]));
+    let pod_path = |i: usize| PathBuf::from(format!("/run/netns/{}", pod_namespaces.0[i]));
     assert!(
         !reaches(&vpc_ns, &pod_path(0), ips[0], 8080),
         "the guarded pod is isolated as soon as ADD returned"
@@ -232,7 +243,4 @@ async fn policy_in_force_at_add_across_restart_and_switched_off_live() {
     assert!(table(&node_ns).is_none());
     running.stop();
     drop(running);
-    for ns in pod_namespaces {
-        let _ = Command::new("ip").args(["netns", "del", &ns]).status();
-    }
 }
