@@ -24,7 +24,7 @@ const EADDRNOTAVAIL: i32 = 99;
 const EBUSY: i32 = 16;
 const ENOBUFS: i32 = 105;
 /// How often a dump interrupted by concurrent changes is taken again.
-const DUMP_RETRIES: u32 = 8;
+const DUMP_RETRIES: u32 = 10;
 
 /// The errno of a netlink error, if it is one.
 pub(crate) fn errno(e: &rtnetlink::Error) -> Option<i32> {
@@ -224,7 +224,16 @@ impl Netlink {
         let mut attempt = 0;
         loop {
             match take().await {
-                Err(e) if errno(&e) == Some(EBUSY) && attempt < DUMP_RETRIES => attempt += 1,
+                Err(e) if errno(&e) == Some(EBUSY) && attempt < DUMP_RETRIES => {
+                    attempt += 1;
+                    // pods set up side by side keep changing the table: wait
+                    // a little, each at its own pace, rather than all retrying at once
+                    let jitter = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.subsec_nanos())
+                        % (1_000_000 << attempt);
+                    tokio::time::sleep(std::time::Duration::from_nanos(u64::from(jitter))).await;
+                }
                 Err(e) if errno(&e) == Some(ENOBUFS) && attempt < DUMP_RETRIES => {
                     attempt += 1;
                     // let the reader drain what is queued
