@@ -136,3 +136,35 @@ pub fn eni_conf(url: &str, vswitches: &[&str], extra: &str) -> String {
         list.join(",")
     )
 }
+
+/// `GET path` over plain HTTP/1.1: status and body (as the metrics server answers).
+///
+/// # Panics
+/// When the server cannot be reached.
+#[allow(clippy::unwrap_used, clippy::missing_panics_doc)]
+pub fn http_get(address: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(address).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let status = raw[9..12].parse().unwrap();
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    // the body may come chunked; the samples are whole lines either way
+    (status, body)
+}
+
+/// `name{labels}` → value, for every sample line.
+pub fn samples(text: &str) -> std::collections::BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_owned(), v.trim().parse().ok()?))
+        })
+        .collect()
+}

@@ -509,7 +509,8 @@ impl Lab {
     pub fn listing(&self, node: usize) -> String {
         self.nodes[node]
             .nft()
-            .run(&["list", "table", "inet", "terway"], "")
+            .list_text()
+            .map(Option::unwrap_or_default)
             .unwrap_or_else(|e| e.to_string())
     }
 

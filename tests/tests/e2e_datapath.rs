@@ -483,7 +483,7 @@ fn the_datapath_agent_repairs_drift_within_a_period() {
         tcp_reaches(pod_ns, lab.vpc_ns(), VPC_ADDR, 7901),
         "r-0 reaches the VPC again"
     );
-    let scraped = scrape(lab.running.metrics_address.unwrap());
+    let scraped = terway_tests::http_get(lab.running.metrics_address.unwrap(), "/metrics").1;
     for (k, n) in want {
         let line = format!("terway_datapath_repairs_total{{what=\"{k}\"}} {n}");
         assert!(scraped.contains(&line), "/metrics has {line}:\n{scraped}");
@@ -495,15 +495,6 @@ fn the_datapath_agent_repairs_drift_within_a_period() {
     drop(sim);
     lab.stop();
     assert_eq!(before, root_state(), "the root namespace changed");
-}
-
-fn scrape(address: std::net::SocketAddr) -> String {
-    use std::io::Read;
-    let mut s = TcpStream::connect(address).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
-    body
 }
 
 #[test]

@@ -4,8 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 use terway_cloud::emulator::{Emulator, Scenario};
@@ -13,32 +12,7 @@ use terway_node::cni::exchange;
 use terway_node::cni::protocol::{PodRequest, Reply, Request};
 use terway_node::daemon::NodeOptions;
 use terway_node::service;
-
-fn http_get(address: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(address).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).unwrap();
-    let status = raw[9..12].parse().unwrap();
-    let body = raw
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    // the body may come chunked; the samples are whole lines either way
-    (status, body)
-}
-
-/// `name{labels}` → value, for every sample line.
-fn samples(text: &str) -> BTreeMap<String, f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .filter_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            Some((k.to_owned(), v.trim().parse().ok()?))
-        })
-        .collect()
-}
+use terway_tests::{http_get, samples};
 
 fn sum(s: &BTreeMap<String, f64>, prefix: &str, must_contain: &[&str]) -> f64 {
     s.iter()

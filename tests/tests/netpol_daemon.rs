@@ -207,6 +207,19 @@ async fn policy_in_force_at_add_across_restart_and_switched_off_live() {
         "policy update in force within {:.0} ms",
         t0.elapsed().as_secs_f64() * 1e3
     );
+    let metrics = terway_tests::samples(&terway_tests::http_get(running.metrics_address.unwrap(), "/metrics").1);
+    assert_eq!(metrics["terway_policy_enforced"], 1.0, "{metrics:?}");
+    assert!(metrics["terway_policy_rules"] >= 2.0, "{metrics:?}");
+    assert_eq!(metrics["terway_policy_policies"], 1.0, "{metrics:?}");
+    assert!(
+        metrics["terway_policy_sync_duration_seconds_count"] >= 1.0,
+        "{metrics:?}"
+    );
+    assert_eq!(metrics["terway_policy_sync_errors_total"], 0.0, "{metrics:?}");
+    assert!(
+        metrics[r#"terway_policy_dropped_packets_total{namespace="np",pod="guarded"}"#] >= 1.0,
+        "the probe refused after the restart is counted against the pod, and the count outlives the policy change: {metrics:?}"
+    );
     let status = terway_node::daemon::inspect::answer(&running.node, terway_node::cni::protocol::Inspect::Status);
     assert_eq!(status["network_policy"]["enforced"], true, "{status}");
     assert!(

@@ -3,6 +3,7 @@
 
 pub use crate::daemon::measurements::{Histogram, LastReconcile, NodeMetrics};
 use crate::daemon::Node;
+use crate::policy::ObjectKey;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
@@ -50,8 +51,9 @@ impl Exposition {
     }
 }
 
-/// The whole exposition.
-pub fn render(node: &Node) -> String {
+/// The whole exposition. `policy_drops`: packets dropped per local pod,
+/// read from the kernel by the caller (`None`: policy off or unreadable).
+pub fn render(node: &Node, policy_drops: Option<&BTreeMap<ObjectKey, u64>>) -> String {
     let mut out = Exposition(String::new());
     let s = node.ledger.snapshot();
 
@@ -270,7 +272,74 @@ pub fn render(node: &Node) -> String {
             left.as_secs_f64(),
         );
     }
+    render_policy(&mut out, &node.policy.stats(), node.policy.is_active(), policy_drops);
     out.0
+}
+
+fn render_policy(
+    out: &mut Exposition,
+    stats: &crate::policy::PolicyStats,
+    active: bool,
+    drops: Option<&BTreeMap<ObjectKey, u64>>,
+) {
+    out.family(
+        "terway_policy_enforced",
+        "gauge",
+        "1 when NetworkPolicy is on and its rules are written from a complete picture of the cluster.",
+    );
+    out.sample(
+        "terway_policy_enforced",
+        &[],
+        f64::from(u8::from(active && stats.ready)),
+    );
+    for (name, help, value) in [
+        ("terway_policy_policies", "NetworkPolicies known.", stats.policies),
+        (
+            "terway_policy_rules",
+            "nftables rules in force in table inet terway.",
+            stats.rules,
+        ),
+        ("terway_policy_sets", "nftables named sets in force.", stats.sets),
+        (
+            "terway_policy_set_elements",
+            "Elements of those sets (addresses, address-port pairs, ranges).",
+            stats.set_elements,
+        ),
+        (
+            "terway_policy_isolated_pods",
+            "Local pods that some policy isolates in a direction.",
+            stats.isolated_pods,
+        ),
+    ] {
+        out.family(name, "gauge", help);
+        out.sample(name, &[], value as f64);
+    }
+    out.family("terway_policy_syncs_total", "counter", "nftables transactions written.");
+    out.sample("terway_policy_syncs_total", &[], stats.syncs as f64);
+    out.family(
+        "terway_policy_sync_errors_total",
+        "counter",
+        "nftables transactions the kernel or nft rejected.",
+    );
+    out.sample("terway_policy_sync_errors_total", &[], stats.sync_errors as f64);
+    out.family(
+        "terway_policy_sync_duration_seconds",
+        "histogram",
+        "Time from a change being recorded to its transaction being in force.",
+    );
+    out.histogram("terway_policy_sync_duration_seconds", &[], &stats.sync_duration);
+    out.family(
+        "terway_policy_dropped_packets_total",
+        "counter",
+        "Packets the policy dropped, by the local pod they were going to or coming from.",
+    );
+    for (pod, n) in drops.into_iter().flatten() {
+        out.sample(
+            "terway_policy_dropped_packets_total",
+            &[("namespace", &pod.namespace), ("pod", &pod.name)],
+            *n as f64,
+        );
+    }
 }
 
 fn status_label(status: &terway_statestore::EniStatus) -> String {
@@ -293,9 +362,10 @@ pub async fn serve(node: Arc<Node>, listener: tokio::net::TcpListener) -> std::i
             get(move || {
                 let node = metrics_node.clone();
                 async move {
+                    let drops = node.policy.dropped_per_pod().await;
                     (
                         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-                        render(&node),
+                        render(&node, drops.as_ref()),
                     )
                 }
             }),

@@ -6,6 +6,7 @@
 use super::engine::{Enforcer, PolicyStats, SyncReport};
 use super::model::{ObjectKey, PodInfo};
 use super::ruleset::LocalPod;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -136,6 +137,26 @@ impl PolicyAgent {
                 tracing::warn!(pod = %key, error = %e, "NetworkPolicy sync after DEL failed; retried by the sync task");
             }
         }
+    }
+
+    /// Packets the policy dropped per local pod (the drop rules' counters),
+    /// read from the kernel; `None` when policy is off or the table cannot be read.
+    pub async fn dropped_per_pod(&self) -> Option<BTreeMap<ObjectKey, u64>> {
+        if !self.is_active() {
+            return None;
+        }
+        let (nft, interfaces) = self.read(|e| (e.nft().clone(), e.interfaces()));
+        let listing = tokio::task::spawn_blocking(move || nft.list_json())
+            .await
+            .ok()?
+            .ok()??;
+        let dropped = super::nft::dropped_per_interface(&listing);
+        Some(
+            interfaces
+                .into_iter()
+                .filter_map(|(ifname, key)| dropped.get(&ifname).map(|n| (key, *n)))
+                .collect(),
+        )
     }
 
     pub fn stats(&self) -> PolicyStats {

@@ -21,6 +21,14 @@ pub struct SyncReport {
     /// Lines of the nftables script.
     pub script_lines: usize,
     pub took: Duration,
+    /// Of `took`, the time nftables took to apply the script.
+    pub nft_took: Duration,
+}
+
+/// What a sync wrote: the whole wanted table, or new members of some sets.
+enum Written {
+    Table(Applied),
+    Elements(Vec<(String, std::collections::BTreeSet<String>)>),
 }
 
 /// Figures for metrics and `terway-cli status`.
@@ -37,6 +45,9 @@ pub struct PolicyStats {
     pub syncs: u64,
     pub sync_errors: u64,
     pub last_sync_seconds: f64,
+    /// Durations of the syncs that wrote something.
+    #[serde(skip)]
+    pub sync_duration: crate::daemon::measurements::Histogram,
     pub last_error: Option<String>,
     /// Local pods a policy selects but whose mode cannot be policed.
     pub unenforceable: BTreeMap<String, String>,
@@ -269,25 +280,40 @@ impl Enforcer {
                 ..SyncReport::default()
             });
         }
-        if self.chains_dirty {
+        let chains_changed = std::mem::take(&mut self.chains_dirty);
+        if chains_changed {
             self.chains = ruleset::chains(&self.state, &self.locals);
             self.sets.retain(&self.state, &self.chains.sets);
-            self.chains_dirty = false;
         }
         let dirty = self.sets.take_dirty();
-        let want = Applied::from_desired(&self.chains, &self.sets);
-        let (script, full) = match &self.applied {
-            Some(have) => (ruleset::delta_script(have, &want, &dirty), false),
-            None => (ruleset::full_script(&want), true),
+        // the common case — pods come, go, are relabelled — costs what changed
+        let elements_only = match &self.applied {
+            Some(have) if !chains_changed => ruleset::element_delta(have, &self.sets, &dirty),
+            _ => None,
+        };
+        let (script, full, want) = match (elements_only, &self.applied) {
+            (Some((script, after)), _) => (script, false, Written::Elements(after)),
+            (None, Some(have)) => {
+                let want = Applied::from_desired(&self.chains, &self.sets);
+                (ruleset::delta_script(have, &want, &dirty), false, Written::Table(want))
+            }
+            (None, None) => {
+                let want = Applied::from_desired(&self.chains, &self.sets);
+                (ruleset::full_script(&want), true, Written::Table(want))
+            }
         };
         let mut report = SyncReport {
             unchanged: script.is_empty(),
             full,
             script_lines: script.lines().count(),
             took: Duration::ZERO,
+            nft_took: Duration::ZERO,
         };
         if !script.is_empty() {
-            if let Err(e) = self.nft.apply(&script) {
+            let applying = Instant::now();
+            let applied = self.nft.apply(&script);
+            report.nft_took = applying.elapsed();
+            if let Err(e) = applied {
                 self.applied = None;
                 self.stats.sync_errors += 1;
                 self.stats.last_error = Some(e.to_string());
@@ -297,9 +323,23 @@ impl Enforcer {
             self.stats.syncs += 1;
             self.stats.last_error = None;
         }
-        self.applied = Some(want);
+        match want {
+            Written::Table(want) => self.applied = Some(want),
+            Written::Elements(after) => {
+                if let Some(have) = &mut self.applied {
+                    for (name, elements) in after {
+                        if let Some((_, els)) = have.sets.get_mut(&name) {
+                            *els = elements;
+                        }
+                    }
+                }
+            }
+        }
         report.took = started.elapsed();
-        self.stats.last_sync_seconds = report.took.as_secs_f64();
+        if !script.is_empty() {
+            self.stats.sync_duration.observe(report.took);
+            self.stats.last_sync_seconds = report.took.as_secs_f64();
+        }
         Ok(report)
     }
 
@@ -307,6 +347,11 @@ impl Enforcer {
     pub fn remove_table(&mut self) -> Result<(), NftError> {
         self.applied = None;
         self.nft.remove_table()
+    }
+
+    /// Host-side interface name → the local pod behind it.
+    pub fn interfaces(&self) -> BTreeMap<String, ObjectKey> {
+        self.locals.iter().map(|(k, l)| (l.ifname.clone(), k.clone())).collect()
     }
 
     pub fn stats(&self) -> PolicyStats {

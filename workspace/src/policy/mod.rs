@@ -7,7 +7,7 @@
 //!   per-pod chains, selectors as named sets — and the script from the
 //!   kernel's table to the wanted one.
 //! - [`engine`]: facts in, one nftables transaction per sync out.
-//! - [`nft`]: runs the `nft` binary; [`offline`]: facts from YAML files.
+//! - [`nft`]: libnftables in process, or the `nft` binary; [`offline`]: facts from YAML files.
 //!
 //! Where policy applies: pods wired with a veth (shared ENI) are policed at
 //! their host-side interface. An exclusive-ENI pod's traffic, and an ipvlan

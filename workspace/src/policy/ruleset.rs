@@ -11,7 +11,8 @@
 //! - `chain in_<ifname>` / `eg_<ifname>`: one per isolated pod and direction,
 //!   the rules of every policy selecting the pod; an allowed egress packet
 //!   returns (on to the destination's ingress check), an allowed ingress
-//!   packet is accepted, anything else is counted and dropped.
+//!   packet is accepted, anything else is dropped and counted in the pod's
+//!   named counter `drop_<ifname>` (metrics: drops per pod).
 //! - `set p…`: the addresses of the pods a peer selector matches, one set per
 //!   distinct selector and family; a pod joining a selector is one element.
 //!   `set n…`: address . protocol . port of pods with a named port.
@@ -189,6 +190,21 @@ impl Chains {
     pub fn rule_count(&self) -> usize {
         self.chains.values().map(Vec::len).sum()
     }
+
+    /// The drop counters: one per isolated pod, kept by name so that a chain
+    /// rewritten after a policy change does not reset its pod's count.
+    pub fn counters(&self) -> BTreeSet<String> {
+        self.ingress
+            .keys()
+            .chain(self.egress.keys())
+            .map(|i| drop_counter(i))
+            .collect()
+    }
+}
+
+/// The named counter of a pod's dropped packets.
+pub fn drop_counter(ifname: &str) -> String {
+    format!("drop_{ifname}")
 }
 
 /// The chains of every local pod that a policy isolates.
@@ -210,7 +226,10 @@ pub fn chains(state: &ClusterState, locals: &BTreeMap<ObjectKey, LocalPod>) -> C
             if !isolated {
                 continue;
             }
-            rules.push(format!("counter drop comment \"isolated for {direction}\""));
+            rules.push(format!(
+                "counter name \"{}\" drop comment \"isolated for {direction}\"",
+                drop_counter(&local.ifname)
+            ));
             let (prefix, map) = match direction {
                 Direction::Ingress => ("in_", &mut out.ingress),
                 Direction::Egress => ("eg_", &mut out.egress),
@@ -336,9 +355,12 @@ fn join_rule(parts: &[&str], verdict: &str, comment: &str) -> String {
     s
 }
 
-/// `meta l4proto . th dport { tcp . 80, udp . 1000-2000 }`, ranges merged per protocol.
+/// `meta l4proto . th dport { tcp . 80, udp . 1000-2000 }`, ranges merged
+/// per protocol; one item is matched without an anonymous set (each such set
+/// is one more object nft fetches before every later transaction).
 fn port_expression(ports: &BTreeMap<Protocol, Vec<(u16, u16)>>) -> String {
     let mut items = Vec::new();
+    let mut single = None;
     for (proto, ranges) in ports {
         let mut ranges = ranges.clone();
         ranges.sort_unstable();
@@ -350,14 +372,15 @@ fn port_expression(ports: &BTreeMap<Protocol, Vec<(u16, u16)>>) -> String {
             }
         }
         for (a, b) in merged {
-            if a == b {
-                items.push(format!("{} . {a}", proto.nft()));
-            } else {
-                items.push(format!("{} . {a}-{b}", proto.nft()));
-            }
+            let range = if a == b { a.to_string() } else { format!("{a}-{b}") };
+            items.push(format!("{} . {range}", proto.nft()));
+            single = Some(format!("meta l4proto {} th dport {range}", proto.nft()));
         }
     }
-    format!("meta l4proto . th dport {{ {} }}", items.join(", "))
+    match (items.len(), single) {
+        (1, Some(one)) => one,
+        _ => format!("meta l4proto . th dport {{ {} }}", items.join(", ")),
+    }
 }
 
 /// The sets wanted, kept up to date pod by pod.
@@ -442,6 +465,41 @@ impl Applied {
     }
 }
 
+/// The script for a sync in which only set members changed (a pod came,
+/// went or was relabelled), and the sets as they will be once it is applied.
+/// Costs what changed, not the size of the table. `None` when a dirty set is
+/// not in the table: the caller writes the general delta.
+pub fn element_delta(
+    have: &Applied,
+    sets: &Sets,
+    dirty: &BTreeSet<String>,
+) -> Option<(String, Vec<(String, BTreeSet<String>)>)> {
+    let mut s = String::new();
+    let mut after = Vec::new();
+    for name in dirty {
+        let Some((_, content)) = sets.content.get(name) else {
+            continue; // the set went with the chains that used it
+        };
+        let (_, old) = have.sets.get(name)?;
+        let new: BTreeSet<String> = content.elements().cloned().collect();
+        write_element_changes(&mut s, name, old, &new);
+        after.push((name.clone(), new));
+    }
+    Some((s, after))
+}
+
+fn write_element_changes(s: &mut String, set: &str, old: &BTreeSet<String>, new: &BTreeSet<String>) {
+    let join = |list: Vec<&String>| list.into_iter().cloned().collect::<Vec<_>>().join(", ");
+    let gone: Vec<&String> = old.difference(new).collect();
+    let added: Vec<&String> = new.difference(old).collect();
+    if !gone.is_empty() {
+        let _ = writeln!(s, "delete element {TABLE} {set} {{ {} }}", join(gone));
+    }
+    if !added.is_empty() {
+        let _ = writeln!(s, "add element {TABLE} {set} {{ {} }}", join(added));
+    }
+}
+
 const FORWARD: &str = "chain forward {\n    type filter hook forward priority filter; policy accept;\n    ct state established,related accept\n    iifname vmap @egress_pods\n    oifname vmap @ingress_pods\n  }";
 
 /// One transaction that replaces whatever the table holds with `want`
@@ -458,6 +516,9 @@ pub fn full_script(want: &Applied) -> String {
             );
         }
         s.push_str(" }\n");
+    }
+    for name in want.chains.counters() {
+        let _ = writeln!(s, "  counter {name} {{ packets 0 bytes 0 }}");
     }
     for (name, rules) in &want.chains.chains {
         let _ = writeln!(s, "  chain {name} {{");
@@ -485,28 +546,20 @@ pub fn full_script(want: &Applied) -> String {
 /// elements may differ. Empty when nothing changes.
 pub fn delta_script(have: &Applied, want: &Applied, dirty: &BTreeSet<String>) -> String {
     let mut s = String::new();
-    let elements = |list: Vec<&String>| list.into_iter().cloned().collect::<Vec<_>>().join(", ");
     // new sets, and element changes
     for (name, (decl, els)) in &want.sets {
         match have.sets.get(name) {
             None => {
                 let _ = writeln!(s, "add set {TABLE} {name} {{ {decl}; }}");
-                if !els.is_empty() {
-                    let _ = writeln!(s, "add element {TABLE} {name} {{ {} }}", elements(els.iter().collect()));
-                }
+                write_element_changes(&mut s, name, &BTreeSet::new(), els);
             }
-            Some((_, old)) if dirty.contains(name) => {
-                let gone: Vec<&String> = old.difference(els).collect();
-                let new: Vec<&String> = els.difference(old).collect();
-                if !gone.is_empty() {
-                    let _ = writeln!(s, "delete element {TABLE} {name} {{ {} }}", elements(gone));
-                }
-                if !new.is_empty() {
-                    let _ = writeln!(s, "add element {TABLE} {name} {{ {} }}", elements(new));
-                }
-            }
+            Some((_, old)) if dirty.contains(name) => write_element_changes(&mut s, name, old, els),
             Some(_) => {}
         }
+    }
+    let (counters_had, counters_want) = (have.chains.counters(), want.chains.counters());
+    for name in counters_want.difference(&counters_had) {
+        let _ = writeln!(s, "add counter {TABLE} {name}");
     }
     // chains: new ones created, changed ones flushed and refilled
     for (name, rules) in &want.chains.chains {
@@ -550,6 +603,9 @@ pub fn delta_script(have: &Applied, want: &Applied, dirty: &BTreeSet<String>) ->
     }
     for name in have.sets.keys().filter(|n| !want.sets.contains_key(*n)) {
         let _ = writeln!(s, "delete set {TABLE} {name}");
+    }
+    for name in counters_had.difference(&counters_want) {
+        let _ = writeln!(s, "delete counter {TABLE} {name}");
     }
     s
 }
