@@ -84,6 +84,7 @@ pub struct Lab {
     stop: Arc<AtomicBool>,
     sctp_threads: Vec<std::thread::JoinHandle<()>>,
     seen: Seen,
+    addresses_made: usize,
 }
 
 pub const PORTS: [u16; 2] = [80, 81];
@@ -133,6 +134,7 @@ impl Lab {
             stop: Arc::new(AtomicBool::new(false)),
             sctp_threads: Vec::new(),
             seen: Arc::default(),
+            addresses_made: 0,
         };
         let vpc = format!("{prefix}-vpc");
         lab.make_netns(&vpc)?;
@@ -213,7 +215,9 @@ impl Lab {
 
     /// Creates a pod (namespace, veth, address, servers) on a node.
     pub fn add_pod(&mut self, ns: &str, name: &str, node: usize) -> std::io::Result<usize> {
-        let index = self.pods.iter().filter(|p| p.node == node).count() + self.namespaces_made.len(); // never reuse an address in one lab
+        // never reuse an address in one lab: conntrack would remember the old pod's flows
+        self.addresses_made += 1;
+        let index = self.addresses_made;
         let ip = Ipv4Addr::new(
             10,
             u8::try_from(node + 1).unwrap_or(1),
@@ -241,6 +245,11 @@ impl Lab {
         ])?;
         self.node_netns[node]
             .write_sysctl(&format!("net/ipv4/conf/{host}/proxy_arp"), "1")
+            .map_err(std::io::Error::other)?;
+        // proxy ARP answers after a random delay of up to proxy_delay (0.8 s
+        // by default): a new pod's first packet would wait for it
+        self.node_netns[node]
+            .write_sysctl(&format!("net/ipv4/neigh/{host}/proxy_delay"), "0")
             .map_err(std::io::Error::other)?;
         run_ip(&["-n", &pod_ns, "addr", "add", &format!("{ip}/32"), "dev", "eth0"])?;
         run_ip(&["-n", &pod_ns, "link", "set", "eth0", "up"])?;
