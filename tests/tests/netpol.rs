@@ -4,6 +4,8 @@
 //! compared twice: with the upstream test's expectation, and with the
 //! offline evaluator (`terway-cli policy explain`). Root only.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 use terway_node::policy::model::{Policy, Protocol};

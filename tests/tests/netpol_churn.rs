@@ -5,6 +5,8 @@
 //! evaluator says. And the pod's own node (kubelet probes) always reaches
 //! it, while another node is policed like any peer. Root only.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};

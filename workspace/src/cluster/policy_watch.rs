@@ -6,14 +6,15 @@
 
 use super::{Cluster, Notice};
 use crate::daemon::Node;
-use crate::policy::model::{namespace_from_k8s, ObjectKey, PodInfo, Policy};
+use crate::policy::model::{namespace_from_k8s, Labels, ObjectKey, PodInfo, Policy};
+use crate::policy::Enforcer;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::Api;
-use std::collections::{BTreeMap, HashMap};
+use serde::de::DeserializeOwned;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use terway_config::Config;
@@ -69,24 +70,40 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Which watches have listed once; all three make the engine ready.
-#[derive(Debug, Default)]
-struct Listed(AtomicU8);
+/// Which watches have listed once; all of them make the engine ready.
+#[derive(Debug)]
+struct Listed {
+    done: AtomicU8,
+    all: u8,
+}
 
 impl Listed {
     fn mark(&self, bit: u8, node: &Node) {
-        if self.0.fetch_or(bit, Ordering::SeqCst) | bit == 0b111 {
+        if self.done.fetch_or(bit, Ordering::SeqCst) | bit == self.all {
             node.policy.set_ready();
         }
     }
 }
 
 fn start(node: &Arc<Node>, cluster: &Arc<Cluster>) -> Vec<AbortOnDrop> {
-    let listed = Arc::new(Listed::default());
+    let listed = Arc::new(Listed {
+        done: AtomicU8::new(0),
+        all: 0b111,
+    });
     vec![
-        AbortOnDrop(tokio::spawn(policies(node.clone(), cluster.clone(), listed.clone()))),
-        AbortOnDrop(tokio::spawn(namespaces(node.clone(), cluster.clone(), listed.clone()))),
-        AbortOnDrop(tokio::spawn(pods(node.clone(), cluster.clone(), listed))),
+        AbortOnDrop(tokio::spawn(watch::<NetworkPolicy>(
+            node.clone(),
+            cluster.clone(),
+            listed.clone(),
+            0b001,
+        ))),
+        AbortOnDrop(tokio::spawn(watch::<Namespace>(
+            node.clone(),
+            cluster.clone(),
+            listed.clone(),
+            0b010,
+        ))),
+        AbortOnDrop(tokio::spawn(watch::<Pod>(node.clone(), cluster.clone(), listed, 0b100))),
     ]
 }
 
@@ -94,118 +111,122 @@ fn key_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> 
     Some(ObjectKey::new(meta.namespace.as_deref()?, meta.name.as_deref()?))
 }
 
-/// A policy, with a Warning Event for each field that cannot be enforced as written.
-fn parse(cluster: &Cluster, np: &NetworkPolicy) -> Option<Policy> {
-    let policy = Policy::from_k8s(np)?;
-    for problem in &policy.problems {
-        tracing::warn!(policy = %policy.key, problem = %problem, "NetworkPolicy field cannot be enforced as written");
-        cluster.notify(Notice::PolicyEvent {
-            namespace: policy.key.namespace.clone(),
-            name: policy.key.name.clone(),
-            uid: np.metadata.uid.clone().unwrap_or_default(),
-            reason: "PolicyNotEnforced",
-            message: problem.clone(),
-        });
-    }
-    Some(policy)
+/// A kind the engine learns from: how an object becomes a fact, and how the
+/// engine takes a whole listing, a change and a removal.
+trait Watched:
+    kube::Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static
+{
+    const KIND: &'static str;
+    type Key: Send;
+    type Fact: Send;
+    /// `None`: the object gives no fact (a finished pod, an unnamed object).
+    fn fact(&self, cluster: &Cluster) -> Option<(Self::Key, Self::Fact)>;
+    fn key(&self) -> Option<Self::Key>;
+    fn replace(engine: &mut Enforcer, all: Vec<(Self::Key, Self::Fact)>);
+    fn put(engine: &mut Enforcer, key: Self::Key, fact: Option<Self::Fact>);
 }
 
-async fn policies(node: Arc<Node>, cluster: Arc<Cluster>, listed: Arc<Listed>) {
-    let api = Api::<NetworkPolicy>::all(cluster.client());
-    let mut stream = watcher::watcher(api, watcher::Config::default())
-        .default_backoff()
-        .boxed();
-    let mut listing = BTreeMap::new();
-    while let Some(event) = stream.next().await {
-        match event {
-            Ok(Event::Init) => listing.clear(),
-            Ok(Event::InitApply(np)) => {
-                if let Some(p) = parse(&cluster, &np) {
-                    listing.insert(p.key.clone(), p);
-                }
-            }
-            Ok(Event::InitDone) => {
-                let all = std::mem::take(&mut listing);
-                tracing::info!(policies = all.len(), "NetworkPolicies listed");
-                node.policy.update(|e| e.replace_policies(all));
-                listed.mark(0b001, &node);
-            }
-            Ok(Event::Apply(np)) => {
-                if let Some(p) = parse(&cluster, &np) {
-                    node.policy.update(|e| e.set_policy(p.key.clone(), Some(p)));
-                }
-            }
-            Ok(Event::Delete(np)) => {
-                if let Some(key) = key_of(&np.metadata) {
-                    node.policy.update(|e| e.set_policy(key, None));
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "NetworkPolicy watch failed; retrying"),
+impl Watched for NetworkPolicy {
+    const KIND: &'static str = "NetworkPolicy";
+    type Key = ObjectKey;
+    type Fact = Policy;
+    /// The policy, with a Warning Event for each field that cannot be enforced as written.
+    fn fact(&self, cluster: &Cluster) -> Option<(ObjectKey, Policy)> {
+        let policy = Policy::from_k8s(self)?;
+        for problem in &policy.problems {
+            tracing::warn!(policy = %policy.key, problem = %problem, "NetworkPolicy field cannot be enforced as written");
+            cluster.notify(Notice::PolicyEvent {
+                namespace: policy.key.namespace.clone(),
+                name: policy.key.name.clone(),
+                uid: self.metadata.uid.clone().unwrap_or_default(),
+                reason: "PolicyNotEnforced",
+                message: problem.clone(),
+            });
+        }
+        Some((policy.key.clone(), policy))
+    }
+    fn key(&self) -> Option<ObjectKey> {
+        key_of(&self.metadata)
+    }
+    fn replace(engine: &mut Enforcer, all: Vec<(ObjectKey, Policy)>) {
+        engine.replace_policies(all.into_iter().collect());
+    }
+    fn put(engine: &mut Enforcer, key: ObjectKey, fact: Option<Policy>) {
+        engine.set_policy(key, fact);
+    }
+}
+
+impl Watched for Namespace {
+    const KIND: &'static str = "Namespace";
+    type Key = String;
+    type Fact = Labels;
+    fn fact(&self, _: &Cluster) -> Option<(String, Labels)> {
+        namespace_from_k8s(self)
+    }
+    fn key(&self) -> Option<String> {
+        self.metadata.name.clone()
+    }
+    fn replace(engine: &mut Enforcer, all: Vec<(String, Labels)>) {
+        engine.replace_namespaces(all.into_iter().collect());
+    }
+    fn put(engine: &mut Enforcer, key: String, fact: Option<Labels>) {
+        engine.set_namespace(&key, fact);
+    }
+}
+
+impl Watched for Pod {
+    const KIND: &'static str = "Pod";
+    type Key = ObjectKey;
+    type Fact = PodInfo;
+    /// `None` for a finished pod: its address may go to another pod.
+    fn fact(&self, _: &Cluster) -> Option<(ObjectKey, PodInfo)> {
+        PodInfo::from_k8s(self)
+    }
+    fn key(&self) -> Option<ObjectKey> {
+        key_of(&self.metadata)
+    }
+    fn replace(engine: &mut Enforcer, all: Vec<(ObjectKey, PodInfo)>) {
+        engine.replace_pods(all.into_iter().collect());
+    }
+    fn put(engine: &mut Enforcer, key: ObjectKey, fact: Option<PodInfo>) {
+        match fact {
+            Some(info) => engine.upsert_pod(key, info),
+            None => engine.remove_pod(&key),
         }
     }
 }
 
-async fn namespaces(node: Arc<Node>, cluster: Arc<Cluster>, listed: Arc<Listed>) {
-    let api = Api::<Namespace>::all(cluster.client());
+/// Lists and watches every object of one kind cluster-wide, into the engine.
+async fn watch<W: Watched>(node: Arc<Node>, cluster: Arc<Cluster>, listed: Arc<Listed>, bit: u8) {
+    let api = Api::<W>::all(cluster.client());
     let mut stream = watcher::watcher(api, watcher::Config::default())
         .default_backoff()
         .boxed();
-    let mut listing = HashMap::new();
+    let mut listing = Vec::new();
     while let Some(event) = stream.next().await {
         match event {
             Ok(Event::Init) => listing.clear(),
-            Ok(Event::InitApply(ns)) => listing.extend(namespace_from_k8s(&ns)),
+            Ok(Event::InitApply(object)) => listing.extend(object.fact(&cluster)),
             Ok(Event::InitDone) => {
                 let all = std::mem::take(&mut listing);
-                node.policy.update(|e| e.replace_namespaces(all));
-                listed.mark(0b010, &node);
+                tracing::info!(kind = W::KIND, objects = all.len(), "listed for NetworkPolicy");
+                node.policy.update(|e| W::replace(e, all));
+                listed.mark(bit, &node);
             }
-            Ok(Event::Apply(ns)) => {
-                if let Some((name, labels)) = namespace_from_k8s(&ns) {
-                    node.policy.update(|e| e.set_namespace(&name, Some(labels)));
-                }
-            }
-            Ok(Event::Delete(ns)) => {
-                if let Some(name) = ns.metadata.name {
-                    node.policy.update(|e| e.set_namespace(&name, None));
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "namespace watch failed; retrying"),
-        }
-    }
-}
-
-async fn pods(node: Arc<Node>, cluster: Arc<Cluster>, listed: Arc<Listed>) {
-    let api = Api::<Pod>::all(cluster.client());
-    let mut stream = watcher::watcher(api, watcher::Config::default())
-        .default_backoff()
-        .boxed();
-    let mut listing = HashMap::new();
-    while let Some(event) = stream.next().await {
-        match event {
-            Ok(Event::Init) => listing.clear(),
-            Ok(Event::InitApply(pod)) => listing.extend(PodInfo::from_k8s(&pod)),
-            Ok(Event::InitDone) => {
-                let all = std::mem::take(&mut listing);
-                tracing::info!(pods = all.len(), "pods listed for NetworkPolicy");
-                node.policy.update(|e| e.replace_pods(all));
-                listed.mark(0b100, &node);
-            }
-            Ok(Event::Apply(pod)) => match PodInfo::from_k8s(&pod) {
-                Some((key, info)) => node.policy.update(|e| e.upsert_pod(key, info)),
-                // finished: its address may go to another pod
+            Ok(Event::Apply(object)) => match object.fact(&cluster) {
+                Some((key, fact)) => node.policy.update(|e| W::put(e, key, Some(fact))),
                 None => {
-                    if let Some(key) = key_of(&pod.metadata) {
-                        node.policy.update(|e| e.remove_pod(&key));
+                    if let Some(key) = object.key() {
+                        node.policy.update(|e| W::put(e, key, None));
                     }
                 }
             },
-            Ok(Event::Delete(pod)) => {
-                if let Some(key) = key_of(&pod.metadata) {
-                    node.policy.update(|e| e.remove_pod(&key));
+            Ok(Event::Delete(object)) => {
+                if let Some(key) = object.key() {
+                    node.policy.update(|e| W::put(e, key, None));
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "pod watch for NetworkPolicy failed; retrying"),
+            Err(e) => tracing::warn!(kind = W::KIND, error = %e, "watch for NetworkPolicy failed; retrying"),
         }
     }
 }

@@ -221,12 +221,21 @@ async fn add(node: &Node, p: &PodRequest) -> Reply {
     };
     // without a datapath (IPAM only) the reply says what the driver would set up
     let (addresses, mac) = match &node.datapath {
-        Some(dp) => match dp.setup(&spec).await {
-            Ok(r) => match admit_to_policy(node, p, &spec, meta.as_ref()).await {
-                Ok(()) => (r.addresses, names::format_mac(&r.pod_mac)),
-                Err(why) => {
+        Some(dp) => {
+            let wired = match dp.setup(&spec).await {
+                Ok(r) => admit_to_policy(node, p, &spec, meta.as_ref()).await.map(|()| r).map_err(|why| {
                     tracing::warn!(pod = %pod_key(p), ip = %ip, reason = %why, "ADD refused by NetworkPolicy; giving the address back");
                     warn_pod(node, p, "NetworkPolicyNotEnforced", why.clone());
+                    why
+                }),
+                Err(e) => {
+                    tracing::warn!(pod = %pod_key(p), ip = %ip, error = %e, "datapath setup failed; giving the address back");
+                    Err(format!("setting up the pod network failed; try again later: {e}"))
+                }
+            };
+            match wired {
+                Ok(r) => (r.addresses, names::format_mac(&r.pod_mac)),
+                Err(msg) => {
                     let _ = dp.teardown(&spec).await;
                     node.policy
                         .forget(&crate::policy::ObjectKey::new(&p.pod_namespace, &p.pod_name))
@@ -239,27 +248,12 @@ async fn add(node: &Node, p: &PodRequest) -> Reply {
                     );
                     return Reply::Error {
                         code: code::TRY_AGAIN_LATER,
-                        msg: why,
+                        msg,
                         details: String::new(),
                     };
                 }
-            },
-            Err(e) => {
-                tracing::warn!(pod = %pod_key(p), ip = %ip, error = %e, "datapath setup failed; giving the address back");
-                let _ = dp.teardown(&spec).await;
-                let _ = node.ledger.release(
-                    &pod_ref(p),
-                    Some(&p.container_id),
-                    std::time::Duration::ZERO,
-                    Durability::Flush,
-                );
-                return Reply::Error {
-                    code: code::TRY_AGAIN_LATER,
-                    msg: format!("setting up the pod network failed; try again later: {e}"),
-                    details: String::new(),
-                };
             }
-        },
+        }
         None => (
             terway_datapath::desired_state(&spec, spec.mode).addresses,
             String::new(),

@@ -28,7 +28,7 @@ pub struct SyncReport {
 /// What a sync wrote: the whole wanted table, or new members of some sets.
 enum Written {
     Table(Applied),
-    Elements(Vec<(String, std::collections::BTreeSet<String>)>),
+    Elements(ruleset::SetMembers),
 }
 
 /// Figures for metrics and `terway-cli status`.

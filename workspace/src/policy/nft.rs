@@ -146,16 +146,24 @@ mod ffi {
     use std::sync::OnceLock;
 
     /// The few entry points of libnftables' stable API (`nftables/libnftables.h`).
+    type CtxNew = unsafe extern "C" fn(u32) -> *mut c_void;
+    type CtxFn = unsafe extern "C" fn(*mut c_void);
+    type CtxInt = unsafe extern "C" fn(*mut c_void) -> c_int;
+    type CtxStr = unsafe extern "C" fn(*mut c_void) -> *const c_char;
+    type GetFlags = unsafe extern "C" fn(*mut c_void) -> u32;
+    type SetFlags = unsafe extern "C" fn(*mut c_void, u32);
+    type RunCmd = unsafe extern "C" fn(*mut c_void, *const c_char) -> c_int;
+
     pub(super) struct Library {
-        ctx_new: unsafe extern "C" fn(u32) -> *mut c_void,
-        ctx_free: unsafe extern "C" fn(*mut c_void),
-        buffer_output: unsafe extern "C" fn(*mut c_void) -> c_int,
-        buffer_error: unsafe extern "C" fn(*mut c_void) -> c_int,
-        get_output: unsafe extern "C" fn(*mut c_void) -> *const c_char,
-        get_error: unsafe extern "C" fn(*mut c_void) -> *const c_char,
-        get_flags: unsafe extern "C" fn(*mut c_void) -> u32,
-        set_flags: unsafe extern "C" fn(*mut c_void, u32),
-        run_cmd: unsafe extern "C" fn(*mut c_void, *const c_char) -> c_int,
+        ctx_new: CtxNew,
+        ctx_free: CtxFn,
+        buffer_output: CtxInt,
+        buffer_error: CtxInt,
+        get_output: CtxStr,
+        get_error: CtxStr,
+        get_flags: GetFlags,
+        set_flags: SetFlags,
+        run_cmd: RunCmd,
     }
 
     const NFT_CTX_DEFAULT: u32 = 0;
@@ -174,24 +182,24 @@ mod ffi {
                     return None;
                 }
                 macro_rules! sym {
-                    ($name:literal) => {{
+                    ($name:literal as $ty:ty) => {{
                         let p = libc::dlsym(handle, $name.as_ptr());
                         if p.is_null() {
                             return None;
                         }
-                        std::mem::transmute::<*mut c_void, _>(p)
+                        std::mem::transmute::<*mut c_void, $ty>(p)
                     }};
                 }
                 Some(Library {
-                    ctx_new: sym!(c"nft_ctx_new"),
-                    ctx_free: sym!(c"nft_ctx_free"),
-                    buffer_output: sym!(c"nft_ctx_buffer_output"),
-                    buffer_error: sym!(c"nft_ctx_buffer_error"),
-                    get_output: sym!(c"nft_ctx_get_output_buffer"),
-                    get_error: sym!(c"nft_ctx_get_error_buffer"),
-                    get_flags: sym!(c"nft_ctx_output_get_flags"),
-                    set_flags: sym!(c"nft_ctx_output_set_flags"),
-                    run_cmd: sym!(c"nft_run_cmd_from_buffer"),
+                    ctx_new: sym!(c"nft_ctx_new" as CtxNew),
+                    ctx_free: sym!(c"nft_ctx_free" as CtxFn),
+                    buffer_output: sym!(c"nft_ctx_buffer_output" as CtxInt),
+                    buffer_error: sym!(c"nft_ctx_buffer_error" as CtxInt),
+                    get_output: sym!(c"nft_ctx_get_output_buffer" as CtxStr),
+                    get_error: sym!(c"nft_ctx_get_error_buffer" as CtxStr),
+                    get_flags: sym!(c"nft_ctx_output_get_flags" as GetFlags),
+                    set_flags: sym!(c"nft_ctx_output_set_flags" as SetFlags),
+                    run_cmd: sym!(c"nft_run_cmd_from_buffer" as RunCmd),
                 })
             }
         })
@@ -212,7 +220,9 @@ mod ffi {
 
     impl Context {
         pub(super) fn new() -> Result<Self, NftError> {
-            let lib = library().expect("the library backend is chosen only when it loaded");
+            let lib = library().ok_or_else(|| NftError::Rejected {
+                stderr: "libnftables.so.1 did not load".into(),
+            })?;
             // SAFETY: the documented construction sequence of libnftables.h.
             let ctx = unsafe { (lib.ctx_new)(NFT_CTX_DEFAULT) };
             if ctx.is_null() {

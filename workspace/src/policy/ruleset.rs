@@ -465,15 +465,14 @@ impl Applied {
     }
 }
 
+/// Sets by name with their elements.
+pub type SetMembers = Vec<(String, BTreeSet<String>)>;
+
 /// The script for a sync in which only set members changed (a pod came,
 /// went or was relabelled), and the sets as they will be once it is applied.
 /// Costs what changed, not the size of the table. `None` when a dirty set is
 /// not in the table: the caller writes the general delta.
-pub fn element_delta(
-    have: &Applied,
-    sets: &Sets,
-    dirty: &BTreeSet<String>,
-) -> Option<(String, Vec<(String, BTreeSet<String>)>)> {
+pub fn element_delta(have: &Applied, sets: &Sets, dirty: &BTreeSet<String>) -> Option<(String, SetMembers)> {
     let mut s = String::new();
     let mut after = Vec::new();
     for name in dirty {
