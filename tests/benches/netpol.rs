@@ -71,6 +71,7 @@ fn pod(ns: usize, i: usize, node: usize) -> PodInfo {
             protocol: terway_node::policy::Protocol::Tcp,
             port: 8080,
         }],
+        service_account: "default".into(),
     }
 }
 

@@ -2,7 +2,8 @@
 //! namespace routes between two "node" namespaces, each node holds pods
 //! wired like terwayd's veth mode (host side `cali…`, a /32 route, proxy
 //! ARP for the pod's link-local gateway), and every pod serves TCP and UDP
-//! on ports 80 and 81 and takes SCTP on any port (a raw socket: these
+//! on ports 80 and 81 (or the ports a test asks for), answers ICMP echo,
+//! and takes SCTP on any port (a raw socket: these
 //! kernels have no SCTP module, so SCTP probes are one packet each way that
 //! either arrives or not). Each node runs a policy [`Enforcer`] writing into
 //! its own namespace's nftables, exactly as terwayd does.
@@ -16,6 +17,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 use terway_datapath::names::host_veth_name;
 use terway_datapath::netns::NetNs;
+use terway_node::policy::calico::model::CalicoPolicy;
 use terway_node::policy::model::{ClusterState, Labels, NamedPort, ObjectKey, PodInfo, Policy, Protocol};
 use terway_node::policy::nft::Nft;
 use terway_node::policy::ruleset::LocalPod;
@@ -85,6 +87,7 @@ pub struct Lab {
     sctp_threads: Vec<std::thread::JoinHandle<()>>,
     seen: Seen,
     addresses_made: usize,
+    ports: Vec<u16>,
 }
 
 pub const PORTS: [u16; 2] = [80, 81];
@@ -118,6 +121,11 @@ impl Lab {
     /// Pods as (namespace, name, node index 0 or 1); namespaces get the
     /// labels `ns: <name>` and `kubernetes.io/metadata.name`, pods `pod: <name>`.
     pub fn new(pods: &[(String, String, usize)]) -> std::io::Result<Self> {
+        Self::with_ports(pods, &PORTS)
+    }
+
+    /// [`Lab::new`] with pods serving TCP and UDP on `ports`.
+    pub fn with_ports(pods: &[(String, String, usize)], ports: &[u16]) -> std::io::Result<Self> {
         let prefix = format!("tnp{}-{}", std::process::id(), rand::random::<u16>());
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -135,6 +143,7 @@ impl Lab {
             sctp_threads: Vec::new(),
             seen: Arc::default(),
             addresses_made: 0,
+            ports: ports.to_vec(),
         };
         let vpc = format!("{prefix}-vpc");
         lab.make_netns(&vpc)?;
@@ -286,6 +295,7 @@ impl Lab {
             host_network: false,
             host_ip: Some(IpAddr::V4(Ipv4Addr::new(172, 31, u8::try_from(node).unwrap_or(0), 1))),
             ports: named_ports(),
+            service_account: "default".into(),
         };
         self.state.pods.insert(key.clone(), info.clone());
         self.state
@@ -332,7 +342,7 @@ impl Lab {
     fn serve(&mut self, netns: &NetNs, ip: Ipv4Addr) -> std::io::Result<()> {
         let Some(rt) = &self.runtime else { return Ok(()) };
         let _guard = rt.enter();
-        for port in PORTS {
+        for port in self.ports.clone() {
             let addr = SocketAddr::new(IpAddr::V4(ip), port);
             let tcp = netns
                 .enter(|| std::net::TcpListener::bind(addr))
@@ -392,6 +402,8 @@ impl Lab {
         for enforcer in &mut self.nodes {
             let policies: BTreeMap<ObjectKey, Policy> = self.state.policies.clone();
             enforcer.replace_policies(policies);
+            enforcer.replace_calico(self.state.calico.clone());
+            enforcer.replace_service_accounts(self.state.service_accounts.clone());
             for (name, labels) in &self.state.namespaces {
                 enforcer.set_namespace(name, Some(labels.clone()));
             }
@@ -413,8 +425,28 @@ impl Lab {
 
     /// Replaces every policy, and syncs.
     pub fn set_policies(&mut self, policies: Vec<Policy>) -> Result<(), String> {
+        self.set_all_policies(policies, Vec::new())
+    }
+
+    /// Replaces every Kubernetes and Calico policy, and syncs.
+    pub fn set_all_policies(&mut self, policies: Vec<Policy>, calico: Vec<CalicoPolicy>) -> Result<(), String> {
         self.state.policies = policies.into_iter().map(|p| (p.key.clone(), p)).collect();
+        self.state.calico = calico.into_iter().map(|p| (p.key(), p)).collect();
         self.push_state();
+        self.sync().map(|_| ())
+    }
+
+    /// A pod's service account and that account's labels.
+    pub fn set_service_account(&mut self, key: &ObjectKey, account: &str, labels: Labels) -> Result<(), String> {
+        let pod = self.state.pods.get_mut(key).ok_or_else(|| format!("no pod {key}"))?;
+        pod.service_account = account.to_owned();
+        let info = pod.clone();
+        let sa = ObjectKey::new(&key.namespace, account);
+        self.state.service_accounts.insert(sa.clone(), labels.clone());
+        for enforcer in &mut self.nodes {
+            enforcer.set_service_account(sa.clone(), Some(labels.clone()));
+            enforcer.upsert_pod(key.clone(), info.clone());
+        }
         self.sync().map(|_| ())
     }
 
@@ -452,6 +484,7 @@ impl Lab {
             Protocol::Tcp => (socket2::Type::STREAM, socket2::Protocol::TCP),
             Protocol::Udp => (socket2::Type::DGRAM, socket2::Protocol::UDP),
             Protocol::Sctp => (socket2::Type::RAW, socket2::Protocol::from(132)),
+            Protocol::Icmp => (socket2::Type::RAW, socket2::Protocol::ICMPV4),
         };
         let Ok(Ok(sock)) = src
             .netns
@@ -471,6 +504,30 @@ impl Lab {
                 let _ = sock.set_read_timeout(Some(timeout));
                 let mut buf = [0u8; 16];
                 (&sock).read(&mut buf).is_ok()
+            }
+            Protocol::Icmp => {
+                // an echo request (the port is the ICMP type: 8) with our own id; the kernel answers
+                let id = sport;
+                let packet = icmp_echo(id);
+                if port != 8
+                    || sock
+                        .send_to(&packet, &SocketAddr::new(IpAddr::V4(dst.ip), 0).into())
+                        .is_err()
+                {
+                    return false;
+                }
+                let deadline = std::time::Instant::now() + timeout;
+                let mut buf = [0u8; 256];
+                while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+                    let _ = sock.set_read_timeout(Some(left.max(Duration::from_millis(1))));
+                    let Ok(n) = (&sock).read(&mut buf) else { return false };
+                    let ihl = usize::from(buf[0] & 0x0f) * 4;
+                    let from = Ipv4Addr::new(buf[12], buf[13], buf[14], buf[15]);
+                    if n >= ihl + 8 && from == dst.ip && buf[ihl] == 0 && buf[ihl + 4..ihl + 6] == id.to_be_bytes() {
+                        return true;
+                    }
+                }
+                false
             }
             Protocol::Sctp => {
                 let packet = sctp_init(src.ip, dst.ip, sport, port);
@@ -514,6 +571,73 @@ impl Lab {
         explain(&self.state, &a, &b, protocol, port).allowed
     }
 
+    /// Probes every (from, to) cell on one protocol and port: expectations
+    /// start all-allowed and are changed in order by (from pattern, to
+    /// pattern, allowed) — patterns `*`, `ns/*`, `ns/pod`. Each cell must
+    /// match both the expectation and the offline evaluator. `Ok(cells)`, or
+    /// the table with the wrong cells marked and both nodes' rulesets.
+    pub fn check_table(
+        &self,
+        title: &str,
+        proto: Protocol,
+        port: u16,
+        expectations: &[(&str, &str, bool)],
+    ) -> Result<usize, String> {
+        let n = self.pods.len();
+        let keys: Vec<String> = self.pods.iter().map(|p| p.key.to_string()).collect();
+        let cells: Vec<_> = (0..n).flat_map(|f| (0..n).map(move |t| (f, t, proto, port))).collect();
+        let mut expected = vec![true; cells.len()];
+        for (i, &(f, t, ..)) in cells.iter().enumerate() {
+            for (from, to, allowed) in expectations {
+                if pattern_matches(from, &keys[f]) && pattern_matches(to, &keys[t]) {
+                    expected[i] = *allowed;
+                }
+            }
+            // a pod reaching itself never leaves it (upstream ignores these cells)
+            if f == t {
+                expected[i] = true;
+            }
+        }
+        let mut got = self.probe_all(&cells, Duration::from_millis(300));
+        // a cell that disagrees is probed once more, with time to spare
+        let again: Vec<usize> = (0..cells.len()).filter(|&i| got[i] != expected[i]).collect();
+        if !again.is_empty() {
+            let retry: Vec<_> = again.iter().map(|&i| cells[i]).collect();
+            for (&i, r) in again.iter().zip(self.probe_all(&retry, Duration::from_secs(2))) {
+                got[i] = r;
+            }
+        }
+        let width = keys.iter().map(String::len).max().unwrap_or(4).max(4);
+        let mut table = format!("{title} — {proto}/{port}\n{:>width$}", "");
+        for k in &keys {
+            table.push_str(&format!(" {k:>width$}"));
+        }
+        let mut bad = false;
+        for (i, &(f, t, ..)) in cells.iter().enumerate() {
+            if t == 0 {
+                table.push_str(&format!("\n{:>width$}", keys[f]));
+            }
+            let evaluated = self.evaluate(f, t, proto, port);
+            let mark = match (got[i], expected[i], evaluated) {
+                (true, true, true) => ".",
+                (false, false, false) => "X",
+                (true, false, _) => "+!",
+                (false, true, _) => "-!",
+                _ => "?!",
+            };
+            bad |= mark.ends_with('!');
+            table.push_str(&format!(" {mark:>width$}"));
+        }
+        if bad {
+            return Err(format!(
+                "{table}\n(. allowed, X denied, +! passed but should not, -! blocked but should pass, ?! evaluator disagrees)\nnode 0:\n{}\nnode 1:\n{}",
+                self.listing(0),
+                self.listing(1)
+            ));
+        }
+        Ok(cells.len())
+    }
+
     /// The table as `nft list` shows it on a node.
     pub fn listing(&self, node: usize) -> String {
         self.nodes[node]
@@ -551,12 +675,39 @@ fn netns_path(name: &str) -> std::path::PathBuf {
     std::path::Path::new("/run/netns").join(name)
 }
 
+/// Pods a pattern names: `*`, `x/*`, `*/a`, `x/a`.
+pub fn pattern_matches(pattern: &str, key: &str) -> bool {
+    let part = |p: &str, k: &str| p == "*" || p == k;
+    match (pattern.split_once('/'), key.split_once('/')) {
+        (Some((pn, pp)), Some((kn, kp))) => part(pn, kn) && part(pp, kp),
+        _ => pattern == "*" || pattern == key,
+    }
+}
+
 pub fn namespace_labels(ns: &str) -> Labels {
     [
         ("ns".to_owned(), ns.to_owned()),
         ("kubernetes.io/metadata.name".to_owned(), ns.to_owned()),
     ]
     .into()
+}
+
+/// An ICMP echo request with the internet checksum.
+fn icmp_echo(id: u16) -> Vec<u8> {
+    let mut p = vec![8, 0, 0, 0];
+    p.extend_from_slice(&id.to_be_bytes());
+    p.extend_from_slice(&1u16.to_be_bytes());
+    p.extend_from_slice(b"terway-probe");
+    let mut sum: u32 = p
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    let checksum = !u16::try_from(sum).unwrap_or(0);
+    p[2..4].copy_from_slice(&checksum.to_be_bytes());
+    p
 }
 
 /// An SCTP INIT (common header and one INIT chunk) with a valid CRC32c.

@@ -274,7 +274,7 @@ spec:
     assert_eq!(v["allowed"], true, "{v}");
     assert_eq!(
         v["ingress"]["allowed_by"],
-        serde_json::json!({"policy": "shop/db-from-web", "rule": 1})
+        serde_json::json!({"policy": "shop/db-from-web", "rule": 1, "action": "Allow"})
     );
     let v = explain("shop/web", "10.0.0.5", "80");
     assert_eq!(v["allowed"], false, "{v}");
@@ -298,4 +298,131 @@ spec:
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no pod shop/nope"));
+}
+
+#[test]
+fn policy_explain_offline_walks_calico_and_kubernetes_policies_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = dir.path().join("cluster.yaml");
+    let calico = dir.path().join("calico.yaml");
+    std::fs::write(
+        &cluster,
+        r#"apiVersion: v1
+kind: Pod
+metadata: {namespace: shop, name: db, labels: {app: db}}
+spec: {containers: [{name: db, image: pg}]}
+status: {podIP: 10.0.0.5}
+---
+apiVersion: v1
+kind: Pod
+metadata: {namespace: shop, name: web, labels: {app: web}}
+spec: {serviceAccountName: web, containers: [{name: web, image: nginx}]}
+status: {podIP: 10.0.1.7}
+---
+apiVersion: v1
+kind: Pod
+metadata: {namespace: lab, name: probe, labels: {app: probe}}
+spec: {containers: [{name: probe, image: busybox}]}
+status: {podIP: 10.0.2.9}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {namespace: shop, name: db-from-shop}
+spec:
+  podSelector: {matchLabels: {app: db}}
+  ingress: [{from: [{podSelector: {}}]}]
+"#,
+    )
+    .unwrap();
+    // calicoctl's form and the stored CRD form in one file, and one policy
+    // with a selector that does not parse
+    std::fs::write(
+        &calico,
+        r#"apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: quarantine}
+spec:
+  order: 10
+  selector: app == 'db'
+  ingress:
+  - action: Log
+  - action: Deny
+    source: {selector: "projectcalico.org/namespace == 'lab'"}
+  - action: Pass
+    protocol: ICMP
+---
+apiVersion: crd.projectcalico.org/v1
+kind: NetworkPolicy
+metadata: {namespace: shop, name: after-kubernetes}
+spec:
+  order: 2000
+  selector: all()
+  ingress: [{action: Deny}]
+---
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: broken}
+spec:
+  selector: app ==
+"#,
+    )
+    .unwrap();
+    let explain = |from: &str, to: &str, port: &str, protocol: &str| {
+        let out = std::process::Command::new(terway_tests::binary("terway-cli"))
+            .args([
+                "policy",
+                "explain",
+                "--from",
+                from,
+                "--to",
+                to,
+                "--port",
+                port,
+                "--protocol",
+                protocol,
+                "--json",
+                "--offline",
+            ])
+            .arg(&cluster)
+            .arg(&calico)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (
+            serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap(),
+            stderr,
+        )
+    };
+    // order 10 denies lab's pods before the Kubernetes policy (order 1000) is reached
+    let (v, notes) = explain("lab/probe", "shop/db", "5432", "TCP");
+    assert_eq!(v["allowed"], false, "{v}");
+    assert_eq!(
+        v["ingress"]["denied_by"],
+        serde_json::json!({"policy": "GlobalNetworkPolicy quarantine", "rule": 1, "action": "Deny"})
+    );
+    assert_eq!(v["ingress"]["logged_by"][0]["rule"], 0, "{v}");
+    assert_eq!(
+        v["ingress"]["policies"],
+        serde_json::json!([
+            "GlobalNetworkPolicy quarantine",
+            "shop/db-from-shop",
+            "NetworkPolicy shop/after-kubernetes"
+        ])
+    );
+    assert!(
+        notes.contains("GlobalNetworkPolicy broken is left out") && notes.contains("at position 6"),
+        "{notes}"
+    );
+    // from shop: the Kubernetes policy at 1000 allows before the Deny at 2000
+    let (v, _) = explain("shop/web", "shop/db", "5432", "TCP");
+    assert_eq!(v["allowed"], true, "{v}");
+    assert_eq!(
+        v["ingress"]["allowed_by"],
+        serde_json::json!({"policy": "shop/db-from-shop", "rule": 0, "action": "Allow"})
+    );
+    // ICMP from outside the cluster: Pass at order 10 skips every later policy
+    let (v, _) = explain("192.0.2.1", "shop/db", "8", "ICMP");
+    assert_eq!(v["allowed"], true, "{v}");
+    assert_eq!(v["ingress"]["allowed_by"]["action"], "Pass", "{v}");
 }

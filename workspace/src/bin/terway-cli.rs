@@ -86,8 +86,9 @@ enum Cmd {
 
 #[derive(Debug, Subcommand)]
 enum PolicyCmd {
-    /// Would a new connection pass, and which policy and rule decided — from
-    /// the live terwayd, or (`--offline`) from Kubernetes YAML files alone.
+    /// Would a new connection pass, and which policy and rule decided (Calico
+    /// and Kubernetes policies in Calico's order) — from the live terwayd, or
+    /// (`--offline`) from YAML files alone.
     Explain {
         /// NAMESPACE/POD or an address.
         #[arg(long)]
@@ -95,11 +96,14 @@ enum PolicyCmd {
         /// NAMESPACE/POD or an address.
         #[arg(long)]
         to: String,
+        /// The destination port; for ICMP, the ICMP type (8: echo request).
         #[arg(long)]
         port: u16,
+        /// TCP, UDP, SCTP or ICMP.
         #[arg(long, default_value = "TCP")]
         protocol: String,
-        /// YAML files of Namespace, Pod and NetworkPolicy objects (multi-document); no daemon needed.
+        /// YAML files (multi-document) of Namespace, Pod, ServiceAccount and NetworkPolicy
+        /// objects and Calico NetworkPolicy/GlobalNetworkPolicy; no daemon needed.
         #[arg(long, num_args = 1..)]
         offline: Vec<PathBuf>,
         /// Print {"allowed", "ingress", "egress"} as JSON.
@@ -202,8 +206,8 @@ fn policy_explain(
         }
     } else {
         let (state, skipped) = terway_node::policy::offline::load_files(offline)?;
-        for s in skipped {
-            eprintln!("note: skipped {s} (only Namespace, Pod and NetworkPolicy are read)");
+        for note in skipped {
+            eprintln!("note: {note}");
         }
         serde_json::to_value(
             terway_node::policy::evaluate::explain_query(&state, from, to, port, protocol)
@@ -228,6 +232,14 @@ fn policy_explain(
             word(&verdict[side]["allowed"]),
             s(&verdict[side]["reason"])
         );
+        for logged in verdict[side]["logged_by"].as_array().into_iter().flatten() {
+            println!(
+                "  {:<17} logged by {} {side}[{}]",
+                "",
+                s(&logged["policy"]),
+                logged["rule"]
+            );
+        }
     }
     Ok(())
 }

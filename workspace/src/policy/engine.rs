@@ -5,7 +5,8 @@
 //! engine is not ready: it never writes a table from half a picture (after
 //! a restart the kernel keeps the previous rules in force meanwhile).
 
-use super::model::{ClusterState, Labels, ObjectKey, PodInfo, Policy};
+use super::calico::model::CalicoPolicy;
+use super::model::{ClusterState, Direction, Labels, ObjectKey, PodInfo, Policy};
 use super::nft::{Nft, NftError};
 use super::ruleset::{self, Applied, Chains, LocalPod, Sets};
 use std::collections::{BTreeMap, HashMap};
@@ -137,9 +138,51 @@ impl Enforcer {
             .filter(|k| k.namespace == name)
             .cloned()
             .collect();
+        if !self.state.calico.is_empty() && members.iter().any(|k| self.locals.contains_key(k)) {
+            self.chains_dirty = true;
+        }
         for key in members {
             self.sets.update_pod(&self.state, &key);
         }
+    }
+
+    /// A Calico NetworkPolicy or GlobalNetworkPolicy (key: its namespace, "" when global).
+    pub fn set_calico(&mut self, key: ObjectKey, policy: Option<CalicoPolicy>) {
+        let changed = match policy {
+            Some(p) if self.state.calico.get(&key) == Some(&p) => false,
+            Some(p) => {
+                self.state.calico.insert(key, p);
+                true
+            }
+            None => self.state.calico.remove(&key).is_some(),
+        };
+        self.chains_dirty |= changed;
+    }
+
+    pub fn replace_calico(&mut self, policies: BTreeMap<ObjectKey, CalicoPolicy>) {
+        self.state.calico = policies;
+        self.chains_dirty = true;
+    }
+
+    /// A service account's labels (Calico's serviceAccountSelector): pods'
+    /// set membership and local pods' chains may change.
+    pub fn set_service_account(&mut self, key: ObjectKey, labels: Option<Labels>) {
+        let changed = match labels {
+            Some(l) => self.state.service_accounts.insert(key, l.clone()) != Some(l),
+            None => self.state.service_accounts.remove(&key).is_some(),
+        };
+        if changed && !self.state.calico.is_empty() {
+            self.sets.rebuild(&self.state);
+            self.applied_sets_unknown();
+            self.chains_dirty = true;
+        }
+    }
+
+    pub fn replace_service_accounts(&mut self, accounts: HashMap<ObjectKey, Labels>) {
+        self.state.service_accounts = accounts;
+        self.sets.rebuild(&self.state);
+        self.applied_sets_unknown();
+        self.chains_dirty = true;
     }
 
     pub fn set_policy(&mut self, key: ObjectKey, policy: Option<Policy>) {
@@ -175,6 +218,8 @@ impl Enforcer {
         self.state.namespaces = namespaces;
         self.sets.rebuild(&self.state);
         self.applied_sets_unknown();
+        // a GlobalNetworkPolicy's namespaceSelector picks local pods by their namespace's labels
+        self.chains_dirty |= !self.state.calico.is_empty();
     }
 
     pub fn replace_policies(&mut self, policies: BTreeMap<ObjectKey, Policy>) {
@@ -250,11 +295,16 @@ impl Enforcer {
         let Some(pod) = self.state.pods.get(key) else {
             return Vec::new();
         };
-        self.state
-            .policies_selecting(key, pod)
-            .filter(|p| p.ingress.is_some() || p.egress.is_some())
-            .map(|p| p.key.to_string())
-            .collect()
+        let mut out: Vec<String> = Vec::new();
+        for direction in [Direction::Ingress, Direction::Egress] {
+            for p in self.state.ordered_policies(key, pod, direction) {
+                let id = p.id();
+                if !out.contains(&id) {
+                    out.push(id);
+                }
+            }
+        }
+        out
     }
 
     /// Why a local pod is selected by a policy the host cannot enforce on it.

@@ -3,6 +3,8 @@
 //! is built on the same predicates ([`peer_matches`], [`port_matches`]), and
 //! the tests check the two agree packet by packet.
 
+use super::calico::model::Action;
+use super::calico::{rule_matches, Ordered, Packet};
 use super::model::{block_contains, ClusterState, Direction, ObjectKey, Peer, PodInfo, PortMatch, Protocol, Rule};
 use serde::Serialize;
 use std::net::IpAddr;
@@ -120,12 +122,14 @@ pub fn port_matches(
     }
 }
 
-/// Which rule of which policy.
+/// Which rule of which policy, and what it did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RuleRef {
     pub policy: String,
     /// Index into the policy's `ingress` or `egress` list.
     pub rule: usize,
+    /// `Allow` (every Kubernetes rule), `Deny` or `Pass` (Calico).
+    pub action: Action,
 }
 
 /// The verdict of one direction (the destination's ingress, or the source's egress).
@@ -136,8 +140,12 @@ pub struct SideVerdict {
     pub isolated: bool,
     /// The policies isolating the pod in this direction.
     pub policies: Vec<String>,
-    /// The first rule allowing the connection (policies by name, rules in order).
+    /// The rule that allowed the connection (policies in Calico's order,
+    /// rules in order), or the Calico rule that denied it.
     pub allowed_by: Option<RuleRef>,
+    pub denied_by: Option<RuleRef>,
+    /// Calico `Log` rules the packet matched on the way.
+    pub logged_by: Vec<RuleRef>,
     pub reason: String,
 }
 
@@ -158,6 +166,8 @@ fn open(reason: impl Into<String>) -> SideVerdict {
         isolated: false,
         policies: Vec::new(),
         allowed_by: None,
+        denied_by: None,
+        logged_by: Vec::new(),
         reason: reason.into(),
     }
 }
@@ -219,38 +229,92 @@ fn side(
         Endpoint::Pod(k, _) => state.pods.get(k),
         _ => None,
     };
-    let mut policies = Vec::new();
-    let mut allowed_by = None;
-    for policy in state.policies_selecting(key, pod) {
-        let Some(rules) = policy.rules(direction) else { continue };
-        policies.push(policy.key.to_string());
-        if allowed_by.is_none() {
-            if let Some(i) = rules
-                .iter()
-                .position(|r| rule_allows(state, r, remote.ip(), dst.ip(), dst_pod, protocol, port))
-            {
-                allowed_by = Some(RuleRef {
-                    policy: policy.key.to_string(),
-                    rule: i,
-                });
+    let packet = match direction {
+        Direction::Ingress => Packet {
+            src: remote.ip(),
+            dst: subject.ip(),
+            protocol,
+            port,
+        },
+        Direction::Egress => Packet {
+            src: subject.ip(),
+            dst: remote.ip(),
+            protocol,
+            port,
+        },
+    };
+    let ordered = state.ordered_policies(key, pod, direction);
+    if ordered.is_empty() {
+        return open("");
+    }
+    let policies: Vec<String> = ordered.iter().map(Ordered::id).collect();
+    let mut logged_by = Vec::new();
+    let mut decided = None;
+    'policies: for policy in &ordered {
+        match policy {
+            Ordered::Kubernetes(p) => {
+                let rules = p.rules(direction).unwrap_or_default();
+                if let Some(i) = rules
+                    .iter()
+                    .position(|r| rule_allows(state, r, remote.ip(), dst.ip(), dst_pod, protocol, port))
+                {
+                    decided = Some(RuleRef {
+                        policy: policy.id(),
+                        rule: i,
+                        action: Action::Allow,
+                    });
+                    break 'policies;
+                }
+            }
+            Ordered::Calico(p) => {
+                for (i, rule) in p.rules(direction).unwrap_or_default().iter().enumerate() {
+                    if !rule_matches(state, p, rule, &packet) {
+                        continue;
+                    }
+                    let r = RuleRef {
+                        policy: policy.id(),
+                        rule: i,
+                        action: rule.action,
+                    };
+                    if rule.action == Action::Log {
+                        logged_by.push(r);
+                        continue;
+                    }
+                    decided = Some(r);
+                    break 'policies;
+                }
             }
         }
     }
-    if policies.is_empty() {
-        return open("");
-    }
-    let reason = match &allowed_by {
-        Some(r) => format!("allowed by {} {direction}[{}]", r.policy, r.rule),
-        None => format!(
-            "{subject} is isolated for {direction} by {} and no rule allows this",
-            policies.join(", ")
+    let (allowed, reason) = match &decided {
+        Some(r) if r.action == Action::Pass => (
+            true,
+            format!(
+                "{} {direction}[{}] passes (no later tier: the namespace profile allows)",
+                r.policy, r.rule
+            ),
+        ),
+        Some(r) if r.action == Action::Deny => (false, format!("denied by {} {direction}[{}]", r.policy, r.rule)),
+        Some(r) => (true, format!("allowed by {} {direction}[{}]", r.policy, r.rule)),
+        None => (
+            false,
+            format!(
+                "{subject} is isolated for {direction} by {} and no rule allows this",
+                policies.join(", ")
+            ),
         ),
     };
+    let (allowed_by, denied_by) = match decided {
+        Some(r) if r.action == Action::Deny => (None, Some(r)),
+        other => (other, None),
+    };
     SideVerdict {
-        allowed: allowed_by.is_some(),
+        allowed,
         isolated: true,
         policies,
         allowed_by,
+        denied_by,
+        logged_by,
         reason,
     }
 }
@@ -293,7 +357,15 @@ pub fn resolve(state: &ClusterState, what: &str) -> Result<Endpoint, String> {
 
 /// [`explain`] for endpoints and a protocol as a user writes them.
 pub fn explain_query(state: &ClusterState, from: &str, to: &str, port: u16, protocol: &str) -> Result<Verdict, String> {
-    let protocol = Protocol::parse(protocol).ok_or_else(|| format!("protocol {protocol:?} is not TCP, UDP or SCTP"))?;
+    let protocol = match Protocol::parse(protocol) {
+        Some(p) => p,
+        None if protocol.eq_ignore_ascii_case("ICMP") => Protocol::Icmp,
+        None => {
+            return Err(format!(
+                "protocol {protocol:?} is not TCP, UDP, SCTP or ICMP (its port: the ICMP type)"
+            ))
+        }
+    };
     let from = resolve(state, from)?;
     let mut to = resolve(state, to)?;
     // a dual-stack pod: compare within the source's family

@@ -1,6 +1,8 @@
 //! NetworkPolicy (networking.k8s.io/v1), enforced by terwayd with nftables.
 //!
 //! - [`model`]: the cluster facts policy needs, trimmed from Kubernetes objects.
+//! - [`calico`]: Calico's NetworkPolicy and GlobalNetworkPolicy, ordered
+//!   with the Kubernetes ones.
 //! - [`evaluate`]: would a connection pass, and which policy and rule decided
 //!   (`terway-cli policy explain`).
 //! - [`ruleset`]: the same predicates compiled into `table inet terway` —
@@ -16,6 +18,7 @@
 //! than left open while a policy says it is closed.
 
 pub mod agent;
+pub mod calico;
 pub mod engine;
 pub mod evaluate;
 pub mod model;

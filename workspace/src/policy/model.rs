@@ -47,6 +47,8 @@ pub enum Protocol {
     Tcp,
     Udp,
     Sctp,
+    /// Only in Calico rules and explain queries (the port is the ICMP type).
+    Icmp,
 }
 
 impl Protocol {
@@ -66,6 +68,7 @@ impl Protocol {
             Self::Tcp => "tcp",
             Self::Udp => "udp",
             Self::Sctp => "sctp",
+            Self::Icmp => "icmp",
         }
     }
 }
@@ -76,6 +79,7 @@ impl std::fmt::Display for Protocol {
             Self::Tcp => "TCP",
             Self::Udp => "UDP",
             Self::Sctp => "SCTP",
+            Self::Icmp => "ICMP",
         })
     }
 }
@@ -99,6 +103,8 @@ pub struct PodInfo {
     /// `status.hostIP`: the node's address.
     pub host_ip: Option<IpAddr>,
     pub ports: Vec<NamedPort>,
+    /// `spec.serviceAccountName` (Calico's serviceAccount matches).
+    pub service_account: String,
 }
 
 impl PodInfo {
@@ -144,6 +150,9 @@ impl PodInfo {
                 host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
                 host_ip: status.and_then(|s| s.host_ip.as_deref()).and_then(|ip| ip.parse().ok()),
                 ports,
+                service_account: spec
+                    .and_then(|s| s.service_account_name.clone())
+                    .unwrap_or_else(|| "default".into()),
             },
         ))
     }
@@ -514,6 +523,10 @@ pub struct ClusterState {
     pub namespaces: HashMap<String, Labels>,
     pub pods: HashMap<ObjectKey, PodInfo>,
     pub policies: BTreeMap<ObjectKey, Policy>,
+    /// Calico NetworkPolicies and GlobalNetworkPolicies (the latter under namespace "").
+    pub calico: BTreeMap<ObjectKey, super::calico::model::CalicoPolicy>,
+    /// Service account labels (Calico's `serviceAccountSelector`).
+    pub service_accounts: HashMap<ObjectKey, Labels>,
 }
 
 impl ClusterState {

@@ -1,8 +1,12 @@
 //! Cluster facts from Kubernetes YAML files (`terway-cli policy explain
-//! --offline`): multi-document files of Namespace, Pod and NetworkPolicy
-//! objects (`kind: List` too). Pods' addresses come from `status.podIP(s)`.
+//! --offline`): multi-document files of Namespace, Pod, ServiceAccount and
+//! NetworkPolicy objects, and Calico's NetworkPolicy and GlobalNetworkPolicy
+//! (`projectcalico.org/v3` as calicoctl takes them, or the stored
+//! `crd.projectcalico.org/v1` form); `kind: List` too. Pods' addresses come
+//! from `status.podIP(s)`.
 
-use super::model::{namespace_from_k8s, ClusterState, PodInfo, Policy};
+use super::calico::model::CalicoPolicy;
+use super::model::{namespace_from_k8s, ClusterState, ObjectKey, PodInfo, Policy};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde::Deserialize;
@@ -16,8 +20,8 @@ pub enum OfflineError {
     Parse { file: String, doc: usize, message: String },
 }
 
-/// Adds the objects of one YAML text to `state`; other kinds are skipped
-/// and returned as `kind name` for the caller to mention.
+/// Adds the objects of one YAML text to `state`; returns notes for the
+/// caller to print: kinds skipped, Calico policies left out for a problem.
 pub fn load_str(state: &mut ClusterState, file: &str, text: &str) -> Result<Vec<String>, OfflineError> {
     let mut skipped = Vec::new();
     for (doc, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
@@ -51,7 +55,12 @@ fn add_object(
     let kind = json["kind"].as_str().unwrap_or_default().to_owned();
     match kind.as_str() {
         "" if json.is_null() => {}
-        "List" | "PodList" | "NamespaceList" | "NetworkPolicyList" => {
+        "List"
+        | "PodList"
+        | "NamespaceList"
+        | "NetworkPolicyList"
+        | "GlobalNetworkPolicyList"
+        | "ServiceAccountList" => {
             for item in json["items"].as_array().cloned().unwrap_or_default() {
                 let mut item = item;
                 if item["kind"].is_null() {
@@ -80,6 +89,32 @@ fn add_object(
                 state.pods.insert(key, info);
             }
         }
+        "NetworkPolicy" | "GlobalNetworkPolicy"
+            if kind == "GlobalNetworkPolicy"
+                || json["apiVersion"].as_str().is_some_and(|v| {
+                    v.starts_with("projectcalico.org/") || v.starts_with("crd.projectcalico.org/")
+                }) =>
+        {
+            let policy = CalicoPolicy::from_object(&json).map_err(|message| OfflineError::Parse {
+                file: file.into(),
+                doc,
+                message,
+            })?;
+            if !policy.problems.is_empty() {
+                skipped.push(format!(
+                    "{} is left out (Calico policies are applied whole or not at all): {}",
+                    policy.id(),
+                    policy.problems.join("; ")
+                ));
+            }
+            state.calico.insert(policy.key(), policy);
+        }
+        "ServiceAccount" => {
+            let name = json["metadata"]["name"].as_str().unwrap_or_default();
+            let ns = json["metadata"]["namespace"].as_str().unwrap_or("default");
+            let labels = serde_json::from_value(json["metadata"]["labels"].clone()).unwrap_or_default();
+            state.service_accounts.insert(ObjectKey::new(ns, name), labels);
+        }
         "NetworkPolicy" => {
             let mut np: NetworkPolicy = serde_json::from_value(json).map_err(parse_err)?;
             if np.metadata.namespace.is_none() {
@@ -90,7 +125,7 @@ fn add_object(
             }
         }
         other => skipped.push(format!(
-            "{other} {}",
+            "skipped {other} {} (only Namespace, Pod, ServiceAccount, NetworkPolicy and Calico's policies are read)",
             json["metadata"]["name"].as_str().unwrap_or("(unnamed)")
         )),
     }

@@ -17,6 +17,8 @@
 //!   distinct selector and family; a pod joining a selector is one element.
 //!   `set n…`: address . protocol . port of pods with a named port.
 
+use super::calico::model::{Action, CalicoPolicy, CalicoRule, IpProtocol, PortSpec};
+use super::calico::{EndpointMatch, Ordered};
 use super::evaluate::peer_matches;
 use super::model::{block_ranges, ClusterState, Direction, ObjectKey, Peer, PodInfo, PortMatch, Protocol, Rule};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -64,6 +66,11 @@ pub enum SetSource {
     /// address . protocol . port of the pods that have the named port, among
     /// the pods at the peer's addresses (`None`: every pod).
     NamedPort(Option<Peer>, Protocol, String, Family),
+    /// Addresses of the pods a Calico entity rule's selectors name.
+    Calico(EndpointMatch, Family),
+    /// address . protocol . port of the pods a Calico entity names (`None`:
+    /// every pod) that have the named port.
+    CalicoNamedPort(Option<EndpointMatch>, Protocol, String, Family),
 }
 
 impl SetSource {
@@ -74,14 +81,18 @@ impl SetSource {
         let (kind, family) = match self {
             Self::Peer(_, f) => ('p', f),
             Self::NamedPort(_, _, _, f) => ('n', f),
+            Self::Calico(_, f) => ('c', f),
+            Self::CalicoNamedPort(_, _, _, f) => ('m', f),
         };
         format!("{kind}{hex}_{}", if *family == Family::V4 { 4 } else { 6 })
     }
 
     fn declaration(&self) -> String {
         match self {
-            Self::Peer(_, f) => format!("type {}", f.addr_type()),
-            Self::NamedPort(_, _, _, f) => format!("type {} . inet_proto . inet_service", f.addr_type()),
+            Self::Peer(_, f) | Self::Calico(_, f) => format!("type {}", f.addr_type()),
+            Self::NamedPort(_, _, _, f) | Self::CalicoNamedPort(_, _, _, f) => {
+                format!("type {} . inet_proto . inet_service", f.addr_type())
+            }
         }
     }
 
@@ -111,6 +122,30 @@ impl SetSource {
                         Some(peer @ Peer::Pods { .. }) => state.pod_in_peer(peer, &key.namespace, pod),
                         Some(peer) => peer_matches(state, peer, **ip),
                     })
+                    .map(|ip| format!("{ip} . {} . {port}", protocol.nft()))
+                    .collect()
+            }
+            Self::Calico(which, family) => {
+                if which.matches_pod(state, key, pod) {
+                    pod.ips
+                        .iter()
+                        .filter(|ip| family.matches(ip))
+                        .map(ToString::to_string)
+                        .collect()
+                } else {
+                    Vec::new()
+                }
+            }
+            Self::CalicoNamedPort(which, protocol, name, family) => {
+                let Some(port) = pod.resolve(name, *protocol) else {
+                    return Vec::new();
+                };
+                if which.as_ref().is_some_and(|w| !w.matches_pod(state, key, pod)) || pod.host_network {
+                    return Vec::new();
+                }
+                pod.ips
+                    .iter()
+                    .filter(|ip| family.matches(ip))
                     .map(|ip| format!("{ip} . {} . {port}", protocol.nft()))
                     .collect()
             }
@@ -213,18 +248,34 @@ pub fn chains(state: &ClusterState, locals: &BTreeMap<ObjectKey, LocalPod>) -> C
     for (key, local) in locals {
         let Some(pod) = state.pods.get(key) else { continue };
         for direction in [Direction::Ingress, Direction::Egress] {
-            let mut rules = Vec::new();
-            let mut isolated = false;
-            for policy in state.policies_selecting(key, pod) {
-                let Some(list) = policy.rules(direction) else { continue };
-                isolated = true;
-                for (i, rule) in list.iter().enumerate() {
-                    let comment = format!("{} {direction}[{i}]", policy.key);
-                    compile_rule(direction, rule, pod, &comment, &mut rules, &mut out.sets);
-                }
-            }
-            if !isolated {
+            let ordered = state.ordered_policies(key, pod, direction);
+            if ordered.is_empty() {
                 continue;
+            }
+            let mut rules = Vec::new();
+            for policy in &ordered {
+                match policy {
+                    Ordered::Kubernetes(p) => {
+                        for (i, rule) in p.rules(direction).unwrap_or_default().iter().enumerate() {
+                            let comment = format!("{} {direction}[{i}]", p.key);
+                            compile_rule(direction, rule, pod, &comment, &mut rules, &mut out.sets);
+                        }
+                    }
+                    Ordered::Calico(p) => {
+                        for (i, rule) in p.rules(direction).unwrap_or_default().iter().enumerate() {
+                            let at = CalicoAt {
+                                state,
+                                policy: p,
+                                direction,
+                                key,
+                                pod,
+                                ifname: &local.ifname,
+                                comment: format!("{} {direction}[{i}]", policy.id()),
+                            };
+                            compile_calico_rule(&at, rule, &mut rules, &mut out.sets);
+                        }
+                    }
+                }
             }
             rules.push(format!(
                 "counter name \"{}\" drop comment \"isolated for {direction}\"",
@@ -240,6 +291,166 @@ pub fn chains(state: &ClusterState, locals: &BTreeMap<ObjectKey, LocalPod>) -> C
         }
     }
     out
+}
+
+/// Where a Calico rule is compiled: for which pod, in which policy and direction.
+struct CalicoAt<'a> {
+    state: &'a ClusterState,
+    policy: &'a CalicoPolicy,
+    direction: Direction,
+    key: &'a ObjectKey,
+    pod: &'a PodInfo,
+    ifname: &'a str,
+    comment: String,
+}
+
+/// One Calico rule as nftables rules (one per address family it can
+/// match), appended to `out`. The pod's own side of the rule (the
+/// destination for ingress, the source for egress) is decided here, against
+/// the pod; the remote side becomes matches on the packet.
+fn compile_calico_rule(at: &CalicoAt<'_>, rule: &CalicoRule, out: &mut Vec<String>, sets: &mut BTreeSet<SetSource>) {
+    let ns = at.policy.namespace.as_deref();
+    let (local, remote, raddr, laddr_ports, raddr_ports) = match at.direction {
+        Direction::Ingress => (&rule.destination, &rule.source, "saddr", "dport", "sport"),
+        Direction::Egress => (&rule.source, &rule.destination, "daddr", "sport", "dport"),
+    };
+    if local.selects_endpoints() && !EndpointMatch::of(local, ns, false).matches_pod(at.state, at.key, at.pod) {
+        return;
+    }
+    if local.not_selector.is_some() && EndpointMatch::of(local, ns, true).matches_pod(at.state, at.key, at.pod) {
+        return;
+    }
+    let verdict = match (rule.action, at.direction) {
+        (Action::Allow | Action::Pass, Direction::Ingress) => "accept".to_owned(),
+        (Action::Allow | Action::Pass, Direction::Egress) => "return".to_owned(),
+        (Action::Deny, _) => format!("counter name \"{}\" drop", drop_counter(at.ifname)),
+        (Action::Log, _) => format!("log prefix \"terway {}: \"", at.comment.replace('"', "")),
+    };
+    let protocol_name = rule.protocol.and_then(Protocol::of_ip);
+    for family in [Family::V4, Family::V6] {
+        match (rule.ip_version, rule.protocol) {
+            (Some(4), _) | (_, Some(IpProtocol::ICMP)) if family == Family::V6 => continue,
+            (Some(6), _) | (_, Some(IpProtocol::ICMPV6)) if family == Family::V4 => continue,
+            _ => {}
+        }
+        let kw = family.keyword();
+        let in_family = |nets: &[ipnet::IpNet]| -> Vec<String> {
+            nets.iter()
+                .filter(|n| Family::of(n.addr()) == family)
+                .map(ToString::to_string)
+                .collect()
+        };
+        // the pod's own address against the local side's nets
+        let own: Vec<IpAddr> = at.pod.ips.iter().copied().filter(|ip| family.matches(ip)).collect();
+        if own.is_empty()
+            || (!local.nets.is_empty() && !own.iter().any(|ip| local.nets.iter().any(|n| n.contains(ip))))
+            || own.iter().any(|ip| local.not_nets.iter().any(|n| n.contains(ip)))
+        {
+            continue;
+        }
+        let mut parts: Vec<String> = Vec::new();
+        if !remote.nets.is_empty() {
+            let list = in_family(&remote.nets);
+            if list.is_empty() {
+                continue; // only nets of the other family
+            }
+            parts.push(format!("{kw} {raddr} {{ {} }}", list.join(", ")));
+        }
+        let not_nets = in_family(&remote.not_nets);
+        if !not_nets.is_empty() {
+            parts.push(format!("{kw} {raddr} != {{ {} }}", not_nets.join(", ")));
+        }
+        if remote.selects_endpoints() {
+            let set = SetSource::Calico(EndpointMatch::of(remote, ns, false), family);
+            parts.push(format!("{kw} {raddr} @{}", set.name()));
+            sets.insert(set);
+        }
+        if remote.not_selector.is_some() {
+            let set = SetSource::Calico(EndpointMatch::of(remote, ns, true), family);
+            parts.push(format!("{kw} {raddr} != @{}", set.name()));
+            sets.insert(set);
+        }
+        if let Some(p) = rule.protocol {
+            parts.push(format!("meta l4proto {}", p.0));
+        }
+        if let Some(p) = rule.not_protocol {
+            parts.push(format!("meta l4proto != {}", p.0));
+        }
+        let icmp = if family == Family::V4 { "icmp" } else { "icmpv6" };
+        if let Some(m) = rule.icmp {
+            parts.push(format!("{icmp} type {}", m.kind));
+            if let Some(code) = m.code {
+                parts.push(format!("{icmp} code {code}"));
+            }
+        }
+        if let Some(m) = rule.not_icmp {
+            parts.push(match m.code {
+                None => format!("{icmp} type != {}", m.kind),
+                Some(code) => format!("{icmp} type . {icmp} code != {{ {} . {code} }}", m.kind),
+            });
+        }
+        // ports: the local side's resolve on the pod; the remote side's
+        // named destination ports are a set over the pods that have them
+        let numbered = |specs: &[PortSpec], on: Option<&PodInfo>| -> Vec<String> {
+            specs
+                .iter()
+                .filter_map(|s| match s {
+                    PortSpec::Range(a, b) if a == b => Some(a.to_string()),
+                    PortSpec::Range(a, b) => Some(format!("{a}-{b}")),
+                    PortSpec::Named(name) => protocol_name
+                        .and_then(|p| on.and_then(|pod| pod.resolve(name, p)))
+                        .map(|p| p.to_string()),
+                })
+                .collect()
+        };
+        let mut port_parts = Vec::new();
+        for (entity, dir, on) in [(local, laddr_ports, Some(at.pod)), (remote, raddr_ports, None)] {
+            if !entity.ports.is_empty() {
+                let list = numbered(&entity.ports, on);
+                let named_remote = on.is_none() && entity.ports.iter().any(|p| matches!(p, PortSpec::Named(_)));
+                if list.is_empty() && !named_remote {
+                    port_parts.push(None); // no port of this rule can match
+                } else if !list.is_empty() {
+                    port_parts.push(Some(format!("th {dir} {{ {} }}", list.join(", "))));
+                }
+            }
+            let not = numbered(&entity.not_ports, on);
+            if !not.is_empty() {
+                port_parts.push(Some(format!("th {dir} != {{ {} }}", not.join(", "))));
+            }
+        }
+        if port_parts.contains(&None) {
+            continue;
+        }
+        parts.extend(port_parts.into_iter().flatten());
+        let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
+        // named remote destination ports: one more rule per name, through a set
+        let named: Vec<&String> = remote
+            .ports
+            .iter()
+            .filter_map(|p| match p {
+                PortSpec::Named(n) if at.direction == Direction::Egress => Some(n),
+                _ => None,
+            })
+            .collect();
+        let has_numbered_remote = remote.ports.iter().any(|p| matches!(p, PortSpec::Range(..)));
+        if named.is_empty() || has_numbered_remote {
+            out.push(join_rule(&refs, &verdict, &at.comment));
+        }
+        if let Some(proto) = protocol_name {
+            for name in named {
+                let scope = remote.selects_endpoints().then(|| EndpointMatch::of(remote, ns, false));
+                let set = SetSource::CalicoNamedPort(scope, proto, name.clone(), family);
+                // the numbered remote ports, if any, are in `parts`: a named port rule stands alone
+                let base: Vec<&str> = refs.iter().copied().filter(|p| !p.starts_with("th dport {")).collect();
+                let m = format!("{kw} daddr . meta l4proto . th dport @{}", set.name());
+                let mut all = base;
+                all.push(&m);
+                out.push(join_rule(&all, &verdict, &at.comment));
+                sets.insert(set);
+            }
+        }
+    }
 }
 
 /// One policy rule as nftables rules, appended to `out`.
