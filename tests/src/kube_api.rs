@@ -40,6 +40,8 @@ struct Store {
     /// A watch from an older resourceVersion than this gets 410 Gone.
     compacted_below: u64,
     unavailable: bool,
+    /// API groups this server does not serve (a CRD not installed): 404.
+    missing_groups: Vec<String>,
     requests: Vec<String>,
 }
 
@@ -72,14 +74,23 @@ fn kind_of(plural: &str) -> &'static str {
         "configmaps" => "ConfigMap",
         "events" => "Event",
         "namespaces" => "Namespace",
-        "networkpolicies" => "NetworkPolicy",
+        "networkpolicies" | "networkpolicies.crd.projectcalico.org" => "NetworkPolicy",
+        "globalnetworkpolicies.crd.projectcalico.org" => "GlobalNetworkPolicy",
+        "serviceaccounts" => "ServiceAccount",
         _ => "Unknown",
     }
 }
 
+/// Objects are stored under their plural, qualified by the group outside
+/// the core and networking groups (Calico's `networkpolicies` are not
+/// Kubernetes').
+const CALICO: &str = "crd.projectcalico.org";
+
 fn api_version(plural: &str) -> &'static str {
     if plural == "networkpolicies" {
         "networking.k8s.io/v1"
+    } else if plural.ends_with(CALICO) {
+        "crd.projectcalico.org/v1"
     } else {
         "v1"
     }
@@ -273,6 +284,16 @@ impl FakeApiServer {
         self.break_watches();
     }
 
+    /// Stops (or resumes) serving an API group, as when its CRDs are not
+    /// installed: `crd.projectcalico.org`.
+    pub fn set_group_missing(&self, group: &str, missing: bool) {
+        let mut store = self.shared.store.lock().unwrap();
+        store.missing_groups.retain(|g| g != group);
+        if missing {
+            store.missing_groups.push(group.to_owned());
+        }
+    }
+
     /// While set, every request gets 503.
     pub fn set_unavailable(&self, unavailable: bool) {
         self.shared.store.lock().unwrap().unavailable = unavailable;
@@ -310,10 +331,19 @@ async fn handle(
             return status(503, "ServiceUnavailable", "the API server is unavailable".into());
         }
     }
+    let calico = uri.path().starts_with("/apis/crd.projectcalico.org/v1/");
+    if calico && shared.store.lock().unwrap().missing_groups.iter().any(|g| g == CALICO) {
+        return status(
+            404,
+            "NotFound",
+            "the server could not find the requested resource".into(),
+        );
+    }
     let path = uri
         .path()
         .trim_start_matches("/api/v1/")
         .trim_start_matches("/apis/networking.k8s.io/v1/")
+        .trim_start_matches("/apis/crd.projectcalico.org/v1/")
         .trim_end_matches('/');
     let parts: Vec<&str> = path.split('/').collect();
     // (plural, namespace, name, subresource)
@@ -326,6 +356,8 @@ async fn handle(
         ["namespaces", ns, plural, name, sub] => (*plural, *ns, Some(*name), Some(*sub)),
         _ => return status(404, "NotFound", format!("no route {path}")),
     };
+    let qualified = format!("{plural}.{CALICO}");
+    let plural = if calico { qualified.as_str() } else { plural };
     let watching = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
     match (method, name) {
         (Method::GET, None) if watching => watch_stream(shared, plural, ns, &query),

@@ -285,3 +285,32 @@ fn the_systemd_unit_verifies() {
         "systemd-analyze verify: {stderr}"
     );
 }
+
+#[test]
+fn the_calico_crds_serve_what_terwayd_watches() {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::Resource;
+    use terway_node::cluster::policy_watch::{CalicoGlobalNetworkPolicy, CalicoNetworkPolicy};
+    let docs = documents("calico-crds.yaml");
+    let crds: Vec<CustomResourceDefinition> = docs.iter().map(|d| typed("calico-crds.yaml", d)).collect();
+    let served = |kind: &str, plural: &str, scope: &str| {
+        crds.iter().any(|c| {
+            c.spec.group == "crd.projectcalico.org"
+                && c.spec.names.kind == kind
+                && c.spec.names.plural == plural
+                && c.spec.scope == scope
+                && c.spec.versions.iter().any(|v| v.name == "v1" && v.served)
+        })
+    };
+    assert!(served(
+        &CalicoNetworkPolicy::kind(&()),
+        &CalicoNetworkPolicy::plural(&()),
+        "Namespaced"
+    ));
+    assert!(served(
+        &CalicoGlobalNetworkPolicy::kind(&()),
+        &CalicoGlobalNetworkPolicy::plural(&()),
+        "Cluster"
+    ));
+    assert_eq!(CalicoNetworkPolicy::api_version(&()), "crd.projectcalico.org/v1");
+}

@@ -3,8 +3,9 @@
 //! node, ADD through the CNI socket, packets from the VPC to the pods.
 //! Checks that ADD returns with the pod's rules in force, that a policy
 //! change reaches the kernel, that the rules outlive a terwayd restart
-//! untouched, and that `disable_network_policy` removes watches and table
-//! live. Root only.
+//! untouched, that Calico policies (CRDs absent at first) are enforced and
+//! refused with a Warning when they cannot be, and that
+//! `disable_network_policy` removes watches and table live. Root only.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use serde_json::json;
@@ -145,6 +146,8 @@ async fn policy_in_force_at_add_across_restart_and_switched_off_live() {
         );
     }
     put_policy(&api, "10.250.0.0/16");
+    // no Calico CRDs at first: Kubernetes policies are enforced all the same
+    api.set_group_missing("crd.projectcalico.org", true);
     let (node_ns, vpc_ns) = (sim.node_ns_path(), PathBuf::from(format!("/run/netns/{}", sim.vpc_ns)));
     let running = start(&api, &sim, dir.path()).await;
 
@@ -189,6 +192,7 @@ async fn policy_in_force_at_add_across_restart_and_switched_off_live() {
         !reaches(&vpc_ns, &pod_path(0), ips[0], 8081),
         "still isolated while terwayd is down"
     );
+    api.set_group_missing("crd.projectcalico.org", false);
     let running = start(&api, &sim, dir.path()).await;
     eventually("policy ready after the restart", || running.node.policy.stats().ready).await;
     assert!(
@@ -226,6 +230,42 @@ async fn policy_in_force_at_add_across_restart_and_switched_off_live() {
         status["network_policy"]["state"]["rules"].as_u64().unwrap() >= 2,
         "{status}"
     );
+
+    // Calico: a GlobalNetworkPolicy ordered first denies the VPC address to the open pod
+    api.put(
+        "globalnetworkpolicies.crd.projectcalico.org",
+        json!({"metadata": {"name": "quarantine"}, "spec": {"order": 10, "selector": "app == 'open'", "ingress": [
+            {"action": "Deny", "source": {"nets": [format!("{VPC_ADDR}/32")]}}, {"action": "Allow"}]}}),
+    );
+    eventually("the Calico policy in force", || {
+        !reaches(&vpc_ns, &pod_path(1), ips[1], 8090)
+    })
+    .await;
+    // one with a field that cannot be enforced is refused whole, with a Warning naming the field
+    api.put(
+        "globalnetworkpolicies.crd.projectcalico.org",
+        json!({"metadata": {"name": "l7"}, "spec": {"selector": "app == 'guarded'", "ingress": [
+            {"action": "Allow", "http": {"methods": ["GET"]}}]}}),
+    );
+    eventually("a Warning on the refused Calico policy", || {
+        api.events_about("GlobalNetworkPolicy", "l7").iter().any(|e| {
+            e["type"] == "Warning"
+                && e["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("spec.ingress[0].http")
+        })
+    })
+    .await;
+    assert!(
+        reaches(&vpc_ns, &pod_path(0), ips[0], 8091),
+        "the refused policy changed nothing"
+    );
+    api.delete("globalnetworkpolicies.crd.projectcalico.org", "", "quarantine");
+    eventually("the Calico policy gone", || {
+        reaches(&vpc_ns, &pod_path(1), ips[1], 8092)
+    })
+    .await;
 
     // switched off live: the watches stop and the table goes
     put_policy(&api, "10.250.0.0/16");

@@ -67,8 +67,11 @@ pub enum Notice {
         reason: &'static str,
         message: String,
     },
-    /// A Warning on a NetworkPolicy (a field that cannot be enforced as written).
+    /// A Warning on a NetworkPolicy, Kubernetes' or Calico's (a field that
+    /// cannot be enforced as written). `namespace` "" for a cluster-wide object.
     PolicyEvent {
+        kind: &'static str,
+        api_version: &'static str,
         namespace: String,
         name: String,
         uid: String,

@@ -64,6 +64,16 @@ pub const API_ACCESS: &[(&str, &str, &[&str], bool)] = &[
     // (the pods come from the pod watch above, cluster-wide)
     ("networking.k8s.io", "networkpolicies", &["list", "watch"], false),
     ("", "namespaces", &["list", "watch"], false),
+    // Calico's policies (deploy/calico-crds.yaml where Calico is absent),
+    // and service accounts for its serviceAccountSelector
+    ("crd.projectcalico.org", "networkpolicies", &["list", "watch"], false),
+    (
+        "crd.projectcalico.org",
+        "globalnetworkpolicies",
+        &["list", "watch"],
+        false,
+    ),
+    ("", "serviceaccounts", &["list", "watch"], false),
 ];
 
 /// The cluster side of a running terwayd.

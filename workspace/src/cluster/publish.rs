@@ -65,15 +65,25 @@ pub async fn notices(cluster: Arc<Cluster>, mut queue: mpsc::Receiver<Notice>) {
                 event(&cluster, &mut written, "default", object, warning, reason, &message).await
             }
             Notice::PolicyEvent {
+                kind,
+                api_version,
                 namespace,
                 name,
                 uid,
                 reason,
                 message,
             } => {
-                let object = json!({"kind": "NetworkPolicy", "apiVersion": "networking.k8s.io/v1",
-                    "namespace": namespace, "name": name, "uid": uid});
-                event(&cluster, &mut written, &namespace, object, true, reason, &message).await
+                let mut object = json!({"kind": kind, "apiVersion": api_version, "name": name, "uid": uid});
+                if !namespace.is_empty() {
+                    object["namespace"] = namespace.clone().into();
+                }
+                // a cluster-wide object's Events live in "default", as Kubernetes keeps them
+                let at = if namespace.is_empty() {
+                    "default"
+                } else {
+                    namespace.as_str()
+                };
+                event(&cluster, &mut written, at, object, true, reason, &message).await
             }
             Notice::PodIps { namespace, name, ips } => pod_ips(&cluster, &namespace, &name, &ips).await,
         };
