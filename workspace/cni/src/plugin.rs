@@ -218,6 +218,19 @@ pub fn parse(env: &dyn Fn(&str) -> Option<String>, stdin: &[u8]) -> Result<Invoc
             }
             Request::Gc { valid }
         }
+        // DEL must succeed when there is nothing it could name (the spec:
+        // tolerate missing resources); the runtime only cleans up
+        Command::Del
+            if env("CNI_CONTAINERID").is_none_or(|v| v.is_empty())
+                || env("CNI_IFNAME").is_none_or(|v| v.is_empty()) =>
+        {
+            return Ok(Invocation {
+                command,
+                cni_version: version,
+                socket: conf.socket.clone(),
+                request: None,
+            });
+        }
         Command::Add | Command::Del | Command::Check => {
             let pod = pod_request(env, command, &conf, &version)?;
             match command {
@@ -263,12 +276,31 @@ fn pod_request(
     }
     let args = parse_cni_args(&env("CNI_ARGS").unwrap_or_default()).map_err(invalid_env)?;
     let arg = |key: &str| args.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
-    let pod_namespace =
-        arg("K8S_POD_NAMESPACE").ok_or_else(|| invalid_env("CNI_ARGS has no K8S_POD_NAMESPACE".into()))?;
-    let pod_name = arg("K8S_POD_NAME").ok_or_else(|| invalid_env("CNI_ARGS has no K8S_POD_NAME".into()))?;
-    protocol::check_k8s_name("K8S_POD_NAMESPACE", &pod_namespace)
-        .map_err(|e| invalid_env(format!("CNI_ARGS: {}", e.0)))?;
-    protocol::check_k8s_name("K8S_POD_NAME", &pod_name).map_err(|e| invalid_env(format!("CNI_ARGS: {}", e.0)))?;
+    // kubelet sends both K8S_* keys; a runtime without Kubernetes (podman,
+    // ctr, nerdctl) sends none or only a name of its own choosing
+    let (pod_namespace, pod_name, runtime_name) = match arg("K8S_POD_NAMESPACE").filter(|v| !v.is_empty()) {
+        Some(ns) => {
+            let name = arg("K8S_POD_NAME")
+                .ok_or_else(|| invalid_env("CNI_ARGS has K8S_POD_NAMESPACE but no K8S_POD_NAME".into()))?;
+            protocol::check_k8s_name("K8S_POD_NAMESPACE", &ns)
+                .map_err(|e| invalid_env(format!("CNI_ARGS: {}", e.0)))?;
+            protocol::check_k8s_name("K8S_POD_NAME", &name).map_err(|e| invalid_env(format!("CNI_ARGS: {}", e.0)))?;
+            (ns, name, String::new())
+        }
+        None => {
+            let given: String = arg("K8S_POD_NAME")
+                .unwrap_or_default()
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(1024)
+                .collect();
+            (
+                protocol::RUNTIME_NAMESPACE.to_owned(),
+                PodRequest::runtime_pod_name(&container_id, &ifname),
+                given,
+            )
+        }
+    };
     let bandwidth = conf.runtime_config.bandwidth.clone().unwrap_or_default();
     Ok(PodRequest {
         container_id: container_id.clone(),
@@ -280,6 +312,7 @@ fn pod_request(
         ingress_bps: (bandwidth.ingress_rate > 0).then_some(bandwidth.ingress_rate),
         egress_bps: (bandwidth.egress_rate > 0).then_some(bandwidth.egress_rate),
         cni_version: version.to_owned(),
+        runtime_name,
     })
 }
 
@@ -373,6 +406,122 @@ mod tests {
         assert_eq!((p.pod_namespace.as_str(), p.pod_name.as_str()), ("default", "web-0"));
         assert_eq!((p.ingress_bps, p.egress_bps), (Some(1_000_000), Some(2_000_000)));
         assert_eq!(p.infra_container_id, "c0ffee");
+    }
+
+    #[test]
+    fn without_kubernetes_the_attachment_is_keyed_by_container_and_interface() {
+        // podman: only its own container name, not a Kubernetes name
+        let mut pairs = full_env("ADD");
+        pairs[4].1 = "IgnoreUnknown=1;K8S_POD_NAME=Charming_Galileo".into();
+        let Some(Request::Add(p)) = run(pairs, CONF).unwrap().request else {
+            panic!()
+        };
+        assert_eq!(p.pod_namespace, protocol::RUNTIME_NAMESPACE);
+        assert_eq!(p.pod_name, "c0ffee_eth0");
+        assert_eq!(p.runtime_name, "Charming_Galileo");
+        assert!(!p.is_kubernetes());
+        let bytes = serde_json::to_vec(&Request::Add(p.clone())).unwrap();
+        assert_eq!(
+            protocol::decode_request(&bytes).unwrap(),
+            Request::Add(p),
+            "terwayd accepts it"
+        );
+        // ctr: no CNI_ARGS at all
+        let pairs: Vec<_> = full_env("ADD").into_iter().filter(|(k, _)| *k != "CNI_ARGS").collect();
+        let Some(Request::Add(p)) = run(pairs, CONF).unwrap().request else {
+            panic!()
+        };
+        assert_eq!(
+            (p.pod_namespace.as_str(), p.pod_name.as_str()),
+            ("_runtime", "c0ffee_eth0")
+        );
+        assert_eq!(p.runtime_name, "");
+        // a Kubernetes namespace with a bad name is still refused
+        let mut pairs = full_env("ADD");
+        pairs[4].1 = "K8S_POD_NAMESPACE=Bad_NS;K8S_POD_NAME=web".into();
+        assert!(run(pairs, CONF).unwrap_err().msg.contains("K8S_POD_NAMESPACE"));
+    }
+
+    #[test]
+    fn del_never_fails_for_want_of_arguments() {
+        // no container id, no interface: nothing to name, nothing to ask terwayd
+        for missing in ["CNI_CONTAINERID", "CNI_IFNAME"] {
+            let pairs: Vec<_> = full_env("DEL").into_iter().filter(|(k, _)| *k != missing).collect();
+            let inv = run(pairs, CONF).unwrap();
+            assert_eq!((inv.command, inv.request), (Command::Del, None), "{missing}");
+        }
+        // an empty CNI_NETNS and no CNI_ARGS (ctr's cleanup): keyed by container and interface
+        let pairs: Vec<_> = full_env("DEL")
+            .into_iter()
+            .filter(|(k, _)| *k != "CNI_ARGS")
+            .map(|(k, v)| if k == "CNI_NETNS" { (k, String::new()) } else { (k, v) })
+            .collect();
+        let Some(Request::Del(p)) = run(pairs, CONF).unwrap().request else {
+            panic!()
+        };
+        assert_eq!(
+            (p.container_id.as_str(), p.ifname.as_str(), p.netns.as_str()),
+            ("c0ffee", "eth0", "")
+        );
+    }
+
+    /// A fuzz run over CNI_ARGS (with and without the K8S_* keys, with
+    /// junk): parsing never panics, and what it accepts terwayd decodes.
+    #[test]
+    fn fuzzed_cni_args_parse_or_fail_cleanly() {
+        let pieces = [
+            "IgnoreUnknown=1",
+            "K8S_POD_NAMESPACE=default",
+            "K8S_POD_NAMESPACE=",
+            "K8S_POD_NAMESPACE=Bad_NS",
+            "K8S_POD_NAME=web-0",
+            "K8S_POD_NAME=Charming Galileo",
+            "K8S_POD_NAME=",
+            "K8S_POD_NAME=\u{7}bell",
+            "K8S_POD_INFRA_CONTAINER_ID=c0ffee",
+            "=x",
+            "novalue",
+            "",
+            ";",
+            "A=b=c",
+            "K8S_POD_NAME=ünïcödé",
+        ];
+        // a small deterministic generator: every run covers the same 20,000 inputs
+        let mut seed: u64 = 0x2026_1130;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let (mut accepted, mut runtime, mut refused) = (0, 0, 0);
+        for _ in 0..20_000 {
+            let n = next() % 6;
+            let args: Vec<&str> = (0..n)
+                .map(|_| pieces[(next() % pieces.len() as u64) as usize])
+                .collect();
+            let mut pairs = full_env(["ADD", "DEL", "CHECK"][(next() % 3) as usize]);
+            pairs[4].1 = args.join(";");
+            match run(pairs, CONF) {
+                Ok(inv) => {
+                    accepted += 1;
+                    if let Some(Request::Add(p) | Request::Del(p) | Request::Check(p)) = &inv.request {
+                        runtime += usize::from(!p.is_kubernetes());
+                        let bytes = serde_json::to_vec(inv.request.as_ref().unwrap()).unwrap();
+                        protocol::decode_request(&bytes).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+                    }
+                }
+                Err(e) => {
+                    refused += 1;
+                    assert_eq!(e.code, code::INVALID_ENVIRONMENT, "{args:?}: {e}");
+                    assert!(e.msg.contains("CNI_ARGS"), "{args:?}: {e}");
+                }
+            }
+        }
+        assert!(
+            accepted > 0 && runtime > 0 && refused > 0,
+            "{accepted} {runtime} {refused}"
+        );
     }
 
     #[test]

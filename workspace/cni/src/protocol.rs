@@ -85,9 +85,28 @@ pub struct PodRequest {
     pub egress_bps: Option<u64>,
     /// The cniVersion the result must be rendered in.
     pub cni_version: String,
+    /// Outside Kubernetes: the name the runtime gave (podman's container
+    /// name in `K8S_POD_NAME`), for logs and `terway-cli pods`; any text.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub runtime_name: String,
 }
 
+/// The namespace of attachments made without Kubernetes (no
+/// `K8S_POD_NAMESPACE`): never a Kubernetes namespace, which cannot hold
+/// `_`. Such an attachment is keyed as the CNI spec keys it, by container
+/// id and interface: its name is `<container id>_<ifname>`.
+pub const RUNTIME_NAMESPACE: &str = "_runtime";
+
 impl PodRequest {
+    /// An attachment made by a runtime without Kubernetes.
+    pub fn is_kubernetes(&self) -> bool {
+        self.pod_namespace != RUNTIME_NAMESPACE
+    }
+
+    /// The pod name of an attachment made without Kubernetes.
+    pub fn runtime_pod_name(container_id: &str, ifname: &str) -> String {
+        format!("{container_id}_{ifname}")
+    }
     /// A request for interface `eth0` at cniVersion 1.0.0, the sandbox being the infra container.
     pub fn new(pod_namespace: &str, pod_name: &str, container_id: &str, netns: &str) -> Self {
         Self {
@@ -100,6 +119,7 @@ impl PodRequest {
             ingress_bps: None,
             egress_bps: None,
             cni_version: "1.0.0".into(),
+            runtime_name: String::new(),
         }
     }
 }
@@ -188,8 +208,20 @@ fn check_pod(p: &PodRequest) -> Result<(), ProtocolError> {
     if !p.netns.is_empty() && !Path::new(&p.netns).is_absolute() {
         return Err(ProtocolError(format!("netns {:?} is not an absolute path", p.netns)));
     }
-    for (what, v) in [("pod namespace", &p.pod_namespace), ("pod name", &p.pod_name)] {
-        check_k8s_name(what, v)?;
+    if p.is_kubernetes() {
+        for (what, v) in [("pod namespace", &p.pod_namespace), ("pod name", &p.pod_name)] {
+            check_k8s_name(what, v)?;
+        }
+    } else if p.pod_name != PodRequest::runtime_pod_name(&p.container_id, &p.ifname) {
+        return Err(ProtocolError(format!(
+            "an attachment in {RUNTIME_NAMESPACE} is named <container id>_<ifname>, not {:?}",
+            p.pod_name
+        )));
+    }
+    if p.runtime_name.len() > 1024 || p.runtime_name.chars().any(char::is_control) {
+        return Err(ProtocolError(
+            "the runtime's name is over 1024 characters or holds control characters".into(),
+        ));
     }
     if !crate::plugin::SUPPORTED_VERSIONS.contains(&p.cni_version.as_str()) {
         return Err(ProtocolError(format!(
@@ -257,6 +289,7 @@ mod tests {
             ingress_bps: None,
             egress_bps: Some(1_000_000),
             cni_version: "1.0.0".into(),
+            runtime_name: String::new(),
         }
     }
 

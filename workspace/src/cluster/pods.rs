@@ -107,6 +107,8 @@ pub async fn collect(node: &Node, cluster: &Cluster) -> usize {
         .snapshot()
         .pods
         .into_values()
+        // attachments made without Kubernetes are not the API server's to judge
+        .filter(|r| r.pod.namespace != crate::cni::protocol::RUNTIME_NAMESPACE)
         .filter(|r| {
             cluster
                 .cached_pod(&r.pod.namespace, &r.pod.name)

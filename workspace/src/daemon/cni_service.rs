@@ -133,7 +133,24 @@ async fn answer(node: &Node, request: Request) -> Reply {
 }
 
 fn pod_key(p: &PodRequest) -> String {
-    format!("{}/{}", p.pod_namespace, p.pod_name)
+    if p.runtime_name.is_empty() {
+        format!("{}/{}", p.pod_namespace, p.pod_name)
+    } else {
+        format!("{}/{} ({})", p.pod_namespace, p.pod_name, p.runtime_name)
+    }
+}
+
+/// The ledger's record of the attachment a DEL or CHECK names: by pod, or
+/// (a runtime that sent other arguments than at ADD) by container id and
+/// interface, as the CNI spec keys attachments.
+fn attachment(node: &Node, p: &PodRequest) -> Option<PodRecord> {
+    node.ledger.pod(&pod_ref(p)).or_else(|| {
+        node.ledger
+            .snapshot()
+            .pods
+            .into_values()
+            .find(|r| r.container_id == p.container_id && r.ifname == p.ifname)
+    })
 }
 
 fn pod_ref(p: &PodRequest) -> PodRef {
@@ -150,6 +167,9 @@ fn fail(code: u32, msg: impl Into<String>) -> Reply {
 
 /// A Warning Event on the pod (in a cluster).
 fn warn_pod(node: &Node, p: &PodRequest, reason: &'static str, message: String) {
+    if !p.is_kubernetes() {
+        return; // no pod object to put it on; the log has it
+    }
     node.tell(Notice::PodEvent {
         namespace: p.pod_namespace.clone(),
         name: p.pod_name.clone(),
@@ -162,8 +182,8 @@ fn warn_pod(node: &Node, p: &PodRequest, reason: &'static str, message: String) 
 async fn add(node: &Node, p: &PodRequest) -> Reply {
     let started = Instant::now();
     let meta = match node.bridge.get() {
-        Some(c) => c.pod_meta(&p.pod_namespace, &p.pod_name, POD_META_TIMEOUT).await,
-        None => None,
+        Some(c) if p.is_kubernetes() => c.pod_meta(&p.pod_namespace, &p.pod_name, POD_META_TIMEOUT).await,
+        _ => None,
     };
     let annotations = meta.as_ref().map(|m| m.annotations.clone()).unwrap_or_default();
     let (bandwidth, bad) = resolve_bandwidth(p.ingress_bps, p.egress_bps, &annotations);
@@ -261,7 +281,7 @@ async fn add(node: &Node, p: &PodRequest) -> Reply {
     };
     tracing::info!(pod = %pod_key(p), ip = %ip, eni = %bound.eni.id, vswitch = %bound.eni.vswitch_id, existing = bound.existing,
         bound_ms = bound_after.as_secs_f64() * 1e3, took_ms = started.elapsed().as_secs_f64() * 1e3, "ADD served");
-    if node.config().enable_patch_pod_ips {
+    if node.config().enable_patch_pod_ips && p.is_kubernetes() {
         node.tell(Notice::PodIps {
             namespace: p.pod_namespace.clone(),
             name: p.pod_name.clone(),
@@ -292,10 +312,15 @@ async fn admit_to_policy(
     meta: Option<&crate::bridge::PodMeta>,
 ) -> Result<(), String> {
     let (key, local, unpoliced) = pod_network::policy_local_of(spec, vec![IpAddr::V4(spec.ipv4)]);
-    let known = meta.map(|m| crate::policy::PodInfo {
-        labels: m.labels.clone(),
-        ..Default::default()
-    });
+    let known = match meta {
+        Some(m) => Some(crate::policy::PodInfo {
+            labels: m.labels.clone(),
+            ..Default::default()
+        }),
+        // outside Kubernetes: no labels, so only policies selecting every endpoint apply
+        None if !p.is_kubernetes() => Some(crate::policy::PodInfo::default()),
+        None => None,
+    };
     if node.policy.is_active() && known.is_none() && node.bridge.get().is_some() {
         // without its labels nobody can say which policies select the pod
         return Err(format!(
@@ -309,7 +334,7 @@ async fn admit_to_policy(
 }
 
 async fn del(node: &Node, p: &PodRequest) -> Reply {
-    let Some(record) = node.ledger.pod(&pod_ref(p)) else {
+    let Some(record) = attachment(node, p) else {
         return Reply::Ok { network: None }; // an unknown pod: nothing to undo
     };
     if record.container_id != p.container_id {
@@ -348,7 +373,7 @@ async fn gc(node: &Node, valid: &[crate::cni::protocol::Attachment]) -> Reply {
 }
 
 async fn check(node: &Node, p: &PodRequest) -> Reply {
-    let Some(record) = node.ledger.pod(&pod_ref(p)) else {
+    let Some(record) = attachment(node, p) else {
         return fail(
             code::UNKNOWN_CONTAINER,
             format!("pod {} has no address in the ledger", pod_key(p)),

@@ -39,7 +39,8 @@ fn run(stdin: &[u8]) -> Result<Option<String>, CniError> {
     let env = |k: &str| std::env::var(k).ok();
     let inv = plugin::parse(&env, stdin)?;
     let Some(request) = inv.request else {
-        return Ok(Some(plugin::version_output()));
+        // VERSION, or a DEL that names nothing to delete
+        return Ok((inv.command == Command::Version).then(plugin::version_output));
     };
     let socket = inv
         .socket
