@@ -44,16 +44,24 @@ fn root_state() -> String {
 }
 
 fn plugin(command: &str, container: &str, netns: &str, pod: &str, conf: &str) -> (bool, serde_json::Value) {
+    let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=e2e;K8S_POD_NAME={pod}");
+    plugin_env(
+        conf,
+        &[
+            ("CNI_COMMAND", command),
+            ("CNI_CONTAINERID", container),
+            ("CNI_NETNS", netns),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_ARGS", &args),
+        ],
+    )
+}
+
+/// The plugin with exactly this environment (and `CNI_PATH`).
+fn plugin_env(conf: &str, vars: &[(&str, &str)]) -> (bool, serde_json::Value) {
     let mut child = Command::new(terway_tests::binary("terway"))
         .env_clear()
-        .env("CNI_COMMAND", command)
-        .env("CNI_CONTAINERID", container)
-        .env("CNI_NETNS", netns)
-        .env("CNI_IFNAME", "eth0")
-        .env(
-            "CNI_ARGS",
-            format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=e2e;K8S_POD_NAME={pod}"),
-        )
+        .envs(vars.iter().copied())
         .env("CNI_PATH", "/opt/cni/bin")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -306,6 +314,120 @@ fn hundred_pods_through_the_terway_binary() {
     drop(sim);
     lab.stop();
     assert_eq!(before, root_state(), "the root namespace changed");
+}
+
+/// Containers started without Kubernetes, with the arguments podman and
+/// ctr send: keyed by container id and interface, named as the runtime
+/// likes; DEL with missing arguments or an empty CNI_NETNS succeeds.
+#[test]
+fn containers_without_kubernetes_through_the_terway_binary() {
+    if let Some(why) = skip_reason() {
+        println!("SKIPPED containers_without_kubernetes_through_the_terway_binary: {why}");
+        return;
+    }
+    let tag = format!("r{}", std::process::id() % 100_000);
+    let lab = Lab::start(
+        &tag,
+        "ecs.g6.2xlarge",
+        r#""max_pool_size": 5, "min_pool_size": 2"#,
+        Duration::from_secs(30),
+    );
+    let (node, conf) = (lab.running.node.clone(), lab.conf.clone());
+    let namespaces = PodNamespaces(["podman", "ctr"].iter().map(|n| format!("trw{tag}{n}")).collect());
+    for ns in &namespaces.0 {
+        assert!(Command::new("ip")
+            .args(["netns", "add", ns])
+            .status()
+            .unwrap()
+            .success());
+    }
+    let netns = |i: usize| format!("/var/run/netns/{}", namespaces.0[i]);
+    // podman: its container name in K8S_POD_NAME, no namespace; not a Kubernetes name
+    let podman_args = "IgnoreUnknown=1;K8S_POD_NAME=charming_galileo";
+    let podman = |command: &str, ns: &str| {
+        plugin_env(
+            &conf,
+            &[
+                ("CNI_COMMAND", command),
+                ("CNI_CONTAINERID", "0a1b2c3d4e5f"),
+                ("CNI_NETNS", ns),
+                ("CNI_IFNAME", "eth0"),
+                ("CNI_ARGS", podman_args),
+            ],
+        )
+    };
+    let (ok, added) = podman("ADD", &netns(0));
+    assert!(ok, "podman's ADD: {added}");
+    let ip = added["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .trim_end_matches("/32")
+        .to_owned();
+    let (ok, again) = podman("ADD", &netns(0));
+    assert!(ok, "a repeated ADD: {again}");
+    assert_eq!(
+        again["ips"][0]["address"], added["ips"][0]["address"],
+        "the same address again"
+    );
+    let (ok, checked) = podman("CHECK", &netns(0));
+    assert!(ok, "CHECK: {checked}");
+    let record = node
+        .ledger
+        .snapshot()
+        .pods
+        .into_values()
+        .find(|r| r.container_id == "0a1b2c3d4e5f")
+        .expect("the attachment is in the ledger");
+    assert_eq!(
+        (record.pod.namespace.as_str(), record.pod.name.as_str()),
+        ("_runtime", "0a1b2c3d4e5f_eth0")
+    );
+    // it reaches the VPC through its ENI
+    let eni = node.ledger.eni_of_ip(&ip.parse().unwrap()).unwrap();
+    lab.sim.route_to_pod(&ip, &eni.mac).unwrap();
+    assert!(
+        tcp_reaches(PathBuf::from(netns(0)), lab.vpc_ns(), VPC_ADDR, 7800),
+        "{ip} reaches the VPC"
+    );
+
+    // ctr: no CNI_ARGS at all, and a cleanup DEL with an empty CNI_NETNS
+    let ctr = |command: &str, ns: &str| {
+        plugin_env(
+            &conf,
+            &[
+                ("CNI_COMMAND", command),
+                ("CNI_CONTAINERID", "ctr-task-1"),
+                ("CNI_NETNS", ns),
+                ("CNI_IFNAME", "eth0"),
+            ],
+        )
+    };
+    let (ok, ctr_added) = ctr("ADD", &netns(1));
+    assert!(ok, "ctr's ADD: {ctr_added}");
+    assert_ne!(ctr_added["ips"][0]["address"], added["ips"][0]["address"]);
+    let bound = || {
+        node.ledger
+            .snapshot()
+            .pods
+            .values()
+            .map(|r| r.container_id.clone())
+            .collect::<BTreeSet<_>>()
+    };
+    assert_eq!(bound().len(), 2);
+    let (ok, out) = ctr("DEL", "");
+    assert!(ok, "ctr's DEL with an empty CNI_NETNS: {out}");
+    assert!(!bound().contains("ctr-task-1"), "its address is released");
+    let (ok, out) = ctr("DEL", "");
+    assert!(ok, "a second DEL of a gone attachment: {out}");
+    // a DEL that names nothing, as a runtime's cleanup after a failed ADD may send
+    let (ok, out) = plugin_env(&conf, &[("CNI_COMMAND", "DEL"), ("CNI_NETNS", "")]);
+    assert!(ok && out.is_null(), "a DEL without container id: {out}");
+    // podman's DEL by the same arguments releases the address
+    let (ok, out) = podman("DEL", &netns(0));
+    assert!(ok, "podman's DEL: {out}");
+    assert!(bound().is_empty(), "every address is released");
+    drop(namespaces);
+    lab.stop();
 }
 
 #[test]
