@@ -284,3 +284,51 @@ fn sigterm_lets_requests_under_way_finish() {
         "no longer serving"
     );
 }
+
+/// Off a terminal (journald, a file) the logs carry no ANSI colour codes;
+/// `--log-format json` writes one JSON object a line.
+#[test]
+fn logs_are_plain_off_a_terminal_and_json_on_request() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let em = rt.block_on(Emulator::start(Scenario::default())).unwrap();
+    for format in ["text", "json"] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = write_config(dir.path(), &em.url());
+        let mut child = Command::new(terway_tests::binary("terwayd"))
+            .args([
+                "--log-format",
+                format,
+                "run",
+                "--standalone",
+                "--no-datapath",
+                "--config",
+            ])
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_serving(&dir.path().join("eni.socket"));
+        // stderr is unbuffered: every line written is in the pipe already
+        child.kill().unwrap();
+        let out = child.wait_with_output().unwrap();
+        let logs = String::from_utf8_lossy(&out.stderr);
+        assert!(logs.lines().count() >= 2, "{format}: {logs}");
+        assert!(
+            !logs.contains('\u{1b}'),
+            "{format}: no escape codes off a terminal:\n{logs}"
+        );
+        if format == "json" {
+            for line in logs.lines() {
+                let v: serde_json::Value =
+                    serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+                assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
+            }
+        }
+    }
+}

@@ -125,6 +125,12 @@ async fn every_subcommand_against_a_live_daemon() {
     listed.sort();
     ips.sort();
     assert_eq!(listed, ips);
+    // a shared-ENI pod shows the ENI its address is on
+    for p in pods.as_array().unwrap() {
+        let ip: std::net::IpAddr = p["ips"][0].as_str().unwrap().parse().unwrap();
+        let eni = running.node.ledger.eni_of_ip(&ip).unwrap();
+        assert_eq!(p["eni_id"], eni.id.as_str(), "{p}");
+    }
     let (_, table, _) = cli.run(&["pods"]);
     assert!(table.starts_with("POD") && table.contains("default/web-1"), "{table}");
     let enis = cli.json(&["enis"]);

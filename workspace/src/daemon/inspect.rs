@@ -71,9 +71,8 @@ pub fn enis(node: &Node) -> Vec<EniView> {
 }
 
 pub fn pods(node: &Node) -> Vec<PodView> {
-    node.ledger
-        .snapshot()
-        .pods
+    let s = node.ledger.snapshot();
+    s.pods
         .values()
         .map(|p| PodView {
             namespace: p.pod.namespace.clone(),
@@ -81,7 +80,11 @@ pub fn pods(node: &Node) -> Vec<PodView> {
             container_id: p.container_id.clone(),
             netns: p.netns.clone(),
             ips: p.ips.iter().map(ToString::to_string).collect(),
-            eni_id: p.eni_id.clone(),
+            // an exclusive-ENI pod's own ENI, else the ENI its address is on
+            eni_id: p
+                .eni_id
+                .clone()
+                .or_else(|| p.ips.iter().find_map(|ip| s.ips.get(ip)).map(|r| r.eni_id.clone())),
             ingress_bps: p.settings.ingress_bps,
             egress_bps: p.settings.egress_bps,
         })
