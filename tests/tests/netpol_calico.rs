@@ -701,3 +701,177 @@ fn calico_semantics_on_the_model() {
     ];
     run(&mut lab, cases, &|ns| namespace_labels(ns));
 }
+
+/// Random Calico policies (orders, actions, selectors in the Calico
+/// language, nets, ports, protocols) mixed with Kubernetes ones: the
+/// kernel's verdict (a real packet) and the offline evaluator's agree.
+#[test]
+fn random_calico_policies_rules_and_evaluator_agree() {
+    use rand::{Rng, SeedableRng};
+    use std::time::Duration;
+    if let Some(why) = terway_tests::netpol_lab::unavailable() {
+        eprintln!("SKIPPED random_calico_policies_rules_and_evaluator_agree: {why}");
+        return;
+    }
+    let mut lab = Lab::model().unwrap();
+    let n = lab.pods.len();
+    let seed: u64 = std::env::var("NETPOL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20_261_130);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let pick = |rng: &mut rand::rngs::StdRng, from: &[&str]| from[rng.random_range(0..from.len())].to_owned();
+    let selector = |rng: &mut rand::rngs::StdRng| -> String {
+        let atom = |rng: &mut rand::rngs::StdRng| match rng.random_range(0..7) {
+            0 => format!("pod == '{}'", pick(rng, &["a", "b", "c"])),
+            1 => format!("pod != '{}'", pick(rng, &["a", "b", "c"])),
+            2 => format!(
+                "tier in {{'{}', '{}'}}",
+                pick(rng, &["web", "db"]),
+                pick(rng, &["web", "db"])
+            ),
+            3 => "has(tier)".into(),
+            4 => "!has(tier)".into(),
+            5 => format!("projectcalico.org/namespace == '{}'", pick(rng, &["x", "y", "z"])),
+            _ => "all()".into(),
+        };
+        match rng.random_range(0..4) {
+            0 => format!("{} && {}", atom(rng), atom(rng)),
+            1 => format!("({}) || !({})", atom(rng), atom(rng)),
+            _ => atom(rng),
+        }
+    };
+    let (mut probed, mut denied, mut disagreements) = (0, 0, Vec::new());
+    for round in 0..25 {
+        for i in 0..n {
+            let key = lab.pods[i].key.clone();
+            let mut l = labels(&[("pod", &key.name)]);
+            if rng.random_bool(0.5) {
+                l.insert("tier".into(), pick(&mut rng, &["web", "db"]));
+            }
+            lab.set_pod_labels(&key, l).unwrap();
+        }
+        let mut objects = Vec::new();
+        for p in 0..rng.random_range(1..4) {
+            let mut rules = Vec::new();
+            for _ in 0..rng.random_range(0..4) {
+                let mut rule = json!({"action": pick(&mut rng, &["Allow", "Allow", "Deny", "Pass", "Log"])});
+                let mut remote = serde_json::Map::new();
+                match rng.random_range(0..5) {
+                    0 => {
+                        remote.insert("selector".into(), json!(selector(&mut rng)));
+                    }
+                    1 => {
+                        remote.insert("notSelector".into(), json!(selector(&mut rng)));
+                    }
+                    2 => {
+                        remote.insert(
+                            "namespaceSelector".into(),
+                            json!(format!("ns == '{}'", pick(&mut rng, &["x", "y", "z"]))),
+                        );
+                    }
+                    3 => {
+                        let ip = lab.pods[rng.random_range(0..n)].ip;
+                        let key = if rng.random_bool(0.5) { "nets" } else { "notNets" };
+                        remote.insert(key.into(), json!([format!("{ip}/32")]));
+                    }
+                    _ => {}
+                }
+                match rng.random_range(0..5) {
+                    0 => rule["protocol"] = json!(pick(&mut rng, &["TCP", "UDP"])),
+                    1 => {
+                        rule["protocol"] = json!("TCP");
+                        rule["destination"] =
+                            json!({"ports": [pick(&mut rng, &["80", "81", "80:81", "serve-81-tcp"])]});
+                    }
+                    2 => rule["notProtocol"] = json!("UDP"),
+                    3 => {
+                        rule["protocol"] = json!("ICMP");
+                        rule["icmp"] = json!({"type": 8});
+                    }
+                    _ => {}
+                }
+                rules.push((rule, remote));
+            }
+            let direction = pick(&mut rng, &["Ingress", "Egress"]);
+            let (own, far) = if direction == "Ingress" {
+                ("destination", "source")
+            } else {
+                ("source", "destination")
+            };
+            let rules: Vec<Value> = rules
+                .into_iter()
+                .map(|(mut rule, remote)| {
+                    if !remote.is_empty() {
+                        rule[far] = Value::Object(remote);
+                    }
+                    // ports stay on the destination: for egress that is the remote side
+                    if own == "source"
+                        && rule.get("destination").is_some()
+                        && rule["destination"].get("ports").is_none()
+                    {
+                        rule.as_object_mut().unwrap().remove("destination");
+                    }
+                    rule
+                })
+                .collect();
+            let mut spec = json!({"selector": selector(&mut rng), "types": [direction]});
+            spec[direction.to_lowercase()] = json!(rules);
+            if rng.random_bool(0.7) {
+                spec["order"] = json!(rng.random_range(0..2000));
+            }
+            if rng.random_bool(0.5) {
+                objects.push(gnp(&format!("g{round}-{p}"), spec));
+            } else {
+                objects.push(cnp(&pick(&mut rng, &["x", "y", "z"]), &format!("c{round}-{p}"), spec));
+            }
+        }
+        if rng.random_bool(0.5) {
+            let ns = pick(&mut rng, &["x", "y", "z"]);
+            objects.push(k8s(
+                &ns,
+                "k",
+                json!({"podSelector": {}, "ingress": [{"from": [
+                {"namespaceSelector": {"matchLabels": {"ns": pick(&mut rng, &["x", "y", "z"])}}}]}]}),
+            ));
+        }
+        let shown = serde_json::to_string_pretty(&objects).unwrap();
+        apply(&mut lab, objects);
+        let cells: Vec<_> = (0..40)
+            .map(|_| {
+                let (proto, port) = match rng.random_range(0..5) {
+                    0 => (ICMP, 8),
+                    1 | 2 => (TCP, 80 + rng.random_range(0..2)),
+                    _ => (UDP, 80 + rng.random_range(0..2)),
+                };
+                (rng.random_range(0..n), rng.random_range(0..n), proto, port)
+            })
+            .collect();
+        let expected: Vec<bool> = cells
+            .iter()
+            .map(|&(f, t, p, port)| lab.evaluate(f, t, p, port))
+            .collect();
+        let mut got = lab.probe_all(&cells, Duration::from_millis(300));
+        let again: Vec<usize> = (0..cells.len()).filter(|&i| got[i] != expected[i]).collect();
+        let retry: Vec<_> = again.iter().map(|&i| cells[i]).collect();
+        for (&i, r) in again.iter().zip(lab.probe_all(&retry, Duration::from_secs(2))) {
+            got[i] = r;
+        }
+        probed += cells.len();
+        denied += expected.iter().filter(|e| !**e).count();
+        for (i, &(f, t, proto, port)) in cells.iter().enumerate() {
+            if got[i] != expected[i] {
+                disagreements.push(format!(
+                    "seed {seed} round {round}: {} -> {} {proto}/{port}: packet {}, evaluator {}\npolicies: {shown}\nnode 0:\n{}\nnode 1:\n{}",
+                    lab.pods[f].key, lab.pods[t].key, got[i], expected[i], lab.listing(0), lab.listing(1)
+                ));
+            }
+        }
+    }
+    eprintln!("{probed} random cells probed, {denied} of them denied (seed {seed})");
+    assert!(
+        denied > probed / 10 && denied < probed * 9 / 10,
+        "random policies should both allow and deny"
+    );
+    assert!(disagreements.is_empty(), "{}", disagreements.join("\n\n"));
+}
