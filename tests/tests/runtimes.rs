@@ -1,0 +1,375 @@
+//! Real container runtimes through terway: podman (CNI backend) runs
+//! containers on the `terway` network of a `terwayd run --standalone` that
+//! wires them into a simulated node, against the API emulator.
+//!
+//! The whole test runs in a private network and mount namespace of its own
+//! (it re-executes itself under `unshare`): tmpfs over /run/netns and
+//! /etc/cni/net.d, container storage in a temporary directory, so the
+//! machine's root namespaces are never touched. Root only, and podman, runc
+//! and busybox-static installed (`.ci/run` installs them); otherwise it says
+//! why it skipped.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use terway_cloud::emulator::{Emulator, Scenario};
+use terway_node::cni::exchange;
+use terway_node::cni::protocol::{Inspect, Reply, Request};
+use terway_node::simulated_node::SimulatedNode;
+
+const INNER: &str = "TERWAY_RUNTIMES_INSIDE";
+const VPC_ADDR: &str = "10.99.0.1";
+
+fn main() -> ExitCode {
+    if let Some(why) = skip_reason() {
+        println!("SKIPPED runtimes: {why}");
+        return ExitCode::SUCCESS;
+    }
+    if std::env::var_os(INNER).is_none() {
+        // the same binary again, in namespaces of its own
+        let status = Command::new("unshare")
+            .args(["--mount", "--net", "--propagation", "private"])
+            .arg(std::env::current_exe().unwrap())
+            .env(INNER, "1")
+            .status()
+            .unwrap();
+        return if status.success() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
+    podman();
+    println!("test runtimes::podman ... ok");
+    ExitCode::SUCCESS
+}
+
+fn skip_reason() -> Option<String> {
+    let root =
+        std::fs::read_to_string("/proc/self/status").is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:\t0\t")));
+    if !root {
+        return Some("needs root for network and mount namespaces".into());
+    }
+    for (tool, package) in [("podman", "podman"), ("runc", "runc"), ("unshare", "util-linux")] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !found {
+            return Some(format!("{tool} is not installed (Debian package {package})"));
+        }
+    }
+    if !busybox_is_static() {
+        return Some("no static /bin/busybox for the container image (Debian package busybox-static)".into());
+    }
+    None
+}
+
+fn busybox_is_static() -> bool {
+    Command::new("ldd")
+        .arg("/bin/busybox")
+        .output()
+        .is_ok_and(|o| !o.status.success() || String::from_utf8_lossy(&o.stdout).contains("not a dynamic"))
+        && Path::new("/bin/busybox").exists()
+}
+
+fn sh(args: &[&str]) {
+    let status = Command::new(args[0]).args(&args[1..]).status().unwrap();
+    assert!(status.success(), "{args:?}");
+}
+
+/// The private namespaces: loopback up, fresh /run/netns and /etc/cni/net.d.
+fn prepare_namespaces() {
+    sh(&["ip", "link", "set", "lo", "up"]);
+    for dir in ["/run/netns", "/etc/cni/net.d"] {
+        std::fs::create_dir_all(dir).unwrap();
+        sh(&["mount", "-t", "tmpfs", "tmpfs", dir]);
+    }
+}
+
+struct Podman {
+    base: Vec<String>,
+    conf: PathBuf,
+}
+
+impl Podman {
+    fn new(dir: &Path, plugin_dir: &Path) -> Self {
+        let conf = dir.join("containers.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                r#"[containers]
+default_ulimits = ["nofile=4096:4096", "nproc=4096:4096"]
+[engine]
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+[network]
+network_backend = "cni"
+network_config_dir = "/etc/cni/net.d"
+cni_plugin_dirs = ["{}", "/usr/lib/cni"]
+"#,
+                plugin_dir.display()
+            ),
+        )
+        .unwrap();
+        let base = vec![
+            "--root".into(),
+            dir.join("storage").display().to_string(),
+            "--runroot".into(),
+            dir.join("run").display().to_string(),
+            "--tmpdir".into(),
+            dir.join("tmp").display().to_string(),
+        ];
+        Self { base, conf }
+    }
+
+    /// Runs podman; (success, stdout, stderr).
+    fn run(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new("podman")
+            .args(&self.base)
+            .args(args)
+            .env("CONTAINERS_CONF", &self.conf)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+            String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        )
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let (ok, out, err) = self.run(args);
+        assert!(ok, "podman {args:?}: {err}");
+        out
+    }
+
+    fn ip_of(&self, container: &str) -> String {
+        self.ok(&[
+            "inspect",
+            "-f",
+            "{{.NetworkSettings.Networks.terway.IPAddress}}",
+            container,
+        ])
+    }
+}
+
+/// terwayd's view over its socket.
+fn inspect(socket: &Path, what: Inspect) -> serde_json::Value {
+    match exchange(socket, &Request::Inspect { what }, Duration::from_secs(10)).unwrap() {
+        Reply::Inspect { body } => body,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Addresses terwayd has bound to containers.
+fn bound(socket: &Path) -> Vec<String> {
+    let pods = inspect(socket, Inspect::Pods);
+    pods.as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| {
+            p["ips"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|ip| ip.as_str().unwrap().to_owned())
+        })
+        .collect()
+}
+
+fn podman() {
+    prepare_namespaces();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let sim = Arc::new(SimulatedNode::new("rt").unwrap());
+    sim.add_vpc_address(&format!("{VPC_ADDR}/32")).unwrap();
+    let em = rt.block_on(Emulator::start(Scenario::default())).unwrap();
+    em.add_hotplug_hook(sim.clone());
+
+    // terwayd as the systemd unit runs it, its host being the simulated node
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("eni.socket");
+    let own = format!(
+        r#", "max_pool_size": 5, "min_pool_size": 2, "ledger_path": "{}", "socket_path": "{}""#,
+        dir.path().join("ledger").display(),
+        socket.display()
+    );
+    let config = dir.path().join("eni_conf");
+    std::fs::write(
+        &config,
+        terway_tests::eni_conf(&em.url(), &["vsw-large0000000001"], &own),
+    )
+    .unwrap();
+    let log = dir.path().join("terwayd.log");
+    let mut terwayd = Command::new(terway_tests::binary("terwayd"))
+        .args(["--log-format", "json", "run", "--standalone", "--config"])
+        .arg(&config)
+        .arg("--host-netns")
+        .arg(sim.node_ns_path())
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while exchange(&socket, &Request::Status, Duration::from_secs(2)).is_err() {
+        assert!(Instant::now() < deadline, "terwayd did not serve");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // the network podman uses: terway alone, in a conflist that sorts first
+    let plugin_dir = dir.path().join("cni-bin");
+    std::fs::create_dir_all(&plugin_dir).unwrap();
+    std::os::unix::fs::symlink(terway_tests::binary("terway"), plugin_dir.join("terway")).unwrap();
+    std::fs::write(
+        "/etc/cni/net.d/10-terway.conflist",
+        serde_json::json!({"cniVersion": "1.0.0", "name": "terway",
+            "plugins": [{"type": "terway", "socket": socket}]})
+        .to_string(),
+    )
+    .unwrap();
+    let podman = Podman::new(dir.path(), &plugin_dir);
+    // a local busybox image: no registry is reachable
+    let rootfs = dir.path().join("rootfs");
+    for d in ["bin", "proc", "sys", "dev", "etc", "tmp"] {
+        std::fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+    for applet in ["sh", "ip", "sleep", "ping", "cat", "hostname"] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+    }
+    let tar = dir.path().join("busybox.tar");
+    sh(&["tar", "-C", rootfs.to_str().unwrap(), "-cf", tar.to_str().unwrap(), "."]);
+    podman.ok(&["import", tar.to_str().unwrap(), "localhost/busybox:latest"]);
+
+    let reaches_vpc = |container: &str| {
+        podman
+            .run(&["exec", container, "ping", "-c", "1", "-W", "2", VPC_ADDR])
+            .0
+    };
+    let route = |ip: &str| {
+        let pods = inspect(&socket, Inspect::Pods);
+        let eni = pods
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["ips"][0] == ip)
+            .and_then(|p| p["eni_id"].as_str())
+            .map(str::to_owned)
+            .unwrap_or_else(|| panic!("{ip} in terwayd's pods: {pods}"));
+        let enis = inspect(&socket, Inspect::Enis);
+        let mac = enis
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["id"] == eni.as_str())
+            .and_then(|e| e["mac"].as_str())
+            .unwrap()
+            .to_owned();
+        sim.route_to_pod(ip, &mac).unwrap();
+    };
+
+    // run -d: the address podman reports is the one terwayd bound
+    let t = Instant::now();
+    podman.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--network",
+        "terway",
+        "localhost/busybox",
+        "sleep",
+        "600",
+    ]);
+    let took = t.elapsed();
+    let ip = podman.ip_of("web");
+    assert_eq!(bound(&socket), vec![ip.clone()], "podman's address is terwayd's");
+    route(&ip);
+    assert!(reaches_vpc("web"), "{ip} reaches the VPC");
+    println!(
+        "podman: container web got {ip}; `podman run -d` took {:.0} ms, terwayd's ADD {}",
+        took.as_secs_f64() * 1e3,
+        add_took(&log).last().map_or("?".into(), |ms| format!("{ms:.1} ms"))
+    );
+    // stop gives the address back; start takes one again
+    podman.ok(&["stop", "-t", "0", "web"]);
+    assert!(bound(&socket).is_empty(), "stop released the address");
+    podman.ok(&["start", "web"]);
+    let again = podman.ip_of("web");
+    assert_eq!(bound(&socket), vec![again.clone()]);
+    podman.ok(&["rm", "-f", "web"]);
+    assert!(bound(&socket).is_empty(), "rm released the address");
+
+    // run --rm without --name: a generated name that is no Kubernetes name
+    let out = podman.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "terway",
+        "localhost/busybox",
+        "ip",
+        "-4",
+        "-o",
+        "addr",
+        "show",
+        "eth0",
+    ]);
+    assert!(out.contains("inet "), "{out}");
+    assert!(bound(&socket).is_empty(), "--rm released the address");
+
+    // a pod: two containers share one address
+    podman.ok(&["pod", "create", "--name", "duo", "--network", "terway"]);
+    podman.ok(&[
+        "run",
+        "-d",
+        "--pod",
+        "duo",
+        "--name",
+        "one",
+        "localhost/busybox",
+        "sleep",
+        "600",
+    ]);
+    podman.ok(&[
+        "run",
+        "-d",
+        "--pod",
+        "duo",
+        "--name",
+        "two",
+        "localhost/busybox",
+        "sleep",
+        "600",
+    ]);
+    let addr = |c: &str| podman.ok(&["exec", c, "ip", "-4", "-o", "addr", "show", "eth0"]);
+    let (one, two) = (addr("one"), addr("two"));
+    assert_eq!(one, two, "the pod's containers share the address");
+    assert_eq!(bound(&socket).len(), 1, "one address for the pod");
+    podman.ok(&["pod", "rm", "-f", "duo"]);
+    assert!(bound(&socket).is_empty(), "pod rm released the address");
+
+    let _ = terwayd.kill();
+    let _ = terwayd.wait();
+    drop(em);
+    drop(sim);
+}
+
+/// terwayd's `ADD served` times (ms), from its JSON log.
+fn add_took(log: &Path) -> Vec<f64> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["fields"]["message"] == "ADD served")
+        .filter_map(|v| v["fields"]["took_ms"].as_f64())
+        .collect()
+}
