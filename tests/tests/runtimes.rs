@@ -1,13 +1,15 @@
-//! Real container runtimes through terway: podman (CNI backend) runs
-//! containers on the `terway` network of a `terwayd run --standalone` that
-//! wires them into a simulated node, against the API emulator.
+//! Real container runtimes through terway: podman (CNI backend) and
+//! containerd's `ctr run --cni` run containers on the `terway` network of a
+//! `terwayd run --standalone` that wires them into a simulated node, against
+//! the API emulator. Prints each container's address and the time the
+//! runtime's call and terwayd's ADD took.
 //!
 //! The whole test runs in a private network and mount namespace of its own
 //! (it re-executes itself under `unshare`): tmpfs over /run/netns and
 //! /etc/cni/net.d, container storage in a temporary directory, so the
-//! machine's root namespaces are never touched. Root only, and podman, runc
-//! and busybox-static installed (`.ci/run` installs them); otherwise it says
-//! why it skipped.
+//! machine's root namespaces are never touched. Root only, and podman, runc,
+//! containerd and busybox-static installed (`.ci/run` installs them);
+//! otherwise it says why it skipped.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
@@ -41,8 +43,7 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         };
     }
-    podman();
-    println!("test runtimes::podman ... ok");
+    run_inside();
     ExitCode::SUCCESS
 }
 
@@ -52,7 +53,13 @@ fn skip_reason() -> Option<String> {
     if !root {
         return Some("needs root for network and mount namespaces".into());
     }
-    for (tool, package) in [("podman", "podman"), ("runc", "runc"), ("unshare", "util-linux")] {
+    for (tool, package) in [
+        ("podman", "podman"),
+        ("runc", "runc"),
+        ("containerd", "containerd"),
+        ("ctr", "containerd"),
+        ("unshare", "util-linux"),
+    ] {
         let found = Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
             .stdout(Stdio::null())
@@ -81,13 +88,15 @@ fn sh(args: &[&str]) {
     assert!(status.success(), "{args:?}");
 }
 
-/// The private namespaces: loopback up, fresh /run/netns and /etc/cni/net.d.
+/// The private namespaces: loopback up, fresh /run/netns, /etc/cni/net.d
+/// and /opt (where `ctr run --cni` looks for plugins: /opt/cni/bin).
 fn prepare_namespaces() {
     sh(&["ip", "link", "set", "lo", "up"]);
-    for dir in ["/run/netns", "/etc/cni/net.d"] {
+    for dir in ["/run/netns", "/etc/cni/net.d", "/opt"] {
         std::fs::create_dir_all(dir).unwrap();
         sh(&["mount", "-t", "tmpfs", "tmpfs", dir]);
     }
+    std::fs::create_dir_all("/opt/cni/bin").unwrap();
 }
 
 struct Podman {
@@ -182,7 +191,7 @@ fn bound(socket: &Path) -> Vec<String> {
         .collect()
 }
 
-fn podman() {
+fn run_inside() {
     prepare_namespaces();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -226,8 +235,7 @@ fn podman() {
     }
 
     // the network podman uses: terway alone, in a conflist that sorts first
-    let plugin_dir = dir.path().join("cni-bin");
-    std::fs::create_dir_all(&plugin_dir).unwrap();
+    let plugin_dir = PathBuf::from("/opt/cni/bin");
     std::os::unix::fs::symlink(terway_tests::binary("terway"), plugin_dir.join("terway")).unwrap();
     std::fs::write(
         "/etc/cni/net.d/10-terway.conflist",
@@ -356,6 +364,20 @@ fn podman() {
     assert_eq!(bound(&socket).len(), 1, "one address for the pod");
     podman.ok(&["pod", "rm", "-f", "duo"]);
     assert!(bound(&socket).is_empty(), "pod rm released the address");
+    println!("test runtimes::podman ... ok");
+
+    // containerd's ctr, with the same image saved by podman as an OCI archive
+    let image = dir.path().join("busybox-oci.tar");
+    podman.ok(&[
+        "save",
+        "--format",
+        "oci-archive",
+        "-o",
+        image.to_str().unwrap(),
+        "localhost/busybox:latest",
+    ]);
+    ctr(dir.path(), &image, &socket, &log);
+    println!("test runtimes::ctr ... ok");
 
     let _ = terwayd.kill();
     let _ = terwayd.wait();
@@ -372,4 +394,86 @@ fn add_took(log: &Path) -> Vec<f64> {
         .filter(|v| v["fields"]["message"] == "ADD served")
         .filter_map(|v| v["fields"]["took_ms"].as_f64())
         .collect()
+}
+
+/// containerd 1.6 and `ctr run --cni` (no Kubernetes arguments; its cleanup
+/// DEL comes when the container exits).
+fn ctr(dir: &Path, image: &Path, socket: &Path, log: &Path) {
+    let root = dir.join("containerd");
+    let address = root.join("containerd.sock");
+    let config = root.join("config.toml");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "version = 2\nroot = \"{r}/root\"\nstate = \"{r}/state\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\naddress = \"{a}\"\n",
+            r = root.display(),
+            a = address.display()
+        ),
+    )
+    .unwrap();
+    let mut containerd = Command::new("containerd")
+        .arg("--config")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(root.join("containerd.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let ctr = |args: &[&str]| {
+        let out = Command::new("ctr")
+            .arg("--address")
+            .arg(&address)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+            String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ctr(&["version"]).0 {
+        assert!(Instant::now() < deadline, "containerd did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (ok, out, err) = ctr(&["images", "import", "--all-platforms", image.to_str().unwrap()]);
+    assert!(ok, "ctr images import: {out} {err}");
+    let (_, list, _) = ctr(&["images", "list", "-q"]);
+    let reference = list
+        .lines()
+        .next()
+        .unwrap_or_else(|| panic!("no image imported: {out}"))
+        .to_owned();
+    // the container prints its address and pings the VPC; ctr's DEL follows its exit
+    let t = Instant::now();
+    let (ok, out, err) = ctr(&[
+        "run",
+        "--cni",
+        "--rm",
+        &reference,
+        "ctr-one",
+        "sh",
+        "-c",
+        &format!("ip -4 -o addr show eth0 && ping -c 1 -W 2 {VPC_ADDR} >/dev/null && echo reached"),
+    ]);
+    let took = t.elapsed();
+    let took_add = add_took(log).last().copied();
+    let _ = containerd.kill();
+    let _ = containerd.wait();
+    assert!(ok, "ctr run --cni: {out}\n{err}");
+    let ip = out
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no address in {out}"))
+        .trim_end_matches("/32")
+        .to_owned();
+    println!(
+        "ctr: container ctr-one got {ip}; `ctr run --cni --rm` took {:.0} ms in all, terwayd's ADD {}",
+        took.as_secs_f64() * 1e3,
+        took_add.map_or("?".into(), |ms| format!("{ms:.1} ms"))
+    );
+    assert!(out.contains("reached"), "ctr-one reaches the VPC: {out}");
+    assert!(bound(socket).is_empty(), "ctr's DEL released {ip}");
 }
