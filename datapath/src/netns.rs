@@ -33,6 +33,22 @@ impl NetNs {
         })
     }
 
+    /// Whether `path` is a namespace at all (a file of the kernel's nsfs, as
+    /// `/var/run/netns/<name>` and `/proc/<pid>/ns/net` are), not a regular
+    /// file or a directory: checked before anything is set up for it.
+    pub fn check(path: &Path) -> Result<(), String> {
+        let file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let fs = nix::sys::statfs::fstatfs(&file).map_err(|e| format!("{}: {e}", path.display()))?;
+        if fs.filesystem_type() == nix::sys::statfs::NSFS_MAGIC {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} is not a network namespace (not a file of the kernel's nsfs)",
+                path.display()
+            ))
+        }
+    }
+
     /// Like [`open`](Self::open), but a namespace that is gone is `None`.
     pub fn open_if_exists(path: &Path) -> Result<Option<Self>, DatapathError> {
         match Self::open(path) {

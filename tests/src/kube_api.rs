@@ -43,6 +43,7 @@ struct Store {
     /// API groups this server does not serve (a CRD not installed): 404.
     missing_groups: Vec<String>,
     requests: Vec<String>,
+    user_agents: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -302,6 +303,14 @@ impl FakeApiServer {
         }
     }
 
+    /// The User-Agent of every request so far (`(none)` when absent), distinct.
+    pub fn user_agents(&self) -> Vec<String> {
+        let mut agents = self.shared.store.lock().unwrap().user_agents.clone();
+        agents.sort();
+        agents.dedup();
+        agents
+    }
+
     /// Requests seen so far, as `METHOD path?query`.
     pub fn requests(&self) -> Vec<String> {
         self.shared.store.lock().unwrap().requests.clone()
@@ -327,6 +336,12 @@ async fn handle(
     {
         let mut store = shared.store.lock().unwrap();
         store.requests.push(format!("{method} {uri}"));
+        let agent = headers
+            .get("user-agent")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("(none)")
+            .to_owned();
+        store.user_agents.push(agent);
         if store.unavailable {
             return status(503, "ServiceUnavailable", "the API server is unavailable".into());
         }

@@ -382,6 +382,29 @@ fn containers_without_kubernetes_through_the_terway_binary() {
         (record.pod.namespace.as_str(), record.pod.name.as_str()),
         ("_runtime", "0a1b2c3d4e5f_eth0")
     );
+    // a CNI_NETNS that is no namespace is the caller's error, and nothing is bound for it
+    let not_a_netns = lab._dir.path().join("not-a-netns");
+    std::fs::write(&not_a_netns, "").unwrap();
+    let (ok, refused) = plugin_env(
+        &conf,
+        &[
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", "wrongns"),
+            ("CNI_NETNS", not_a_netns.to_str().unwrap()),
+            ("CNI_IFNAME", "eth0"),
+        ],
+    );
+    assert!(!ok && refused["code"] == 4, "{refused}");
+    assert!(refused["msg"].as_str().unwrap().contains("not-a-netns"), "{refused}");
+    assert!(
+        !node
+            .ledger
+            .snapshot()
+            .pods
+            .values()
+            .any(|r| r.container_id == "wrongns"),
+        "nothing bound"
+    );
     // it reaches the VPC through its ENI
     let eni = node.ledger.eni_of_ip(&ip.parse().unwrap()).unwrap();
     lab.sim.route_to_pod(&ip, &eni.mac).unwrap();

@@ -464,5 +464,19 @@ async fn a_cloud_refusal_becomes_an_alloc_ip_failed_event_with_its_code() {
         (same.len() == 1 && same[0]["count"].as_u64() >= Some(2)).then_some(())
     })
     .await;
+    // the API server expires Events (TTL): the next repeat writes a new one
+    let old = find_event(&api, "Node", NODE, "AllocIPFailed").unwrap();
+    let old_name = old["metadata"]["name"].as_str().unwrap().to_owned();
+    api.delete("events", old["metadata"]["namespace"].as_str().unwrap(), &old_name);
+    eventually("a new Event after the old one expired", || {
+        find_event(&api, "Node", NODE, "AllocIPFailed").filter(|e| e["metadata"]["name"] != old_name.as_str())
+    })
+    .await;
+    // terwayd names itself to the API server (audit logs, priority and fairness)
+    let agents = api.user_agents();
+    assert!(
+        !agents.is_empty() && agents.iter().all(|a| a.starts_with("terwayd/")),
+        "{agents:?}"
+    );
     running.stop();
 }

@@ -112,7 +112,13 @@ impl Cluster {
         watcher: Arc<ConfigWatcher>,
         options: ClusterOptions,
     ) -> anyhow::Result<(Arc<Self>, Vec<tokio::task::JoinHandle<()>>)> {
-        let client = kube::Client::try_from(options.kube.clone())?;
+        let mut kube_config = options.kube.clone();
+        // audit logs and API priority and fairness attribute requests by it
+        kube_config.headers.push((
+            http::header::USER_AGENT,
+            http::HeaderValue::from_static(concat!("terwayd/", env!("CARGO_PKG_VERSION"))),
+        ));
+        let client = kube::Client::try_from(kube_config)?;
         let config = node.config();
         let (notices, queue) = mpsc::channel(NOTICE_QUEUE);
         let cluster = Arc::new(Self {

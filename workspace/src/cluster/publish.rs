@@ -113,10 +113,14 @@ async fn event(
         w.count += 1;
         w.at = Instant::now();
         let patch = json!({"count": w.count, "lastTimestamp": now()});
-        return api
-            .patch(&w.name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-            .map(|_| ());
+        match api.patch(&w.name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            Ok(_) => return Ok(()),
+            // the API server expired it (Event TTL) or someone deleted it: write it anew
+            Err(kube::Error::Api(e)) if e.code == 404 => {
+                written.remove(&key);
+            }
+            Err(e) => return Err(e),
+        }
     }
     let stamp = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)

@@ -181,6 +181,12 @@ fn warn_pod(node: &Node, p: &PodRequest, reason: &'static str, message: String) 
 
 async fn add(node: &Node, p: &PodRequest) -> Reply {
     let started = Instant::now();
+    // the caller's mistake, not a moment to wait out: refused before anything is bound
+    if node.datapath.is_some() {
+        if let Err(why) = terway_datapath::netns::NetNs::check(std::path::Path::new(&p.netns)) {
+            return fail(code::INVALID_ENVIRONMENT, format!("CNI_NETNS: {why}"));
+        }
+    }
     let meta = match node.bridge.get() {
         Some(c) if p.is_kubernetes() => c.pod_meta(&p.pod_namespace, &p.pod_name, POD_META_TIMEOUT).await,
         _ => None,
