@@ -563,6 +563,21 @@ impl Lab {
         out
     }
 
+    /// Probes `cells` in parallel; a cell whose packet disagrees with
+    /// `expected` is probed once more with time to spare (a slow first
+    /// packet is not a verdict).
+    pub fn probe_expecting(&self, cells: &[(usize, usize, Protocol, u16)], expected: &[bool]) -> Vec<bool> {
+        let mut got = self.probe_all(cells, Duration::from_millis(300));
+        let again: Vec<usize> = (0..cells.len()).filter(|&i| got[i] != expected[i]).collect();
+        if !again.is_empty() {
+            let retry: Vec<_> = again.iter().map(|&i| cells[i]).collect();
+            for (&i, r) in again.iter().zip(self.probe_all(&retry, Duration::from_secs(2))) {
+                got[i] = r;
+            }
+        }
+        got
+    }
+
     /// What the evaluator says of a cell.
     pub fn evaluate(&self, from: usize, to: usize, protocol: Protocol, port: u16) -> bool {
         let (src, dst) = (&self.pods[from], &self.pods[to]);
@@ -598,15 +613,7 @@ impl Lab {
                 expected[i] = true;
             }
         }
-        let mut got = self.probe_all(&cells, Duration::from_millis(300));
-        // a cell that disagrees is probed once more, with time to spare
-        let again: Vec<usize> = (0..cells.len()).filter(|&i| got[i] != expected[i]).collect();
-        if !again.is_empty() {
-            let retry: Vec<_> = again.iter().map(|&i| cells[i]).collect();
-            for (&i, r) in again.iter().zip(self.probe_all(&retry, Duration::from_secs(2))) {
-                got[i] = r;
-            }
-        }
+        let got = self.probe_expecting(&cells, &expected);
         let width = keys.iter().map(String::len).max().unwrap_or(4).max(4);
         let mut table = format!("{title} — {proto}/{port}\n{:>width$}", "");
         for k in &keys {

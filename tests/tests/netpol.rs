@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use serde_json::{json, Value};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use terway_node::policy::model::{Policy, Protocol};
 use terway_tests::netpol_lab::{namespace_labels, Lab};
 
@@ -940,12 +940,7 @@ fn random_policies_rules_and_evaluator_agree() {
             .iter()
             .map(|&(f, t, p, port)| lab.evaluate(f, t, p, port))
             .collect();
-        let mut got = lab.probe_all(&cells, Duration::from_millis(300));
-        let again: Vec<usize> = (0..cells.len()).filter(|&i| got[i] != expected[i]).collect();
-        let retry: Vec<_> = again.iter().map(|&i| cells[i]).collect();
-        for (&i, r) in again.iter().zip(lab.probe_all(&retry, Duration::from_secs(2))) {
-            got[i] = r;
-        }
+        let got = lab.probe_expecting(&cells, &expected);
         probed += cells.len();
         denied += expected.iter().filter(|e| !**e).count();
         for (i, &(f, t, proto, port)) in cells.iter().enumerate() {

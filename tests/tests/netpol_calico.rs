@@ -708,7 +708,6 @@ fn calico_semantics_on_the_model() {
 #[test]
 fn random_calico_policies_rules_and_evaluator_agree() {
     use rand::{Rng, SeedableRng};
-    use std::time::Duration;
     if let Some(why) = terway_tests::netpol_lab::unavailable() {
         eprintln!("SKIPPED random_calico_policies_rules_and_evaluator_agree: {why}");
         return;
@@ -851,12 +850,7 @@ fn random_calico_policies_rules_and_evaluator_agree() {
             .iter()
             .map(|&(f, t, p, port)| lab.evaluate(f, t, p, port))
             .collect();
-        let mut got = lab.probe_all(&cells, Duration::from_millis(300));
-        let again: Vec<usize> = (0..cells.len()).filter(|&i| got[i] != expected[i]).collect();
-        let retry: Vec<_> = again.iter().map(|&i| cells[i]).collect();
-        for (&i, r) in again.iter().zip(lab.probe_all(&retry, Duration::from_secs(2))) {
-            got[i] = r;
-        }
+        let got = lab.probe_expecting(&cells, &expected);
         probed += cells.len();
         denied += expected.iter().filter(|e| !**e).count();
         for (i, &(f, t, proto, port)) in cells.iter().enumerate() {

@@ -111,19 +111,11 @@ impl SetSource {
                 }
             }
             Self::NamedPort(scope, protocol, name, family) => {
-                let Some(port) = pod.resolve(name, *protocol) else {
-                    return Vec::new();
-                };
-                pod.ips
-                    .iter()
-                    .filter(|ip| family.matches(ip))
-                    .filter(|ip| match scope {
-                        None => true,
-                        Some(peer @ Peer::Pods { .. }) => state.pod_in_peer(peer, &key.namespace, pod),
-                        Some(peer) => peer_matches(state, peer, **ip),
-                    })
-                    .map(|ip| format!("{ip} . {} . {port}", protocol.nft()))
-                    .collect()
+                named_port_elements(pod, *protocol, name, *family, |ip| match scope {
+                    None => true,
+                    Some(peer @ Peer::Pods { .. }) => state.pod_in_peer(peer, &key.namespace, pod),
+                    Some(peer) => peer_matches(state, peer, ip),
+                })
             }
             Self::Calico(which, family) => {
                 if which.matches_pod(state, key, pod) {
@@ -137,20 +129,31 @@ impl SetSource {
                 }
             }
             Self::CalicoNamedPort(which, protocol, name, family) => {
-                let Some(port) = pod.resolve(name, *protocol) else {
-                    return Vec::new();
-                };
-                if which.as_ref().is_some_and(|w| !w.matches_pod(state, key, pod)) || pod.host_network {
-                    return Vec::new();
-                }
-                pod.ips
-                    .iter()
-                    .filter(|ip| family.matches(ip))
-                    .map(|ip| format!("{ip} . {} . {port}", protocol.nft()))
-                    .collect()
+                named_port_elements(pod, *protocol, name, *family, |_| {
+                    !pod.host_network && which.as_ref().is_none_or(|w| w.matches_pod(state, key, pod))
+                })
             }
         }
     }
+}
+
+/// `address . protocol . port` of a pod that has the named port, for each of
+/// its addresses in `family` that `keep` accepts.
+fn named_port_elements(
+    pod: &PodInfo,
+    protocol: Protocol,
+    name: &str,
+    family: Family,
+    keep: impl Fn(IpAddr) -> bool,
+) -> Vec<String> {
+    let Some(port) = pod.resolve(name, protocol) else {
+        return Vec::new();
+    };
+    pod.ips
+        .iter()
+        .filter(|ip| family.matches(ip) && keep(**ip))
+        .map(|ip| format!("{ip} . {} . {port}", protocol.nft()))
+        .collect()
 }
 
 /// A named set and who brought which element.
