@@ -548,19 +548,6 @@ impl ClusterState {
         }
     }
 
-    /// The policies that select a pod (its namespace, its labels; never a hostNetwork pod).
-    pub fn policies_selecting<'a>(
-        &'a self,
-        key: &'a ObjectKey,
-        pod: &'a PodInfo,
-    ) -> impl Iterator<Item = &'a Policy> + 'a {
-        self.policies
-            .range(ObjectKey::new(&key.namespace, "")..)
-            .take_while(move |(k, _)| k.namespace == key.namespace)
-            .map(|(_, p)| p)
-            .filter(move |p| !pod.host_network && p.pod_selector.matches(&pod.labels))
-    }
-
     /// The pods holding an address (a hostNetwork pod holds its node's).
     pub fn pods_at(&self, ip: IpAddr) -> impl Iterator<Item = (&ObjectKey, &PodInfo)> {
         self.pods.iter().filter(move |(_, p)| p.ips.contains(&ip))

@@ -142,8 +142,10 @@ impl ClusterState {
             .unwrap_or_default()
     }
 
-    /// The policies that apply to a pod in `direction`, in Calico's order.
-    /// Calico policies with problems are left out (refused whole).
+    /// The policies that apply to a pod in `direction`, in Calico's order:
+    /// Kubernetes policies of its namespace whose podSelector matches, Calico
+    /// policies whose selectors do (those with problems are refused whole).
+    /// None for a hostNetwork pod: it is its node.
     pub fn ordered_policies<'a>(&'a self, key: &ObjectKey, pod: &PodInfo, direction: Direction) -> Vec<Ordered<'a>> {
         if pod.host_network {
             return Vec::new();
