@@ -1,5 +1,6 @@
-//! Real container runtimes through terway: podman (CNI backend) and
-//! containerd's `ctr run --cni` run containers on the `terway` network of a
+//! Real container runtimes through terway: podman (CNI backend),
+//! containerd's `ctr run --cni`, and containerd's CRI driven as kubelet
+//! drives it run containers on the `terway` network of a
 //! `terwayd run --standalone` that wires them into a simulated node, against
 //! the API emulator. Prints each container's address and the time the
 //! runtime's call and terwayd's ADD took.
@@ -68,6 +69,9 @@ fn skip_reason() -> Option<String> {
         if !found {
             return Some(format!("{tool} is not installed (Debian package {package})"));
         }
+    }
+    if !Path::new("/usr/lib/cni/loopback").exists() {
+        return Some("no CNI loopback plugin for containerd's CRI (Debian package containernetworking-plugins)".into());
     }
     if !busybox_is_static() {
         return Some("no static /bin/busybox for the container image (Debian package busybox-static)".into());
@@ -237,6 +241,8 @@ fn run_inside() {
     // the network podman uses: terway alone, in a conflist that sorts first
     let plugin_dir = PathBuf::from("/opt/cni/bin");
     std::os::unix::fs::symlink(terway_tests::binary("terway"), plugin_dir.join("terway")).unwrap();
+    // containerd's CRI sets up the sandbox's loopback with the reference plugin
+    std::os::unix::fs::symlink("/usr/lib/cni/loopback", plugin_dir.join("loopback")).unwrap();
     std::fs::write(
         "/etc/cni/net.d/10-terway.conflist",
         serde_json::json!({"cniVersion": "1.0.0", "name": "terway",
@@ -379,6 +385,28 @@ fn run_inside() {
     ctr(dir.path(), &image, &socket, &log);
     println!("test runtimes::ctr ... ok");
 
+    // containerd through CRI, as kubelet drives it; the sandbox image is a
+    // busybox that sleeps (no registry to pull pause from)
+    let tar_path = tar.to_str().unwrap();
+    podman.ok(&[
+        "import",
+        "--change",
+        "CMD [\"/bin/sleep\", \"1000000\"]",
+        tar_path,
+        "localhost/pause:latest",
+    ]);
+    let pause = dir.path().join("pause-oci.tar");
+    podman.ok(&[
+        "save",
+        "--format",
+        "oci-archive",
+        "-o",
+        pause.to_str().unwrap(),
+        "localhost/pause:latest",
+    ]);
+    rt.block_on(cri(dir.path(), &pause, &socket, &log));
+    println!("test runtimes::cri ... ok");
+
     let _ = terwayd.kill();
     let _ = terwayd.wait();
     drop(em);
@@ -396,33 +424,54 @@ fn add_took(log: &Path) -> Vec<f64> {
         .collect()
 }
 
-/// containerd 1.6 and `ctr run --cni` (no Kubernetes arguments; its cleanup
-/// DEL comes when the container exits).
-fn ctr(dir: &Path, image: &Path, socket: &Path, log: &Path) {
-    let root = dir.join("containerd");
-    let address = root.join("containerd.sock");
-    let config = root.join("config.toml");
-    std::fs::create_dir_all(&root).unwrap();
-    std::fs::write(
-        &config,
-        format!(
-            "version = 2\nroot = \"{r}/root\"\nstate = \"{r}/state\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\naddress = \"{a}\"\n",
-            r = root.display(),
-            a = address.display()
-        ),
-    )
-    .unwrap();
-    let mut containerd = Command::new("containerd")
-        .arg("--config")
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(root.join("containerd.log")).unwrap())
-        .spawn()
+/// A containerd of the test's own (root, state and socket under `root`),
+/// killed on drop; `cri`: with its CRI plugin, as kubelet's nodes run it.
+struct Containerd {
+    address: PathBuf,
+    child: std::process::Child,
+}
+
+impl Containerd {
+    fn start(root: &Path, cri: bool) -> Self {
+        let address = root.join("containerd.sock");
+        let config = root.join("config.toml");
+        std::fs::create_dir_all(root).unwrap();
+        let plugins = if cri {
+            "[plugins.\"io.containerd.grpc.v1.cri\"]\nrestrict_oom_score_adj = true\nsandbox_image = \"localhost/pause:latest\"\n\
+             [plugins.\"io.containerd.grpc.v1.cri\".cni]\nbin_dir = \"/opt/cni/bin\"\nconf_dir = \"/etc/cni/net.d\"\n"
+        } else {
+            "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n"
+        };
+        std::fs::write(
+            &config,
+            format!(
+                "version = 2\nroot = \"{r}/root\"\nstate = \"{r}/state\"\n{plugins}[grpc]\naddress = \"{a}\"\n",
+                r = root.display(),
+                a = address.display()
+            ),
+        )
         .unwrap();
-    let ctr = |args: &[&str]| {
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(root.join("containerd.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let this = Self { address, child };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !this.ctr(&["version"]).0 {
+            assert!(Instant::now() < deadline, "containerd did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        this
+    }
+
+    /// `ctr` against this containerd: (success, stdout, stderr).
+    fn ctr(&self, args: &[&str]) -> (bool, String, String) {
         let out = Command::new("ctr")
             .arg("--address")
-            .arg(&address)
+            .arg(&self.address)
             .args(args)
             .output()
             .unwrap();
@@ -431,23 +480,42 @@ fn ctr(dir: &Path, image: &Path, socket: &Path, log: &Path) {
             String::from_utf8_lossy(&out.stdout).trim().to_owned(),
             String::from_utf8_lossy(&out.stderr).trim().to_owned(),
         )
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !ctr(&["version"]).0 {
-        assert!(Instant::now() < deadline, "containerd did not start");
-        std::thread::sleep(Duration::from_millis(100));
     }
-    let (ok, out, err) = ctr(&["images", "import", "--all-platforms", image.to_str().unwrap()]);
-    assert!(ok, "ctr images import: {out} {err}");
-    let (_, list, _) = ctr(&["images", "list", "-q"]);
-    let reference = list
-        .lines()
-        .next()
-        .unwrap_or_else(|| panic!("no image imported: {out}"))
-        .to_owned();
+
+    /// Imports an OCI archive into a containerd namespace; returns the image's reference.
+    fn import(&self, namespace: &str, image: &Path) -> String {
+        let (ok, out, err) = self.ctr(&[
+            "-n",
+            namespace,
+            "images",
+            "import",
+            "--all-platforms",
+            image.to_str().unwrap(),
+        ]);
+        assert!(ok, "ctr images import: {out} {err}");
+        let (_, list, _) = self.ctr(&["-n", namespace, "images", "list", "-q"]);
+        list.lines()
+            .next()
+            .unwrap_or_else(|| panic!("no image imported: {out}"))
+            .to_owned()
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// containerd 1.6 and `ctr run --cni` (no Kubernetes arguments; its cleanup
+/// DEL comes when the container exits).
+fn ctr(dir: &Path, image: &Path, socket: &Path, log: &Path) {
+    let containerd = Containerd::start(&dir.join("containerd"), false);
+    let reference = containerd.import("default", image);
     // the container prints its address and pings the VPC; ctr's DEL follows its exit
     let t = Instant::now();
-    let (ok, out, err) = ctr(&[
+    let (ok, out, err) = containerd.ctr(&[
         "run",
         "--cni",
         "--rm",
@@ -459,8 +527,7 @@ fn ctr(dir: &Path, image: &Path, socket: &Path, log: &Path) {
     ]);
     let took = t.elapsed();
     let took_add = add_took(log).last().copied();
-    let _ = containerd.kill();
-    let _ = containerd.wait();
+    drop(containerd);
     assert!(ok, "ctr run --cni: {out}\n{err}");
     let ip = out
         .split_whitespace()
@@ -476,4 +543,94 @@ fn ctr(dir: &Path, image: &Path, socket: &Path, log: &Path) {
     );
     assert!(out.contains("reached"), "ctr-one reaches the VPC: {out}");
     assert!(bound(socket).is_empty(), "ctr's DEL released {ip}");
+}
+
+/// containerd's CRI over its socket, as kubelet drives it: RunPodSandbox
+/// (the K8S_* arguments reach terway), PodSandboxStatus (its address is
+/// terwayd's), StopPodSandbox (released), RemovePodSandbox.
+async fn cri(dir: &Path, pause: &Path, socket: &Path, log: &Path) {
+    use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+    use k8s_cri::v1::{
+        LinuxPodSandboxConfig, PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest, RemovePodSandboxRequest,
+        RunPodSandboxRequest, StopPodSandboxRequest,
+    };
+    let root = dir.join("containerd-cri");
+    let containerd = Containerd::start(&root, true);
+    let reference = containerd.import("k8s.io", pause);
+    if reference != "localhost/pause:latest" {
+        let (ok, _, err) = containerd.ctr(&["-n", "k8s.io", "images", "tag", &reference, "localhost/pause:latest"]);
+        assert!(ok, "ctr images tag: {err}");
+    }
+    let path = containerd.address.clone();
+    let channel = tonic::transport::Endpoint::try_from("http://[::]:50051")
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(path).await?,
+                ))
+            }
+        }))
+        .await
+        .unwrap();
+    let mut client = RuntimeServiceClient::new(channel);
+    let config = PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: "cri-pod".into(),
+            uid: "0b5e7c2a-cri-pod".into(),
+            namespace: "cri".into(),
+            attempt: 0,
+        }),
+        hostname: "cri-pod".into(),
+        log_directory: root.join("logs").display().to_string(),
+        linux: Some(LinuxPodSandboxConfig::default()),
+        ..Default::default()
+    };
+    let t = Instant::now();
+    let id = client
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(config),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}"))
+        .into_inner()
+        .pod_sandbox_id;
+    let took = t.elapsed();
+    let status = client
+        .pod_sandbox_status(PodSandboxStatusRequest {
+            pod_sandbox_id: id.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap();
+    let ip = status.network.map(|n| n.ip).unwrap_or_default();
+    println!(
+        "cri: sandbox cri/cri-pod got {ip}; RunPodSandbox took {:.0} ms, terwayd's ADD {}",
+        took.as_secs_f64() * 1e3,
+        add_took(log).last().map_or("?".into(), |ms| format!("{ms:.1} ms"))
+    );
+    assert_eq!(bound(socket), vec![ip.clone()], "the sandbox's address is terwayd's");
+    let pods = inspect(socket, Inspect::Pods);
+    assert_eq!(
+        (pods[0]["namespace"].as_str(), pods[0]["name"].as_str()),
+        (Some("cri"), Some("cri-pod")),
+        "kubelet's K8S_* arguments name the pod: {pods}"
+    );
+    client
+        .stop_pod_sandbox(StopPodSandboxRequest {
+            pod_sandbox_id: id.clone(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("StopPodSandbox: {e}"));
+    assert!(bound(socket).is_empty(), "StopPodSandbox released {ip}");
+    client
+        .remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id })
+        .await
+        .unwrap_or_else(|e| panic!("RemovePodSandbox: {e}"));
+    drop(containerd);
 }
