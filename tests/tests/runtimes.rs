@@ -32,20 +32,43 @@ fn main() -> ExitCode {
     }
     if std::env::var_os(INNER).is_none() {
         // the same binary again, in namespaces of its own
+        let before = root_state();
         let status = Command::new("unshare")
             .args(["--mount", "--net", "--propagation", "private"])
             .arg(std::env::current_exe().unwrap())
             .env(INNER, "1")
             .status()
             .unwrap();
-        return if status.success() {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::FAILURE
-        };
+        if !status.success() {
+            return ExitCode::FAILURE;
+        }
+        assert_eq!(before, root_state(), "the root namespaces changed");
+        println!("test runtimes::root_namespaces_unchanged ... ok");
+        return ExitCode::SUCCESS;
     }
     run_inside();
     ExitCode::SUCCESS
+}
+
+/// Links, routes, rules and netfilter tables of the machine's own namespace,
+/// and the namespaces and CNI configs it lists.
+fn root_state() -> String {
+    let run = |cmd: &[&str]| {
+        Command::new(cmd[0])
+            .args(&cmd[1..])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    };
+    [
+        run(&["ip", "-o", "link"]),
+        run(&["ip", "route", "show", "table", "all"]),
+        run(&["ip", "rule"]),
+        run(&["nft", "list", "tables"]),
+        run(&["ip", "netns", "list"]),
+        run(&["ls", "/etc/cni/net.d"]),
+    ]
+    .join("\n")
 }
 
 fn skip_reason() -> Option<String> {
@@ -142,7 +165,20 @@ cni_plugin_dirs = ["{}", "/usr/lib/cni"]
 
     /// Runs podman; (success, stdout, stderr).
     fn run(&self, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new("podman")
+        self.run_in(None, args)
+    }
+
+    /// Runs podman with `netns` as its host's network namespace (`nsenter --net`).
+    fn run_in(&self, netns: Option<&Path>, args: &[&str]) -> (bool, String, String) {
+        let mut cmd = match netns {
+            None => Command::new("podman"),
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net={}", ns.display())).arg("podman");
+                c
+            }
+        };
+        let out = cmd
             .args(&self.base)
             .args(args)
             .env("CONTAINERS_CONF", &self.conf)
@@ -257,7 +293,7 @@ fn run_inside() {
         std::fs::create_dir_all(rootfs.join(d)).unwrap();
     }
     std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
-    for applet in ["sh", "ip", "sleep", "ping", "cat", "hostname"] {
+    for applet in ["sh", "ip", "sleep", "ping", "cat", "hostname", "nc"] {
         std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
     }
     let tar = dir.path().join("busybox.tar");
@@ -370,6 +406,71 @@ fn run_inside() {
     assert_eq!(bound(&socket).len(), 1, "one address for the pod");
     podman.ok(&["pod", "rm", "-f", "duo"]);
     assert!(bound(&socket).is_empty(), "pod rm released the address");
+
+    // -p through portmap chained after terway: podman's host is the node here
+    // (where the pod's host-side interface is), a client there reaches the
+    // published port on one of the node's addresses
+    std::fs::write(
+        "/etc/cni/net.d/20-terway-portmap.conflist",
+        serde_json::json!({"cniVersion": "1.0.0", "name": "terway-portmap", "plugins": [
+            {"type": "terway", "socket": socket},
+            {"type": "portmap", "capabilities": {"portMappings": true}, "snat": true}]})
+        .to_string(),
+    )
+    .unwrap();
+    let node_ns = sim.node_ns_path();
+    sh(&["ip", "-n", &sim.node_ns, "addr", "add", "10.255.0.1/32", "dev", "lo"]);
+    let (ok, _, err) = podman.run_in(
+        Some(&node_ns),
+        &[
+            "run",
+            "-d",
+            "--name",
+            "published",
+            "--network",
+            "terway-portmap",
+            "-p",
+            "8080:80",
+            "localhost/busybox",
+            "sh",
+            "-c",
+            "while true; do echo hello-from-the-pod | nc -l -p 80; done",
+        ],
+    );
+    assert!(ok, "podman run -p: {err}");
+    let reply = terway_datapath::NetNs::open(&node_ns)
+        .unwrap()
+        .enter(|| {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                use std::io::Read;
+                let attempt =
+                    std::net::TcpStream::connect_timeout(&"10.255.0.1:8080".parse().unwrap(), Duration::from_secs(2))
+                        .and_then(|mut c| {
+                            c.set_read_timeout(Some(Duration::from_secs(2)))?;
+                            let mut text = String::new();
+                            c.read_to_string(&mut text)?;
+                            Ok(text)
+                        });
+                match attempt {
+                    Ok(text) if !text.is_empty() => return Ok(text),
+                    other if Instant::now() > deadline => return other,
+                    _ => std::thread::sleep(Duration::from_millis(200)),
+                }
+            }
+        })
+        .unwrap();
+    assert_eq!(
+        reply.as_ref().map(|t| t.trim()).ok(),
+        Some("hello-from-the-pod"),
+        "{reply:?}"
+    );
+    let (ok, _, err) = podman.run_in(Some(&node_ns), &["rm", "-f", "published"]);
+    assert!(ok, "podman rm: {err}");
+    assert!(
+        bound(&socket).is_empty(),
+        "rm released the published container's address"
+    );
     println!("test runtimes::podman ... ok");
 
     // containerd's ctr, with the same image saved by podman as an OCI archive
@@ -404,7 +505,7 @@ fn run_inside() {
         pause.to_str().unwrap(),
         "localhost/pause:latest",
     ]);
-    rt.block_on(cri(dir.path(), &pause, &socket, &log));
+    rt.block_on(cri(dir.path(), &pause, &socket, &log, &sim.vpc_ns));
     println!("test runtimes::cri ... ok");
 
     let _ = terwayd.kill();
@@ -547,8 +648,9 @@ fn ctr(dir: &Path, image: &Path, socket: &Path, log: &Path) {
 
 /// containerd's CRI over its socket, as kubelet drives it: RunPodSandbox
 /// (the K8S_* arguments reach terway), PodSandboxStatus (its address is
-/// terwayd's), StopPodSandbox (released), RemovePodSandbox.
-async fn cri(dir: &Path, pause: &Path, socket: &Path, log: &Path) {
+/// terwayd's; the VPC answers from the sandbox), StopPodSandbox (released),
+/// RemovePodSandbox.
+async fn cri(dir: &Path, pause: &Path, socket: &Path, log: &Path, vpc_ns: &str) {
     use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
     use k8s_cri::v1::{
         LinuxPodSandboxConfig, PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest, RemovePodSandboxRequest,
@@ -621,6 +723,20 @@ async fn cri(dir: &Path, pause: &Path, socket: &Path, log: &Path) {
         (Some("cri"), Some("cri-pod")),
         "kubelet's K8S_* arguments name the pod: {pods}"
     );
+    // from the sandbox's namespace, the VPC answers
+    let sandbox = terway_datapath::NetNs::open(Path::new(pods[0]["netns"].as_str().unwrap())).unwrap();
+    let vpc = terway_datapath::NetNs::open(&Path::new("/run/netns").join(vpc_ns)).unwrap();
+    let listener = vpc
+        .enter(|| std::net::TcpListener::bind((VPC_ADDR, 7901)))
+        .unwrap()
+        .unwrap();
+    let reached = sandbox
+        .enter(|| {
+            std::net::TcpStream::connect_timeout(&format!("{VPC_ADDR}:7901").parse().unwrap(), Duration::from_secs(3))
+        })
+        .unwrap();
+    assert!(reached.is_ok(), "the sandbox reaches the VPC: {reached:?}");
+    drop(listener);
     client
         .stop_pod_sandbox(StopPodSandboxRequest {
             pod_sandbox_id: id.clone(),
