@@ -578,6 +578,39 @@ impl Lab {
         got
     }
 
+    /// Probes random `cells` against the evaluator; returns how many the
+    /// evaluator denied, and a report per cell where packet and evaluator
+    /// disagree (`context`: what to reproduce it from).
+    pub fn cells_against_evaluator(
+        &self,
+        cells: &[(usize, usize, Protocol, u16)],
+        context: &str,
+    ) -> (usize, Vec<String>) {
+        let expected: Vec<bool> = cells
+            .iter()
+            .map(|&(f, t, p, port)| self.evaluate(f, t, p, port))
+            .collect();
+        let got = self.probe_expecting(cells, &expected);
+        let denied = expected.iter().filter(|e| !**e).count();
+        let disagreements = cells
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| got[*i] != expected[*i])
+            .map(|(i, &(f, t, proto, port))| {
+                format!(
+                    "{context}: {} -> {} {proto}/{port}: packet {}, evaluator {}\nnode 0:\n{}\nnode 1:\n{}",
+                    self.pods[f].key,
+                    self.pods[t].key,
+                    got[i],
+                    expected[i],
+                    self.listing(0),
+                    self.listing(1)
+                )
+            })
+            .collect();
+        (denied, disagreements)
+    }
+
     /// What the evaluator says of a cell.
     pub fn evaluate(&self, from: usize, to: usize, protocol: Protocol, port: u16) -> bool {
         let (src, dst) = (&self.pods[from], &self.pods[to]);

@@ -936,21 +936,11 @@ fn random_policies_rules_and_evaluator_agree() {
                 )
             })
             .collect();
-        let expected: Vec<bool> = cells
-            .iter()
-            .map(|&(f, t, p, port)| lab.evaluate(f, t, p, port))
-            .collect();
-        let got = lab.probe_expecting(&cells, &expected);
+        let (d, wrong) =
+            lab.cells_against_evaluator(&cells, &format!("seed {seed} round {round}, policies: {shown:#?}"));
         probed += cells.len();
-        denied += expected.iter().filter(|e| !**e).count();
-        for (i, &(f, t, proto, port)) in cells.iter().enumerate() {
-            if got[i] != expected[i] {
-                disagreements.push(format!(
-                    "seed {seed} round {round}: {} -> {} {proto}/{port}: packet {}, evaluator {}\npolicies: {shown:#?}\nnode 0:\n{}\nnode 1:\n{}",
-                    lab.pods[f].key, lab.pods[t].key, got[i], expected[i], lab.listing(0), lab.listing(1)
-                ));
-            }
-        }
+        denied += d;
+        disagreements.extend(wrong);
     }
     eprintln!("{probed} random cells probed, {denied} of them denied (seed {seed})");
     assert!(

@@ -99,17 +99,7 @@ impl SetSource {
     /// The elements a pod brings to this set.
     pub fn contribution(&self, state: &ClusterState, key: &ObjectKey, pod: &PodInfo) -> Vec<String> {
         match self {
-            Self::Peer(peer, family) => {
-                if state.pod_in_peer(peer, &key.namespace, pod) {
-                    pod.ips
-                        .iter()
-                        .filter(|ip| family.matches(ip))
-                        .map(ToString::to_string)
-                        .collect()
-                } else {
-                    Vec::new()
-                }
-            }
+            Self::Peer(peer, family) => addresses_if(pod, *family, state.pod_in_peer(peer, &key.namespace, pod)),
             Self::NamedPort(scope, protocol, name, family) => {
                 named_port_elements(pod, *protocol, name, *family, |ip| match scope {
                     None => true,
@@ -117,17 +107,7 @@ impl SetSource {
                     Some(peer) => peer_matches(state, peer, ip),
                 })
             }
-            Self::Calico(which, family) => {
-                if which.matches_pod(state, key, pod) {
-                    pod.ips
-                        .iter()
-                        .filter(|ip| family.matches(ip))
-                        .map(ToString::to_string)
-                        .collect()
-                } else {
-                    Vec::new()
-                }
-            }
+            Self::Calico(which, family) => addresses_if(pod, *family, which.matches_pod(state, key, pod)),
             Self::CalicoNamedPort(which, protocol, name, family) => {
                 named_port_elements(pod, *protocol, name, *family, |_| {
                     !pod.host_network && which.as_ref().is_none_or(|w| w.matches_pod(state, key, pod))
@@ -135,6 +115,18 @@ impl SetSource {
             }
         }
     }
+}
+
+/// A pod's addresses in `family` when it belongs in a set.
+fn addresses_if(pod: &PodInfo, family: Family, member: bool) -> Vec<String> {
+    if !member {
+        return Vec::new();
+    }
+    pod.ips
+        .iter()
+        .filter(|ip| family.matches(ip))
+        .map(ToString::to_string)
+        .collect()
 }
 
 /// `address . protocol . port` of a pod that has the named port, for each of
