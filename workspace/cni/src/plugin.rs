@@ -288,12 +288,18 @@ fn pod_request(
             (ns, name, String::new())
         }
         None => {
-            let given: String = arg("K8S_POD_NAME")
+            // at most 1024 bytes (terwayd's bound), cut on a character boundary
+            let mut given = String::new();
+            for c in arg("K8S_POD_NAME")
                 .unwrap_or_default()
                 .chars()
                 .filter(|c| !c.is_control())
-                .take(1024)
-                .collect();
+            {
+                if given.len() + c.len_utf8() > 1024 {
+                    break;
+                }
+                given.push(c);
+            }
             (
                 protocol::RUNTIME_NAMESPACE.to_owned(),
                 PodRequest::runtime_pod_name(&container_id, &ifname),
@@ -436,6 +442,13 @@ mod tests {
             ("_runtime", "c0ffee_eth0")
         );
         assert_eq!(p.runtime_name, "");
+        // a long name in a multi-byte script is cut to what terwayd takes
+        let mut pairs = full_env("ADD");
+        pairs[4].1 = format!("K8S_POD_NAME={}", "é".repeat(700));
+        let Some(request @ Request::Add(_)) = run(pairs, CONF).unwrap().request else {
+            panic!()
+        };
+        protocol::decode_request(&serde_json::to_vec(&request).unwrap()).unwrap();
         // a Kubernetes namespace with a bad name is still refused
         let mut pairs = full_env("ADD");
         pairs[4].1 = "K8S_POD_NAMESPACE=Bad_NS;K8S_POD_NAME=web".into();
