@@ -258,16 +258,18 @@ fn run_inside() {
     )
     .unwrap();
     let log = dir.path().join("terwayd.log");
-    let mut terwayd = Command::new(terway_tests::binary("terwayd"))
-        .args(["--log-format", "json", "run", "--standalone", "--config"])
-        .arg(&config)
-        .arg("--host-netns")
-        .arg(sim.node_ns_path())
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let terwayd = KillOnDrop(
+        Command::new(terway_tests::binary("terwayd"))
+            .args(["--log-format", "json", "run", "--standalone", "--config"])
+            .arg(&config)
+            .arg("--host-netns")
+            .arg(sim.node_ns_path())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     while exchange(&socket, &Request::Status, Duration::from_secs(2)).is_err() {
         assert!(Instant::now() < deadline, "terwayd did not serve");
@@ -508,10 +510,28 @@ fn run_inside() {
     rt.block_on(cri(dir.path(), &pause, &socket, &log, &sim.vpc_ns));
     println!("test runtimes::cri ... ok");
 
-    let _ = terwayd.kill();
-    let _ = terwayd.wait();
+    drop(podman);
+    drop(terwayd);
     drop(em);
     drop(sim);
+}
+
+/// A child process killed when dropped, also when the test fails.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Every container and pod goes with the test, also when it fails.
+impl Drop for Podman {
+    fn drop(&mut self) {
+        let _ = self.run(&["pod", "rm", "-a", "-f"]);
+        let _ = self.run(&["rm", "-a", "-f"]);
+    }
 }
 
 /// terwayd's `ADD served` times (ms), from its JSON log.
