@@ -255,26 +255,7 @@ spec:
 "#,
     )
     .unwrap();
-    let explain = |from: &str, to: &str, port: &str| {
-        let out = std::process::Command::new(terway_tests::binary("terway-cli"))
-            .args([
-                "policy",
-                "explain",
-                "--from",
-                from,
-                "--to",
-                to,
-                "--port",
-                port,
-                "--json",
-                "--offline",
-            ])
-            .arg(&file)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
-    };
+    let explain = |from: &str, to: &str, port: &str| explain_offline(&[&file], from, to, port, "TCP").0;
     // the named port resolves on the destination pod; rule 1 of the policy decides
     let v = explain("shop/web", "shop/db", "5432");
     assert_eq!(v["allowed"], true, "{v}");
@@ -374,31 +355,7 @@ spec:
     )
     .unwrap();
     let explain = |from: &str, to: &str, port: &str, protocol: &str| {
-        let out = std::process::Command::new(terway_tests::binary("terway-cli"))
-            .args([
-                "policy",
-                "explain",
-                "--from",
-                from,
-                "--to",
-                to,
-                "--port",
-                port,
-                "--protocol",
-                protocol,
-                "--json",
-                "--offline",
-            ])
-            .arg(&cluster)
-            .arg(&calico)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        (
-            serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap(),
-            stderr,
-        )
+        explain_offline(&[&cluster, &calico], from, to, port, protocol)
     };
     // order 10 denies lab's pods before the Kubernetes policy (order 1000) is reached
     let (v, notes) = explain("lab/probe", "shop/db", "5432", "TCP");
@@ -431,4 +388,37 @@ spec:
     let (v, _) = explain("192.0.2.1", "shop/db", "8", "ICMP");
     assert_eq!(v["allowed"], true, "{v}");
     assert_eq!(v["ingress"]["allowed_by"]["action"], "Pass", "{v}");
+}
+
+/// `terway-cli policy explain --json --offline FILES…`: the verdict, and what it said on stderr.
+fn explain_offline(
+    files: &[&std::path::Path],
+    from: &str,
+    to: &str,
+    port: &str,
+    protocol: &str,
+) -> (serde_json::Value, String) {
+    let out = std::process::Command::new(terway_tests::binary("terway-cli"))
+        .args([
+            "policy",
+            "explain",
+            "--from",
+            from,
+            "--to",
+            to,
+            "--port",
+            port,
+            "--protocol",
+            protocol,
+            "--json",
+            "--offline",
+        ])
+        .args(files)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    (
+        serde_json::from_slice(&out.stdout).unwrap(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
