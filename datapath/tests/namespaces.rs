@@ -157,13 +157,25 @@ async fn idempotent_setup_teardown_and_repair() {
     let drift = dp.check(&p).await.unwrap();
     assert!(drift.is_empty(), "{drift:?}");
 
-    // repair after a rule, a route and a qdisc were deleted by hand
+    // repair after a rule, a route, a qdisc and the gateway's static
+    // neighbour were deleted by hand, and a sysctl turned back on
     lab.node
         .ip(&["rule", "del", "pref", "2048", "from", &p.ipv4.to_string()]);
     lab.node.ip(&["route", "del", &format!("{}/32", p.ipv4)]);
     sh(&["tc", "-n", &ns.name, "qdisc", "del", "dev", "eth0", "root"]);
+    ns.ip(&["neigh", "del", "169.254.1.1", "dev", "eth0"]);
+    let rp_filter = format!("net.ipv4.conf.{}.rp_filter=1", p.host_veth());
+    sh(&["ip", "netns", "exec", &lab.node.name, "sysctl", "-qw", &rp_filter]);
     let drift = dp.check(&p).await.unwrap();
-    assert_eq!(drift.len(), 3, "{drift:?}");
+    let kinds: std::collections::BTreeSet<String> = drift.iter().map(|d| format!("{:?}", d.kind)).collect();
+    assert_eq!(drift.len(), 5, "{drift:?}");
+    assert_eq!(
+        kinds,
+        ["Neighbour", "Qdisc", "Route", "Rule", "Sysctl"]
+            .map(String::from)
+            .into(),
+        "{drift:?}"
+    );
     let fixed = dp.repair(&p).await.unwrap();
     assert_eq!(fixed, drift);
     assert!(dp.check(&p).await.unwrap().is_empty());

@@ -343,19 +343,16 @@ impl Ledger {
             self.meta_put(META_SCHEMA, &SCHEMA_VERSION.to_string())?;
             tracing::info!(path = %self.path.display(), from = found, to = SCHEMA_VERSION, "ledger migrated");
         }
-        match (self.meta_get(META_INSTANCE)?, &opts.instance_id) {
-            (Some(stored), Some(wanted)) if &stored != wanted => {
-                return Err(LedgerError::WrongInstance {
-                    path: self.path.clone(),
-                    stored,
-                    wanted: wanted.clone(),
-                });
-            }
-            (None, Some(wanted)) if !opts.read_only => self.meta_put(META_INSTANCE, wanted)?,
-            _ => {}
-        }
         if opts.read_only {
+            if let (Some(stored), Some(wanted)) = (self.meta_get(META_INSTANCE)?, &opts.instance_id) {
+                if &stored != wanted {
+                    return Err(self.wrong_instance(stored, wanted));
+                }
+            }
             return Ok(());
+        }
+        if let Some(wanted) = &opts.instance_id {
+            self.claim_instance(wanted)?;
         }
         self.meta_put(META_WRITTEN_BY, env!("CARGO_PKG_VERSION"))?;
         self.db.flush().map_err(|e| storage(&self.path, "flush", e))?;
@@ -491,6 +488,29 @@ impl Ledger {
             return Ok(None);
         };
         Ok(decode(text.as_bytes()).ok())
+    }
+
+    /// Checks that the ledger belongs to instance `id` (a disk cloned from
+    /// another instance must not hand out that instance's addresses) and
+    /// records it as the owner when none is recorded yet.
+    pub fn claim_instance(&self, id: &str) -> Result<(), LedgerError> {
+        match self.meta_get(META_INSTANCE)? {
+            Some(stored) if stored != id => Err(self.wrong_instance(stored, id)),
+            Some(_) => Ok(()),
+            None => {
+                self.meta_put(META_INSTANCE, id)?;
+                self.lock().state.instance_id = Some(id.to_owned());
+                self.flush()
+            }
+        }
+    }
+
+    fn wrong_instance(&self, stored: String, wanted: &str) -> LedgerError {
+        LedgerError::WrongInstance {
+            path: self.path.clone(),
+            stored,
+            wanted: wanted.to_owned(),
+        }
     }
 
     /// Records a node fact, flushed.

@@ -8,8 +8,8 @@
 //!
 //! The test plays kubelet and the user through [`FakeApiServer::put`] and
 //! [`FakeApiServer::delete`], and breaks things on purpose with
-//! [`FakeApiServer::break_watches`], [`FakeApiServer::compact`] and
-//! [`FakeApiServer::set_unavailable`].
+//! [`FakeApiServer::break_watches`], [`FakeApiServer::compact`],
+//! [`FakeApiServer::set_unavailable`] and [`FakeApiServer::set_hanging`].
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use axum::body::{Body, Bytes};
@@ -40,6 +40,8 @@ struct Store {
     /// A watch from an older resourceVersion than this gets 410 Gone.
     compacted_below: u64,
     unavailable: bool,
+    /// Requests (`METHOD path`) containing this are never answered.
+    hanging: Option<String>,
     /// API groups this server does not serve (a CRD not installed): 404.
     missing_groups: Vec<String>,
     requests: Vec<String>,
@@ -303,6 +305,12 @@ impl FakeApiServer {
         }
     }
 
+    /// Requests whose `METHOD path` contains `pattern` get no answer at
+    /// all (a stuck request), until cleared with `None`.
+    pub fn set_hanging(&self, pattern: Option<&str>) {
+        self.shared.store.lock().unwrap().hanging = pattern.map(str::to_owned);
+    }
+
     /// The User-Agent of every request so far (`(none)` when absent), distinct.
     pub fn user_agents(&self) -> Vec<String> {
         let mut agents = self.shared.store.lock().unwrap().user_agents.clone();
@@ -345,6 +353,14 @@ async fn handle(
         if store.unavailable {
             return status(503, "ServiceUnavailable", "the API server is unavailable".into());
         }
+    }
+    let hangs = |shared: &Shared| {
+        let store = shared.store.lock().unwrap();
+        let request = format!("{method} {}", uri.path());
+        store.hanging.as_ref().is_some_and(|p| request.contains(p.as_str()))
+    };
+    while hangs(&shared) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let calico = uri.path().starts_with("/apis/crd.projectcalico.org/v1/");
     if calico && shared.store.lock().unwrap().missing_groups.iter().any(|g| g == CALICO) {

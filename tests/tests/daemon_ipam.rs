@@ -74,6 +74,7 @@ async fn start_in(config: Arc<terway_config::Config>, add_deadline: Duration, di
         }
     });
     let reconcile = tokio::spawn(reconciler::run(node.clone()));
+    let confirm = tokio::spawn(node.clone().confirm_facts());
     for _ in 0..1000 {
         if node.socket_path().exists() {
             break;
@@ -82,7 +83,7 @@ async fn start_in(config: Arc<terway_config::Config>, add_deadline: Duration, di
     }
     Running {
         node,
-        tasks: vec![server, reconcile],
+        tasks: vec![server, reconcile, confirm],
         dir: Some(dir),
     }
 }
@@ -530,6 +531,35 @@ async fn unreachable_metadata_and_cloud_at_start_still_serve() {
         again.ipv4,
         first.ipv4
     );
+    assert_eq!(running.node.pending().len(), 2, "{:?}", running.node.pending());
+    // once the metadata service and the cloud answer, the recorded facts are confirmed
+    em.set_faults(terway_cloud::emulator::Faults::default());
+    for _ in 0..300 {
+        if running.node.pending().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(running.node.pending(), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ledger_of_another_instance_stops_the_node() {
+    let em = Emulator::start(Scenario::default()).await.unwrap();
+    let cfg = config(&em, &["vsw-large0000000001"], "");
+    let dir = start(cfg.clone(), Duration::from_secs(5)).await.stop().await;
+    // the disk was cloned from another instance: its ledger names that one
+    {
+        let ledger = terway_statestore::Ledger::open(&dir.path().join("ledger")).unwrap();
+        let mut identity: terway_cloud::InstanceIdentity = ledger.node_fact("identity").unwrap().unwrap();
+        identity.instance_id = "i-clonedfrom0000001".into();
+        ledger.set_node_fact("identity", &identity).unwrap();
+    }
+    let running = start_in(cfg, Duration::from_secs(5), dir).await;
+    let why = tokio::time::timeout(Duration::from_secs(30), running.node.fatal())
+        .await
+        .expect("the node stops once the metadata service names another instance");
+    assert!(why.contains("i-clonedfrom0000001"), "{why}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -675,6 +705,28 @@ async fn an_add_waiting_on_a_full_node_is_served_when_an_address_finishes_coolin
     assert!(
         waited >= Duration::from_millis(1500) && waited < Duration::from_secs(15),
         "served once the cooldown ended, not at the deadline: {waited:?}"
+    );
+    // the same with the cloud refusing every call and the metadata service
+    // down: the reconciler's passes fail, cooling still ends for the waiting ADD
+    em.set_faults(terway_cloud::emulator::Faults {
+        metadata_unavailable: true,
+        error_rate: 1.0,
+        ..Default::default()
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await; // a few failed passes: the reconciler backs off
+    let Reply::Ok { network: Some(freed) } = call(&socket, Request::Add(pod(1))).await else {
+        panic!("pod 1 lost its address")
+    };
+    assert_eq!(call(&socket, Request::Del(pod(1))).await, Reply::Ok { network: None });
+    let Reply::Ok { network: Some(got) } = call(&socket, Request::Add(pod(11))).await else {
+        panic!("the waiting ADD was not served while the cloud is down")
+    };
+    assert_eq!(got.ipv4, freed.ipv4);
+    let s = running.node.ledger.snapshot();
+    assert!(
+        s.ips.values().all(|r| r.state.name() == "bound"),
+        "no address left cooling: {:?}",
+        s.ips.values().map(|r| r.state.name()).collect::<Vec<_>>()
     );
     running.stop().await;
 }

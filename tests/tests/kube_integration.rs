@@ -410,6 +410,66 @@ async fn the_pod_watch_recovers_when_it_breaks() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_api_outage_is_over_within_seconds_and_a_stuck_patch_holds_nothing_back() {
+    let em = Emulator::start(Scenario::default()).await.unwrap();
+    let api = FakeApiServer::start().await;
+    let conf = eni_conf(&em, "vsw-large0000000001", "");
+    seed(&api, &conf);
+    for name in ["a", "stuck", "late"] {
+        put_pod(&api, name, json!({}));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // no periodic GC: only the watch can notice deletions
+    let running = start(&api, dir.path(), &conf, Duration::from_secs(3600)).await;
+    let annotated = |name: &str| {
+        api.get("pods", "default", name).unwrap()["metadata"]["annotations"]["k8s.aliyun.com/pod-ips"].is_string()
+    };
+    add(&running, "a").await;
+    eventually("pod a annotated", || annotated("a").then_some(())).await;
+    // the API server never answers the patch of one pod
+    api.set_hanging(Some("PATCH /api/v1/namespaces/default/pods/stuck"));
+    add(&running, "stuck").await;
+
+    // a long outage: long enough for any backoff to reach its ceiling
+    api.set_unavailable(true);
+    let outage = Duration::from_secs(12);
+    tokio::time::sleep(outage / 2).await;
+    // meanwhile a pod is added (its patch waits for the API server) and one is deleted
+    add(&running, "late").await;
+    api.delete("pods", "default", "a");
+    tokio::time::sleep(outage / 2).await;
+    let patches_before = api.requests().len();
+    api.set_unavailable(false);
+    let back = Instant::now();
+    eventually("the late pod's pod-ips patch to land", || {
+        annotated("late").then_some(())
+    })
+    .await;
+    let patched_after = back.elapsed();
+    eventually("pod a collected through the resumed watch", || {
+        (!running.node.ledger.snapshot().pods.contains_key("default/a")).then_some(())
+    })
+    .await;
+    let watch_after = back.elapsed();
+    println!(
+        "after a {}s outage: the pending patch landed {} ms and the watch saw a deletion {} ms after the API server returned ({} requests since)",
+        outage.as_secs(),
+        patched_after.as_millis(),
+        watch_after.as_millis(),
+        api.requests().len() - patches_before
+    );
+    // a liveness bound, generous for a shared machine; the old client took minutes
+    assert!(watch_after < Duration::from_secs(10), "{watch_after:?}");
+    assert!(!annotated("stuck"), "that patch is still stuck");
+    api.set_hanging(None);
+    eventually("the stuck patch lands once the API server answers it", || {
+        annotated("stuck").then_some(())
+    })
+    .await;
+    running.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exclusive_eni_mode_publishes_the_eni_resource() {
     let em = Emulator::start(Scenario::default()).await.unwrap();
     let api = FakeApiServer::start().await;

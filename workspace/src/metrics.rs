@@ -377,7 +377,11 @@ pub async fn serve(node: Arc<Node>, listener: tokio::net::TcpListener) -> std::i
                 let node = node.clone();
                 async move {
                     if node.serving.load(Ordering::SeqCst) {
-                        (StatusCode::OK, "ready: ledger open, CNI socket serving\n").into_response()
+                        let mut text = String::from("ready: ledger open, CNI socket serving\n");
+                        for pending in node.pending() {
+                            let _ = writeln!(text, "pending: {pending}");
+                        }
+                        (StatusCode::OK, text).into_response()
                     } else {
                         (
                             StatusCode::SERVICE_UNAVAILABLE,

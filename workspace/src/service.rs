@@ -79,7 +79,10 @@ pub async fn start(config: PathBuf, override_path: Option<PathBuf>, options: Nod
         anyhow::bail!("a Kubernetes cluster and another cluster bridge were both given; terwayd uses one");
     }
     let node = Node::start(watcher.current(), options.clone()).await?;
-    let mut tasks = vec![watcher.spawn_polling(CONFIG_POLL)];
+    let mut tasks = vec![
+        watcher.spawn_polling(CONFIG_POLL),
+        tokio::spawn(node.clone().confirm_facts()),
+    ];
     tasks.push(tokio::spawn(node.clone().follow_config(watcher.subscribe())));
     if let Some(cluster) = options.cluster.clone() {
         let (_, cluster_tasks) = crate::cluster::Cluster::start(node.clone(), watcher.clone(), cluster).await?;
@@ -179,11 +182,16 @@ pub fn install_cni(node: &Node, install: &InstallCni) -> anyhow::Result<()> {
 pub async fn run(config: PathBuf, override_path: Option<PathBuf>, options: NodeOptions) -> anyhow::Result<()> {
     let running = start(config, override_path, options).await?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: draining CNI requests, then stopping"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: draining CNI requests, then stopping"),
-    }
+    let node = running.node.clone();
+    let fatal = tokio::select! {
+        _ = term.recv() => { tracing::info!("SIGTERM: draining CNI requests, then stopping"); None }
+        _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted: draining CNI requests, then stopping"); None }
+        why = node.fatal() => Some(why),
+    };
     running.drain(DRAIN_TIMEOUT).await;
     running.node.ledger.flush()?;
-    Ok(())
+    match fatal {
+        Some(why) => Err(anyhow::anyhow!(why)),
+        None => Ok(()),
+    }
 }

@@ -20,7 +20,9 @@ pub async fn watch(node: Arc<Node>, cluster: Arc<Cluster>, watcher: Arc<ConfigWa
     let base = tokio::spawn(watch_base(cluster.clone(), watcher.clone()));
     let nodes = Api::<KubeNode>::all(cluster.client());
     let config = watcher::Config::default().fields(&format!("metadata.name={}", cluster.options.node_name));
-    let mut stream = watcher::watcher(nodes, config).default_backoff().boxed();
+    let mut stream = watcher::watcher(nodes, config)
+        .backoff(super::ApiBackoff::default())
+        .boxed();
     let mut current: Option<String> = None;
     let mut override_task: Option<tokio::task::JoinHandle<()>> = None;
     while let Some(event) = stream.next().await {
@@ -66,7 +68,8 @@ pub async fn watch(node: Arc<Node>, cluster: Arc<Cluster>, watcher: Arc<ConfigWa
 
 fn configmap_watch(cluster: &Cluster, name: &str) -> impl futures::Stream<Item = watcher::Result<Event<ConfigMap>>> {
     let api = Api::<ConfigMap>::namespaced(cluster.client(), &cluster.options.namespace);
-    watcher::watcher(api, watcher::Config::default().fields(&format!("metadata.name={name}"))).default_backoff()
+    watcher::watcher(api, watcher::Config::default().fields(&format!("metadata.name={name}")))
+        .backoff(super::ApiBackoff::default())
 }
 
 /// `eni-config` → the watcher's base; deleted → back to the file.

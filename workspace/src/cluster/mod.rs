@@ -101,6 +101,44 @@ impl std::fmt::Debug for Cluster {
     }
 }
 
+/// How long a watch or a notice waits before trying the API server again:
+/// from 200 ms, doubling to at most 2 s, jittered — so that after an outage
+/// of any length the watches resume and pending writes land within seconds
+/// of the API server's return.
+#[derive(Debug, Clone)]
+pub struct ApiBackoff {
+    next: Duration,
+}
+
+impl ApiBackoff {
+    pub const FIRST: Duration = Duration::from_millis(200);
+    pub const MAX: Duration = Duration::from_secs(2);
+}
+
+impl Default for ApiBackoff {
+    fn default() -> Self {
+        Self { next: Self::FIRST }
+    }
+}
+
+impl Iterator for ApiBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let base = self.next;
+        self.next = (base * 2).min(Self::MAX);
+        // ±25 %, so a fleet of nodes does not come back in lockstep
+        let jitter = 0.75 + rand::random::<f64>() * 0.5;
+        Some(base.mul_f64(jitter))
+    }
+}
+
+impl kube::runtime::utils::Backoff for ApiBackoff {
+    fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+}
+
 /// Notices queued beyond this are dropped (and logged): Events are best effort.
 const NOTICE_QUEUE: usize = 1024;
 
@@ -118,6 +156,9 @@ impl Cluster {
             http::header::USER_AGENT,
             http::HeaderValue::from_static(concat!("terwayd/", env!("CARGO_PKG_VERSION"))),
         ));
+        // retries are ours (the watches' backoff, each notice's own): the
+        // client's retry layer under them stretched recovery to minutes
+        kube_config.default_retry = false;
         let client = kube::Client::try_from(kube_config)?;
         let config = node.config();
         let (notices, queue) = mpsc::channel(NOTICE_QUEUE);

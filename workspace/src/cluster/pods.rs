@@ -44,7 +44,9 @@ pub(crate) async fn get(cluster: &Cluster, namespace: &str, name: &str) -> Resul
 pub async fn watch(node: Arc<Node>, cluster: Arc<Cluster>) {
     let api = Api::<Pod>::all(cluster.client());
     let config = watcher::Config::default().fields(&format!("spec.nodeName={}", cluster.options.node_name));
-    let mut stream = watcher::watcher(api, config).default_backoff().boxed();
+    let mut stream = watcher::watcher(api, config)
+        .backoff(super::ApiBackoff::default())
+        .boxed();
     let mut listing: HashMap<String, PodMeta> = HashMap::new();
     while let Some(event) = stream.next().await {
         match event {

@@ -210,7 +210,7 @@ impl Watched for Pod {
 async fn watch<W: Watched>(node: Arc<Node>, cluster: Arc<Cluster>, listed: Arc<Listed>, bit: u8) {
     let api = Api::<W>::all(cluster.client());
     let mut stream = watcher::watcher(api, watcher::Config::default())
-        .default_backoff()
+        .backoff(super::ApiBackoff::default())
         .boxed();
     let mut listing = Vec::new();
     let mut absent = false;

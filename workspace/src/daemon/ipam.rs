@@ -8,8 +8,8 @@
 use super::pod_network;
 use super::Node;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Instant;
-use terway_statestore::{BindRequest, Bound, Durability, EniPreference, LedgerError, PodRecord, Released};
+use std::time::{Duration, Instant};
+use terway_statestore::{now_millis, BindRequest, Bound, Durability, EniPreference, LedgerError, PodRecord, Released};
 
 /// Which pool a pod takes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,7 +79,20 @@ pub async fn allocate(node: &Node, request: &BindRequest, pool: Pool, deadline: 
                 node.wake.notify_one(); // the pool shrank by one: top it up
                 return Ok(bound);
             }
-            Err(LedgerError::NoIdleIp { cooling }) => cooling,
+            Err(LedgerError::NoIdleIp { cooling }) => {
+                // addresses whose cooldown is over are usable now, whatever the
+                // reconciler is doing (it may be stuck on an unreachable cloud)
+                if cooling > 0
+                    && node
+                        .ledger
+                        .promote_cooled(now_millis(), Durability::Lazy)
+                        .map_err(AllocError::Ledger)?
+                        > 0
+                {
+                    continue;
+                }
+                cooling
+            }
             Err(LedgerError::NoIdleEni) => 0,
             Err(e) => return Err(AllocError::Ledger(e)),
         };
@@ -90,14 +103,28 @@ pub async fn allocate(node: &Node, request: &BindRequest, pool: Pool, deadline: 
         }
         node.wake.notify_one();
         let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() || tokio::time::timeout(left, notified).await.is_err() {
-            let why = node.last_error().unwrap_or_else(|| match pool {
-                Pool::SharedAddress => format!("the pool is still growing ({cooling} addresses cooling down)"),
-                Pool::WholeEni { .. } => "an ENI for the pod is still being made".to_owned(),
-            });
-            return Err(AllocError::Exhausted(why));
+        // woken by a change to the pool, or when the next cooling address is due
+        let cooled = node
+            .ledger
+            .next_cooling_due()
+            .map(|until| Duration::from_millis(until.saturating_sub(now_millis()) + 1));
+        if left.is_zero() {
+            return Err(exhausted(node, pool, cooling));
+        }
+        match tokio::time::timeout(cooled.map_or(left, |c| c.min(left)), notified).await {
+            Ok(()) => {}
+            Err(_) if cooled.is_some_and(|c| c < left) => {}
+            Err(_) => return Err(exhausted(node, pool, cooling)),
         }
     }
+}
+
+/// Why an ADD gave up waiting.
+fn exhausted(node: &Node, pool: Pool, cooling: usize) -> AllocError {
+    AllocError::Exhausted(node.last_error().unwrap_or_else(|| match pool {
+        Pool::SharedAddress => format!("the pool is still growing ({cooling} addresses cooling down)"),
+        Pool::WholeEni { .. } => "an ENI for the pod is still being made".to_owned(),
+    }))
 }
 
 /// Gives back what a recorded pod holds, as a DEL of that very container

@@ -34,6 +34,101 @@ pub const NODE_TAG: &str = "terway.alibabacloud.com/node";
 /// is known for what it is after a crash between create and record.
 pub const EXCLUSIVE_TAG: (&str, &str) = ("terway.alibabacloud.com/exclusive", "true");
 
+/// One metadata request's bound, and attempts per read: the metadata
+/// service answers in milliseconds when it answers at all.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(2);
+const METADATA_ATTEMPTS: u32 = 2;
+/// The bound on one background confirmation of the node's facts.
+const CONFIRM_BUDGET: Duration = Duration::from_secs(20);
+
+/// Start-up work that runs after terwayd serves, shown by `/readyz` until done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pending {
+    Metadata,
+    Cloud,
+}
+
+impl std::fmt::Display for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Pending::Metadata => {
+                "the instance identity recorded in the ledger is not yet confirmed by the metadata service"
+            }
+            Pending::Cloud => {
+                "the instance type's ENI quotas recorded in the ledger are not yet confirmed by the cloud"
+            }
+        })
+    }
+}
+
+/// The node's facts as the last start recorded them.
+struct RecordedFacts {
+    identity: InstanceIdentity,
+    ip: Ipv4Addr,
+    limits: (u32, u32),
+    security_groups: Vec<String>,
+}
+
+impl RecordedFacts {
+    /// All of them, or `None` when any is missing (a first start).
+    fn read(ledger: &Ledger) -> anyhow::Result<Option<Self>> {
+        let (Some(identity), Some(ip), Some(limits), Some(security_groups)) = (
+            ledger.node_fact::<InstanceIdentity>("identity")?,
+            ledger.node_fact::<Ipv4Addr>("ip")?,
+            ledger.node_fact::<(u32, u32)>("limits")?,
+            ledger.node_fact::<Vec<String>>("security_groups")?,
+        ) else {
+            return Ok(None);
+        };
+        Ok(Some(Self {
+            identity,
+            ip,
+            limits,
+            security_groups,
+        }))
+    }
+}
+
+/// The instance's identity and primary address from the metadata service.
+async fn read_metadata(metadata: &MetadataClient) -> anyhow::Result<(InstanceIdentity, Ipv4Addr)> {
+    let identity = metadata.identity().await?;
+    let ip = metadata.get("private-ipv4").await?;
+    let ip = ip
+        .trim()
+        .parse()
+        .map_err(|_| anyhow::anyhow!("metadata private-ipv4 {ip:?} is not an IPv4 address"))?;
+    Ok((identity, ip))
+}
+
+/// The instance type's ENI quotas, and the security groups new ENIs get
+/// (configured, or the primary ENI's).
+async fn read_capacity(
+    cloud: &CloudClient,
+    config: &Config,
+    identity: &InstanceIdentity,
+) -> anyhow::Result<((u32, u32), Vec<String>)> {
+    let itype = cloud.instance_type(&identity.instance_type).await?;
+    let limits = (itype.eni_quantity, itype.eni_private_ip_address_quantity);
+    if !config.security_groups.is_empty() {
+        return Ok((limits, config.security_groups.clone()));
+    }
+    let primary = cloud
+        .call(&DescribeNetworkInterfaces {
+            region_id: identity.region_id.clone(),
+            instance_id: Some(identity.instance_id.clone()),
+            kind: Some("Primary".into()),
+            ..Default::default()
+        })
+        .await?;
+    let groups = primary
+        .network_interface_sets
+        .items
+        .first()
+        .map(|e| e.security_group_ids.items.clone())
+        .unwrap_or_default();
+    Ok((limits, groups))
+}
+
 /// What terwayd needs that does not come from the config file.
 #[derive(Debug, Clone)]
 pub struct NodeOptions {
@@ -94,6 +189,10 @@ pub struct Node {
     pub limits: InstanceLimits,
     pub(crate) security_groups: Vec<String>,
     pub ledger: Arc<Ledger>,
+    /// Start-up work still under way in the background (shown by `/readyz`).
+    pending: Mutex<Vec<Pending>>,
+    /// Set when the node must stop (the ledger belongs to another instance).
+    fatal: tokio::sync::watch::Sender<Option<String>>,
     pub cloud: CloudClient,
     pub(crate) metadata: Arc<MetadataClient>,
     pub(crate) datapath: Option<Arc<Datapath>>,
@@ -126,23 +225,16 @@ pub struct Node {
 }
 
 impl Node {
-    /// Reads the instance's identity, opens the cloud client and the ledger.
-    /// When the metadata service or the cloud cannot be reached, the facts
-    /// recorded at the last start are used, so DEL and ADD from confirmed idle
-    /// addresses keep working; the reconciler catches up when the cloud is back.
+    /// Opens the ledger, then takes the instance's identity and capacity
+    /// from what the last start recorded there, so DEL, CHECK and ADD from
+    /// confirmed idle addresses are served at once, whatever the metadata
+    /// service and the cloud do; they are asked again in the background
+    /// ([`Node::confirm_facts`]). Only a node with nothing recorded waits
+    /// for them (it has no address to serve anyway).
     pub async fn start(config: Arc<Config>, options: NodeOptions) -> anyhow::Result<Arc<Self>> {
-        let metadata =
-            Arc::new(MetadataClient::new(&config.endpoints.metadata, Duration::from_secs(3))?.with_attempts(2));
-        let from_metadata = async {
-            let identity = metadata.identity().await?;
-            let ip: Ipv4Addr = metadata
-                .get("private-ipv4")
-                .await?
-                .parse()
-                .map_err(|_| anyhow::anyhow!("metadata private-ipv4 is not an IPv4 address"))?;
-            anyhow::Ok((identity, ip))
-        }
-        .await;
+        let metadata = Arc::new(
+            MetadataClient::new(&config.endpoints.metadata, METADATA_TIMEOUT)?.with_attempts(METADATA_ATTEMPTS),
+        );
         let ledger_path = options
             .ledger_path
             .clone()
@@ -150,81 +242,42 @@ impl Node {
         if let Some(parent) = ledger_path.parent() {
             std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
         }
-        let instance_id = from_metadata.as_ref().ok().map(|(i, _)| i.instance_id.clone());
-        let ledger = Arc::new(Ledger::open_with(
-            &ledger_path,
-            &OpenOptions {
-                instance_id,
-                ..OpenOptions::default()
-            },
-        )?);
+        let ledger = Arc::new(Ledger::open_with(&ledger_path, &OpenOptions::default())?);
         for problem in ledger.check() {
             tracing::error!(%problem, "ledger inconsistency (terway-ledger repair moves it aside)");
         }
-        let (identity, node_ip) = match from_metadata {
-            Ok(found) => {
-                ledger.set_node_fact("identity", &found.0)?;
-                ledger.set_node_fact("ip", &found.1)?;
-                found
-            }
-            Err(e) => {
-                let cached = ledger
-                    .node_fact::<InstanceIdentity>("identity")?
-                    .zip(ledger.node_fact::<Ipv4Addr>("ip")?);
-                let Some(cached) = cached else {
-                    return Err(e.context("reading the instance identity from the metadata service (and none is recorded from an earlier start)"));
-                };
-                tracing::warn!(error = %e, "metadata service unreachable; using the identity recorded at the last start");
-                cached
-            }
+        let recorded = RecordedFacts::read(&ledger)?;
+        let credentials = |identity: &InstanceIdentity| -> anyhow::Result<CloudClient> {
+            let provider = Arc::new(CredentialProvider::resolve(
+                config.access_key.as_deref(),
+                config.access_secret.as_ref(),
+                metadata.clone(),
+            ));
+            Ok(CloudClient::new(
+                ClientOptions::from_config(&config, &identity.region_id),
+                provider,
+            )?)
         };
-        let credentials = Arc::new(CredentialProvider::resolve(
-            config.access_key.as_deref(),
-            config.access_secret.as_ref(),
-            metadata.clone(),
-        ));
-        let cloud = CloudClient::new(ClientOptions::from_config(&config, &identity.region_id), credentials)?;
-        let from_cloud = async {
-            let itype = cloud.instance_type(&identity.instance_type).await?;
-            let limits = (itype.eni_quantity, itype.eni_private_ip_address_quantity);
-            let groups = if config.security_groups.is_empty() {
-                let primary = cloud
-                    .call(&DescribeNetworkInterfaces {
-                        region_id: identity.region_id.clone(),
-                        instance_id: Some(identity.instance_id.clone()),
-                        kind: Some("Primary".into()),
-                        ..Default::default()
-                    })
-                    .await?;
-                primary
-                    .network_interface_sets
-                    .items
-                    .first()
-                    .map(|e| e.security_group_ids.items.clone())
-                    .unwrap_or_default()
-            } else {
-                config.security_groups.clone()
-            };
-            anyhow::Ok((limits, groups))
-        }
-        .await;
-        let ((enis, ipv4_per_eni), security_groups) = match from_cloud {
-            Ok(found) => {
-                ledger.set_node_fact("limits", &found.0)?;
-                ledger.set_node_fact("security_groups", &found.1)?;
-                found
+        let (identity, node_ip, cloud, (enis, ipv4_per_eni), security_groups, pending) = match recorded {
+            Some(r) => {
+                let cloud = credentials(&r.identity)?;
+                let pending = vec![Pending::Metadata, Pending::Cloud];
+                (r.identity, r.ip, cloud, r.limits, r.security_groups, pending)
             }
-            Err(e) => {
-                let cached = ledger
-                    .node_fact::<(u32, u32)>("limits")?
-                    .zip(ledger.node_fact::<Vec<String>>("security_groups")?);
-                let Some(cached) = cached else {
-                    return Err(e.context(
-                        "reading the instance type's ENI quotas (and none are recorded from an earlier start)",
-                    ));
-                };
-                tracing::warn!(error = %e, "cloud unreachable; using the capacity recorded at the last start");
-                cached
+            None => {
+                let (identity, ip) = read_metadata(&metadata)
+                    .await
+                    .context("reading the instance identity from the metadata service (and none is recorded from an earlier start)")?;
+                ledger.claim_instance(&identity.instance_id)?;
+                ledger.set_node_fact("identity", &identity)?;
+                ledger.set_node_fact("ip", &ip)?;
+                let cloud = credentials(&identity)?;
+                let (limits, groups) = read_capacity(&cloud, &config, &identity)
+                    .await
+                    .context("reading the instance type's ENI quotas (and none are recorded from an earlier start)")?;
+                ledger.set_node_fact("limits", &limits)?;
+                ledger.set_node_fact("security_groups", &groups)?;
+                (identity, ip, cloud, limits, groups, Vec::new())
             }
         };
         let limits = InstanceLimits { enis, ipv4_per_eni };
@@ -248,6 +301,8 @@ impl Node {
             security_groups,
             ledger,
             cloud,
+            pending: Mutex::new(pending),
+            fatal: tokio::sync::watch::channel(None).0,
             metadata,
             datapath: options.datapath.clone(),
             options,
@@ -273,6 +328,124 @@ impl Node {
             }
         }
         Ok(node)
+    }
+
+    /// Confirms in the background what [`Node::start`] took from the ledger:
+    /// the identity with the metadata service, the quotas with the cloud,
+    /// each bounded and retried with backoff until it lands. A ledger that
+    /// belongs to another instance stops the node ([`Node::fatal`]).
+    pub async fn confirm_facts(self: Arc<Self>) {
+        let mut retry = backoff::ExponentialBackoff {
+            initial_interval: Duration::from_millis(500),
+            current_interval: Duration::from_millis(500),
+            max_interval: Duration::from_secs(30),
+            max_elapsed_time: None,
+            ..Default::default()
+        };
+        loop {
+            let pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner).clone();
+            if pending.is_empty() {
+                return;
+            }
+            let mut failed = None;
+            if pending.contains(&Pending::Metadata) {
+                match tokio::time::timeout(CONFIRM_BUDGET, read_metadata(&self.metadata)).await {
+                    Ok(Ok((identity, ip))) => {
+                        if let Err(e) = self.accept_metadata(&identity, ip) {
+                            let why = format!("{e:#}");
+                            tracing::error!(error = %why, "stopping: the ledger is not this instance's");
+                            self.fatal.send_replace(Some(why));
+                            return;
+                        }
+                    }
+                    Ok(Err(e)) => failed = Some(format!("metadata service: {e:#}")),
+                    Err(_) => failed = Some(format!("metadata service: no answer within {CONFIRM_BUDGET:?}")),
+                }
+            }
+            if pending.contains(&Pending::Cloud) {
+                let config = self.config();
+                match tokio::time::timeout(CONFIRM_BUDGET, read_capacity(&self.cloud, &config, &self.identity)).await {
+                    Ok(Ok((limits, groups))) => self.accept_capacity(limits, &groups),
+                    Ok(Err(e)) => failed = Some(format!("cloud: {e:#}")),
+                    Err(_) => failed = Some(format!("cloud: no answer within {CONFIRM_BUDGET:?}")),
+                }
+            }
+            if let Some(why) = failed {
+                tracing::warn!(error = %why, "serving from the facts recorded in the ledger; confirming them again later");
+            }
+            use backoff::backoff::Backoff;
+            tokio::time::sleep(retry.next_backoff().unwrap_or(Duration::from_secs(30))).await;
+        }
+    }
+
+    fn accept_metadata(&self, identity: &InstanceIdentity, ip: Ipv4Addr) -> anyhow::Result<()> {
+        if identity.instance_id != self.identity.instance_id {
+            anyhow::bail!(
+                "the metadata service says this is instance {}, the ledger {} was recorded by {}",
+                identity.instance_id,
+                self.ledger.path().display(),
+                self.identity.instance_id
+            );
+        }
+        self.ledger.claim_instance(&identity.instance_id)?;
+        self.ledger.set_node_fact("identity", identity)?;
+        self.ledger.set_node_fact("ip", &ip)?;
+        if ip != self.node_ip {
+            tracing::warn!(recorded = %self.node_ip, now = %ip, "the node's primary address changed; restart terwayd to use it");
+        }
+        self.done(Pending::Metadata);
+        Ok(())
+    }
+
+    fn accept_capacity(&self, limits: (u32, u32), groups: &[String]) {
+        let recorded = (self.limits.enis, self.limits.ipv4_per_eni);
+        if limits != recorded {
+            tracing::warn!(?recorded, now = ?limits, "the instance type's ENI quotas changed; restart terwayd to use them");
+        }
+        let stored = self
+            .ledger
+            .set_node_fact("limits", &limits)
+            .and_then(|()| self.ledger.set_node_fact("security_groups", &groups));
+        if let Err(e) = stored {
+            tracing::warn!(error = %e, "recording the node's quotas");
+            return;
+        }
+        self.done(Pending::Cloud);
+    }
+
+    fn done(&self, what: Pending) {
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|p| *p != what);
+        let confirmed = match what {
+            Pending::Metadata => "instance identity",
+            Pending::Cloud => "ENI quotas",
+        };
+        tracing::info!(confirmed, "the node's recorded facts were confirmed");
+    }
+
+    /// Start-up work still under way (empty once the node's facts are confirmed).
+    pub fn pending(&self) -> Vec<String> {
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    /// Resolves with the reason once the node must stop.
+    pub async fn fatal(&self) -> String {
+        let mut rx = self.fatal.subscribe();
+        loop {
+            if let Some(why) = rx.borrow_and_update().clone() {
+                return why;
+            }
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
     }
 
     /// Whether NetworkPolicy can be enforced here at all, and why not.

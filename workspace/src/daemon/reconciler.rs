@@ -148,7 +148,9 @@ pub async fn run(node: Arc<Node>) {
                 view.stale = true;
                 tracing::warn!(error = %e, "reconcile pass failed");
                 node.set_last_error(Some(e.to_string()));
-                retry.next_backoff().unwrap_or(Duration::from_secs(30))
+                // the local work of the next pass is not held back by the cloud's backoff
+                let backoff = retry.next_backoff().unwrap_or(Duration::from_secs(30));
+                cooling_due(&node).map_or(backoff, |due| backoff.min(due))
             }
         };
         tokio::select! {
@@ -188,13 +190,19 @@ fn failure_backoff() -> backoff::ExponentialBackoff {
 fn next_due(node: &Node, view: &CloudView) -> Duration {
     let period = node.config().ip_pool_sync_period;
     let mut wait = period.saturating_sub(view.age().min(period));
-    if let Some(until) = node.ledger.next_cooling_due() {
-        wait = wait.min(Duration::from_millis(until.saturating_sub(now_millis())));
+    if let Some(due) = cooling_due(node) {
+        wait = wait.min(due);
     }
     if node.waiting.load(Ordering::Relaxed) + node.waiting_eni.load(Ordering::Relaxed) > 0 {
         wait = wait.min(OBSERVE_WHILE_WAITING);
     }
     wait.max(Duration::from_millis(1))
+}
+
+/// How long until the next cooling address becomes usable.
+fn cooling_due(node: &Node) -> Option<Duration> {
+    let until = node.ledger.next_cooling_due()?;
+    Some(Duration::from_millis(until.saturating_sub(now_millis())).max(Duration::from_millis(1)))
 }
 
 fn bounds(node: &Node) -> PoolBounds {
