@@ -87,6 +87,13 @@ impl MetadataClient {
             return None;
         }
         let token = resp.text().await.ok()?.trim().to_owned();
+        // a broken answer must not be cached: it would poison every request after it
+        if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            tracing::warn!(
+                "the metadata service answered the token request with something that is no token; using IMDSv1"
+            );
+            return None;
+        }
         // renew a minute early so a request never carries an expiring token
         *cached = Some((token.clone(), Instant::now() + Duration::from_secs(TOKEN_TTL_SECS - 60)));
         Some(token)

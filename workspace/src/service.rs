@@ -49,6 +49,16 @@ impl Running {
         self.stop();
     }
 
+    /// Stops every task and waits until each is gone, so the ledger can be
+    /// opened again in this process (a restart in place, in tests).
+    pub async fn shutdown(mut self) {
+        self.stop();
+        for task in std::mem::take(&mut self.tasks) {
+            let _ = task.await;
+        }
+        let _ = (&mut self.server).await;
+    }
+
     pub fn stop(&self) {
         self.server.abort();
         for t in &self.tasks {

@@ -130,6 +130,12 @@ pub struct Faults {
     pub describe_lag_ms: u64,
     /// The metadata service answers 503 to everything.
     pub metadata_unavailable: bool,
+    /// Share of requests (0–1) answered `Throttling`, as an account over its
+    /// API rate would be (restricted to `actions` like the other faults).
+    pub throttle_rate: f64,
+    /// The gateway's clock runs this many seconds ahead (negative: behind)
+    /// of the caller's: beyond 15 minutes every request is `InvalidTimeStamp.Expired`.
+    pub clock_offset_s: i64,
 }
 
 impl Default for Scenario {

@@ -283,7 +283,13 @@ fn handle(s: &Shared, method: &str, p: &Params, action: &str) -> Result<(Value, 
             ),
         )
     })?;
-    let now = SystemTime::now();
+    let offset = lock(&s.faults).clock_offset_s;
+    let shift = Duration::from_secs(offset.unsigned_abs());
+    let now = if offset >= 0 {
+        SystemTime::now() + shift
+    } else {
+        SystemTime::now() - shift
+    };
     let skew = now.duration_since(timestamp).unwrap_or_else(|e| e.duration());
     if skew > TIMESTAMP_SKEW {
         return Err(ApiError::new(
@@ -350,14 +356,22 @@ fn handle(s: &Shared, method: &str, p: &Params, action: &str) -> Result<(Value, 
             ));
         }
     }
-    let (error_rate, drop_rate, applies) = {
+    let (error_rate, drop_rate, throttle_rate, applies) = {
         let f = lock(&s.faults);
         (
             f.error_rate,
             f.drop_rate,
+            f.throttle_rate,
             f.actions.is_empty() || f.actions.iter().any(|a| a == action),
         )
     };
+    if applies && throttle_rate > 0.0 && rand::random::<f64>() < throttle_rate {
+        return Err(ApiError::new(
+            400,
+            "Throttling",
+            "Request was denied due to request throttling.",
+        ));
+    }
     if applies && error_rate > 0.0 && rand::random::<f64>() < error_rate {
         return Err(if rand::random::<bool>() {
             ApiError::new(
