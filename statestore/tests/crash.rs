@@ -1,7 +1,14 @@
-//! Crash test: a child process binds and releases addresses in a loop and is
+//! Crash tests: a child process binds and releases addresses in a loop and is
 //! killed with SIGKILL at random moments, 200 times. After every kill the
 //! reopened ledger must be consistent, hold every acknowledged operation, and
 //! bind no address twice.
+//!
+//! A SIGKILL keeps what the process wrote but had not flushed (the kernel
+//! still holds it), so the power-loss run goes further: the child stops
+//! itself (SIGSTOP, every thread) right after an acknowledged, flushed
+//! operation, the parent copies the ledger's directory, lets the child write
+//! on, kills it, and puts the copy back — every write after that flush
+//! thrown away, as a power cut would. The same checks hold.
 //!
 //! The child is this test binary itself, re-run with `crash_worker` selected
 //! and `CRASH_WORKER_DIR` set.
@@ -17,6 +24,7 @@ use std::time::{Duration, Instant};
 use terway_statestore::*;
 
 const KILLS: usize = 200;
+const POWER_LOSSES: usize = 200;
 const PODS: u32 = 30;
 
 fn pod(n: u32) -> PodRef {
@@ -42,6 +50,20 @@ fn crash_worker() {
         x ^= x << 17;
         x
     };
+    // the power-loss run: after this many acknowledged operations the worker
+    // stops itself (every thread, sled's included) so the parent can copy the
+    // files exactly as they are at that flush point, then goes on
+    let pause_at: Option<usize> = std::env::var("CRASH_WORKER_PAUSE_AT").ok().and_then(|n| n.parse().ok());
+    let mut acked = 0;
+    let mut flush_point = || {
+        acked += 1;
+        if pause_at == Some(acked) {
+            println!("PAUSED");
+            let _ = Command::new("kill")
+                .args(["-STOP", &std::process::id().to_string()])
+                .status();
+        }
+    };
     println!("READY");
     loop {
         let p = (next() % u64::from(PODS)) as u32;
@@ -57,7 +79,10 @@ fn crash_worker() {
                     settings: PodNetworkSettings::default(),
                 };
                 match ledger.bind(&req, EniPreference::MostUsed, Durability::Flush) {
-                    Ok(b) => println!("BOUND {key} {}", b.ip),
+                    Ok(b) => {
+                        println!("BOUND {key} {}", b.ip);
+                        flush_point();
+                    }
                     Err(LedgerError::NoIdleIp { .. }) => println!("FULL {key}"),
                     Err(e) => panic!("bind: {e}"),
                 }
@@ -68,12 +93,21 @@ fn crash_worker() {
                     .release(&pod(p), None, Duration::from_millis(1), Durability::Flush)
                     .unwrap();
                 println!("RELEASED {key}");
+                flush_point();
             }
             _ => {
                 ledger.promote_cooled(now_millis(), Durability::Flush).unwrap();
             }
         }
     }
+}
+
+/// Whether the process is stopped (SIGSTOP), from `/proc/<pid>/stat`.
+fn stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.starts_with('T')))
+        .unwrap_or(false)
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -89,6 +123,20 @@ fn sigkill_at_random_moments() {
     if std::env::var("CRASH_WORKER_DIR").is_ok() {
         return;
     }
+    kill_rounds(KILLS, false);
+}
+
+#[test]
+fn power_loss_keeps_every_acknowledged_operation() {
+    if std::env::var("CRASH_WORKER_DIR").is_ok() {
+        return;
+    }
+    kill_rounds(POWER_LOSSES, true);
+}
+
+/// `kills` rounds of: start the worker, kill it, check the ledger. With
+/// `power_loss`, the ledger is first put back to its last flush point.
+fn kill_rounds(kills: usize, power_loss: bool) {
     let dir = tempfile::tempdir().unwrap();
     {
         let l = Ledger::open(dir.path()).unwrap();
@@ -105,30 +153,71 @@ fn sigkill_at_random_moments() {
     let mut acked_total = 0usize;
     let mut kills_after_work = 0usize;
     let started = Instant::now();
-    for kill in 0..KILLS {
+    let flushed = tempfile::tempdir().unwrap();
+    let flush_point = flushed.path().join("ledger");
+    let mut power_cuts = 0usize;
+    for kill in 0..kills {
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;
-        let mut child = Command::new(&exe)
+        let mut worker = Command::new(&exe);
+        worker
             .args(["--exact", "crash_worker", "--nocapture", "--test-threads=1"])
             .env("CRASH_WORKER_DIR", dir.path())
             .env("CRASH_WORKER_SEED", (kill as u64 + 1).to_string())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+            .stderr(Stdio::null());
+        if power_loss {
+            worker.env("CRASH_WORKER_PAUSE_AT", (1 + rng % 12).to_string());
+        }
+        let mut child = worker.spawn().unwrap();
         let stdout = child.stdout.take().unwrap();
+        let (seen, lines_in) = std::sync::mpsc::channel::<String>();
         let reader = std::thread::spawn(move || {
-            BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-                .collect::<Vec<String>>()
+            let mut all = Vec::new();
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = seen.send(line.clone());
+                all.push(line);
+            }
+            all
         });
-        // kill anywhere from before the ledger is open to well into the loop
-        std::thread::sleep(Duration::from_micros(rng % 40_000));
+        let mut cut = false;
+        if power_loss {
+            // at the flush point: copy the files while every thread of the worker is stopped
+            let paused = loop {
+                match lines_in.recv_timeout(Duration::from_secs(5)) {
+                    Ok(line) if line == "PAUSED" => break true,
+                    Ok(_) => {}
+                    Err(_) => break false,
+                }
+            };
+            if paused {
+                while !stopped(child.id()) {
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                let _ = std::fs::remove_dir_all(&flush_point);
+                common::copy_dir(dir.path(), &flush_point).unwrap();
+                let _ = Command::new("kill").args(["-CONT", &child.id().to_string()]).status();
+                cut = true;
+            }
+            // the worker writes on (nothing of it flushed in the copy), then the power goes
+            std::thread::sleep(Duration::from_micros(rng % 20_000));
+        } else {
+            // kill anywhere from before the ledger is open to well into the loop
+            std::thread::sleep(Duration::from_micros(rng % 40_000));
+        }
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
-        let lines = reader.join().unwrap();
+        let mut lines = reader.join().unwrap();
+        // after a power cut, everything after the flush point never reached the disk
+        let mut lost = Vec::new();
+        if cut {
+            power_cuts += 1;
+            let at = lines.iter().position(|l| l == "PAUSED").unwrap();
+            lost = lines.split_off(at);
+            std::fs::remove_dir_all(dir.path()).unwrap();
+            common::copy_dir(&flush_point, dir.path()).unwrap();
+        }
         let mut worked = false;
         for line in &lines {
             let parts: Vec<&str> = line.split_whitespace().collect();
@@ -153,13 +242,19 @@ fn sigkill_at_random_moments() {
                 _ => {}
             }
         }
+        // operations after the flush point: either outcome is fine (the last word on their pods)
+        for line in &lost {
+            if let Some(key) = line.split_whitespace().nth(1) {
+                known.insert(key.to_owned(), Known::InFlight);
+            }
+        }
         kills_after_work += usize::from(worked);
 
         let l = Ledger::open(dir.path()).unwrap_or_else(|e| panic!("kill {kill}: reopen failed: {e}"));
         let problems = l.check();
         assert!(
             problems.is_empty(),
-            "kill {kill}: inconsistent after SIGKILL: {problems:?}"
+            "kill {kill}: inconsistent after the kill: {problems:?}"
         );
         let s = l.snapshot();
         let mut owners: BTreeMap<IpAddr, String> = BTreeMap::new();
@@ -184,12 +279,23 @@ fn sigkill_at_random_moments() {
             known.entry(key.clone()).or_insert(Known::Bound(p.ips[0]));
         }
     }
+    let cuts = if power_loss {
+        format!(" ({power_cuts} of them power cuts: the files put back to a flush point the worker had written past)")
+    } else {
+        String::new()
+    };
     println!(
-        "{KILLS} SIGKILLs in {:.1} s: {kills_after_work} after acknowledged work, {acked_total} acknowledged operations checked",
+        "{kills} SIGKILLs in {:.1} s{cuts}: {kills_after_work} after acknowledged work, {acked_total} acknowledged operations checked",
         started.elapsed().as_secs_f64()
     );
+    if power_loss {
+        assert!(
+            power_cuts >= kills / 2,
+            "most rounds should cut the power: {power_cuts}"
+        );
+    }
     assert!(
-        kills_after_work >= KILLS / 4,
+        kills_after_work >= kills / 4,
         "most kills should land mid-work: {kills_after_work}"
     );
 }

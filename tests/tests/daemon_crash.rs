@@ -1,25 +1,31 @@
-//! terwayd killed with SIGKILL at random moments during bursts of ADD and DEL
-//! (50 kills). After each restart no pod has lost its address and no address
-//! is in two pods; at the end the cloud and the ledger agree: nothing leaked.
-//! terwayd runs as its own process (`terwayd run --no-datapath`); the cloud
-//! is the emulator in this test.
+//! terwayd killed with SIGKILL during bursts of ADD and DEL, 500 times: at
+//! random moments, and inside the cloud calls that change the node (the
+//! kill lands while the emulator holds a CreateNetworkInterface,
+//! AttachNetworkInterface, AssignPrivateIpAddresses or
+//! UnassignPrivateIpAddresses, before it takes effect or after it took
+//! effect and before it is answered), with 5xx and throttling switched on
+//! and off along the way. Every acknowledged ADD and DEL is a ledger flush,
+//! so kills mid-burst land in flushes too. After each restart no pod has
+//! lost its address and no address is in two pods; at the end the cloud and
+//! the ledger agree: nothing leaked. terwayd runs as its own process
+//! (`terwayd run --no-datapath`); the cloud is the emulator in this test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use terway_cloud::emulator::{Delays, Emulator, Scenario};
+use terway_cloud::emulator::{Delays, Emulator, Faults, InstanceTypeSpec, Scenario};
 use terway_node::cni::exchange;
 use terway_node::cni::protocol::{PodRequest, Reply, Request};
 
-const KILLS: usize = 50;
+const KILLS: usize = 500;
 const PODS: usize = 16;
 
 fn write_config(dir: &Path, url: &str) -> PathBuf {
     let path = dir.join("eni_conf");
     let own = format!(
-        r#", "max_pool_size": 12, "min_pool_size": 4, "ledger_path": "{}", "socket_path": "{}""#,
+        r#", "max_pool_size": 8, "min_pool_size": 4, "ledger_path": "{}", "socket_path": "{}""#,
         dir.join("ledger").display(),
         dir.join("eni.socket").display()
     );
@@ -66,6 +72,14 @@ fn cloud_view(em: &Emulator) -> (BTreeSet<String>, usize) {
     (ips, leftovers)
 }
 
+/// The calls kills are aimed at, one round each in turn, then a round of a random moment.
+const TARGETS: [&str; 4] = [
+    "CreateNetworkInterface",
+    "AttachNetworkInterface",
+    "AssignPrivateIpAddresses",
+    "UnassignPrivateIpAddresses",
+];
+
 #[derive(Debug, Clone, PartialEq)]
 enum Known {
     Bound(String),
@@ -80,7 +94,7 @@ fn sigkill_during_bursts_keeps_the_invariants() {
         .enable_all()
         .build()
         .unwrap();
-    let scenario = Scenario {
+    let mut scenario = Scenario {
         delays: Delays {
             attach_ms: 50,
             detach_ms: 50,
@@ -88,6 +102,15 @@ fn sigkill_during_bursts_keeps_the_invariants() {
         },
         ..Scenario::default()
     };
+    // small ENIs (3 secondary addresses each), so bursts make and retire ENIs often
+    scenario.instance_types.push(InstanceTypeSpec {
+        id: "ecs.crash.small".into(),
+        eni_quantity: 8,
+        ipv4_per_eni: 4,
+        ipv6_per_eni: 0,
+        eni_total_quantity: Some(8),
+    });
+    scenario.instances[0].instance_type = "ecs.crash.small".into();
     let em = rt.block_on(Emulator::start(scenario)).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &em.url());
@@ -102,7 +125,30 @@ fn sigkill_during_bursts_keeps_the_invariants() {
     };
     let started = Instant::now();
     let mut acked = 0usize;
+    // kills that landed inside each targeted call, and rounds under 5xx or throttling
+    let mut landed: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut faulty_rounds = 0usize;
     for kill in 0..KILLS {
+        let target = TARGETS.get(kill % (TARGETS.len() + 1)).copied();
+        let mut faults = Faults::default();
+        if let Some(action) = target {
+            // hold the call 300 ms: before it takes effect, or after (its answer lost to the kill)
+            let hold = [(action.to_owned(), 300)].into();
+            if kill % 2 == 0 {
+                faults.latency_ms = hold;
+            } else {
+                faults.answer_delay_ms = hold;
+            }
+        }
+        if kill % 7 == 3 {
+            faulty_rounds += 1;
+            if kill % 2 == 0 {
+                faults.error_rate = 0.3;
+            } else {
+                faults.throttle_rate = 0.3;
+            }
+        }
+        em.set_faults(faults);
         let mut child = spawn_terwayd(&config);
         wait_serving(&socket);
         // every pod the daemon acknowledged still has its address: a repeated ADD returns it
@@ -123,7 +169,7 @@ fn sigkill_during_bursts_keeps_the_invariants() {
             }
         }
         // a burst of ADD and DEL from several threads, and SIGKILL in the middle of it
-        let deadline = Instant::now() + Duration::from_millis(100 + next() % 500);
+        let deadline = Instant::now() + Duration::from_millis(30 + next() % 270);
         let results = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let mut workers = Vec::new();
         for w in 0..3u64 {
@@ -157,8 +203,21 @@ fn sigkill_during_bursts_keeps_the_invariants() {
                 }
             }));
         }
-        std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
+        match target {
+            // inside the call if it comes before the deadline (plus its hold)
+            Some(action) => {
+                let until = deadline + Duration::from_millis(300);
+                while Instant::now() < until && em.in_flight(action) == 0 {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                if em.in_flight(action) > 0 {
+                    *landed.entry(action).or_default() += 1;
+                }
+            }
+            None => std::thread::sleep(deadline.saturating_duration_since(Instant::now())),
+        }
         child.kill().unwrap(); // SIGKILL
+        em.set_faults(Faults::default());
         child.wait().unwrap();
         for w in workers {
             w.join().unwrap();
@@ -220,7 +279,7 @@ fn sigkill_during_bursts_keeps_the_invariants() {
     let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
     let _ = child.wait();
     println!(
-        "{KILLS} SIGKILLs of terwayd in {:.1} s, {acked} acknowledged ADD/DEL checked; at rest: {last}",
+        "{KILLS} SIGKILLs of terwayd in {:.1} s ({faulty_rounds} rounds with 5xx or throttling; inside a call: {landed:?}), {acked} acknowledged ADD/DEL checked; at rest: {last}",
         started.elapsed().as_secs_f64()
     );
     assert!(agreed, "the cloud and the ledger never agreed: {last}");

@@ -100,6 +100,11 @@ impl Emulator {
         lock(&self.shared.calls).clone()
     }
 
+    /// Requests for `action` received and not yet answered.
+    pub fn in_flight(&self, action: &str) -> u64 {
+        lock(&self.shared.in_flight).get(action).copied().unwrap_or(0)
+    }
+
     /// Forgets every IMDSv2 token handed out, as a metadata service restart would.
     pub fn revoke_metadata_tokens(&self) {
         lock(&self.shared.metadata_tokens).clear();

@@ -117,6 +117,9 @@ impl Default for Delays {
 pub struct Faults {
     /// Added latency per action, in milliseconds (`"*"` for every action).
     pub latency_ms: BTreeMap<String, u64>,
+    /// Delay per action (`"*"`: every action) after the call took effect and
+    /// before it is answered: a caller killed meanwhile never learns it happened.
+    pub answer_delay_ms: BTreeMap<String, u64>,
     /// Share of requests (0–1) answered with a 5xx before taking effect.
     pub error_rate: f64,
     /// Share of requests (0–1) that take effect but whose response is lost

@@ -35,6 +35,8 @@ pub(crate) struct Shared {
     access_keys: Mutex<HashMap<String, AccessKey>>,
     nonces: Mutex<HashMap<String, Instant>>,
     pub faults: Mutex<Faults>,
+    /// Requests received and not yet answered, by action.
+    pub in_flight: Mutex<BTreeMap<String, u64>>,
     limiter: Option<RateLimiter>,
     /// action → result code ("Success" or the error code) → count
     pub calls: Mutex<BTreeMap<String, BTreeMap<String, u64>>>,
@@ -85,6 +87,7 @@ impl Shared {
             access_keys: Mutex::new(access_keys),
             nonces: Mutex::new(HashMap::new()),
             faults: Mutex::new(s.faults.clone()),
+            in_flight: Mutex::new(BTreeMap::new()),
             limiter: (!s.rate_limits.is_empty()).then(|| RateLimiter::new(s.rate_limits.clone(), u32::MAX)),
             calls: Mutex::new(BTreeMap::new()),
             metadata_tokens: Mutex::new(HashMap::new()),
@@ -189,13 +192,17 @@ async fn rpc(State(s): State<Arc<Shared>>, method: Method, uri: Uri, headers: He
         }
     }
     let action = params.get("Action").cloned().unwrap_or_default();
-    let latency = {
-        let f = lock(&s.faults);
-        f.latency_ms
+    let _counted = InFlight::enter(&s, &action);
+    let delay = |per_action: &BTreeMap<String, u64>| {
+        per_action
             .get(&action)
-            .or_else(|| f.latency_ms.get("*"))
+            .or_else(|| per_action.get("*"))
             .copied()
             .unwrap_or(0)
+    };
+    let (latency, answer_delay) = {
+        let f = lock(&s.faults);
+        (delay(&f.latency_ms), delay(&f.answer_delay_ms))
     };
     if latency > 0 {
         tokio::time::sleep(Duration::from_millis(latency)).await;
@@ -203,6 +210,9 @@ async fn rpc(State(s): State<Arc<Shared>>, method: Method, uri: Uri, headers: He
     let outcome = handle(&s, method.as_str(), &params, &action);
     let events = std::mem::take(&mut lock(&s.world).events);
     s.run_hooks(events);
+    if answer_delay > 0 {
+        tokio::time::sleep(Duration::from_millis(answer_delay)).await;
+    }
     match outcome {
         Ok((mut body, drop)) => {
             s.count(&action, "Success");
@@ -219,6 +229,30 @@ async fn rpc(State(s): State<Arc<Shared>>, method: Method, uri: Uri, headers: He
         Err(e) => {
             s.count(if action.is_empty() { "(none)" } else { &action }, &e.code);
             fail(e)
+        }
+    }
+}
+
+/// Counts a request as in flight until it is answered (or its connection dropped).
+struct InFlight<'a> {
+    shared: &'a Shared,
+    action: String,
+}
+
+impl<'a> InFlight<'a> {
+    fn enter(shared: &'a Shared, action: &str) -> Self {
+        *lock(&shared.in_flight).entry(action.to_owned()).or_default() += 1;
+        Self {
+            shared,
+            action: action.to_owned(),
+        }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Some(n) = lock(&self.shared.in_flight).get_mut(&self.action) {
+            *n = n.saturating_sub(1);
         }
     }
 }

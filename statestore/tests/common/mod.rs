@@ -25,3 +25,18 @@ pub fn eni(id: &str, n: u8) -> EniRecord {
 pub fn addresses(n: u8, from: u8, to: u8) -> Vec<IpAddr> {
     (from..=to).map(|i| IpAddr::from([10, 0, n, i])).collect()
 }
+
+/// Copies a directory tree (a ledger's files) to `to`, which must not exist.
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
+}
