@@ -11,7 +11,8 @@ use sled::Transactional;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 /// The on-disk layout version this build writes.
@@ -183,6 +184,26 @@ pub struct Ledger {
     db: sled::Db,
     trees: Trees,
     inner: Mutex<Inner>,
+    /// Commits applied to sled so far (durable or not).
+    written: AtomicU64,
+    /// Binds and releases between their start and their commit.
+    committing: std::sync::atomic::AtomicUsize,
+    /// Group commit: one flush makes every commit before it durable.
+    flushes: FlushGate,
+}
+
+/// How long a flush's leader waits for writers already inside a commit.
+const GATHER: Duration = Duration::from_micros(200);
+
+/// Writers waiting for durability share flushes: the first to find no
+/// flush under way leads one covering every commit so far; the others
+/// wait for it (or the next), so durable operations per second grow with
+/// the number of writers while a lone writer still flushes once per commit.
+#[derive(Debug, Default)]
+struct FlushGate {
+    /// (commits known durable, a flush is under way)
+    state: Mutex<(u64, bool)>,
+    done: Condvar,
 }
 
 pub(crate) fn storage(path: &Path, op: &str, e: impl std::fmt::Display) -> LedgerError {
@@ -264,6 +285,9 @@ impl Ledger {
                 state: State::default(),
                 next_intent_id: 1,
             }),
+            written: AtomicU64::new(0),
+            committing: std::sync::atomic::AtomicUsize::new(0),
+            flushes: FlushGate::default(),
         };
         ledger.check_schema(opts)?;
         ledger.load()?;
@@ -412,6 +436,48 @@ impl Ledger {
         Ok((state, next))
     }
 
+    /// Returns once every commit made so far is on disk, leading a flush or
+    /// joining one (see [`FlushGate`]).
+    fn durable(&self) -> Result<(), LedgerError> {
+        let target = self.written.load(Ordering::SeqCst);
+        let gate = &self.flushes;
+        let mut state = gate.state.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if state.0 >= target {
+                return Ok(());
+            }
+            if state.1 {
+                state = gate.done.wait(state).unwrap_or_else(PoisonError::into_inner);
+                continue;
+            }
+            state.1 = true;
+            drop(state);
+            // writers already inside a commit join this flush rather than wait for the next
+            let until = std::time::Instant::now() + GATHER;
+            while self.committing.load(Ordering::SeqCst) > 0 && std::time::Instant::now() < until {
+                std::thread::yield_now();
+            }
+            let covers = self.written.load(Ordering::SeqCst);
+            let flushed = self.db.flush();
+            state = gate.state.lock().unwrap_or_else(PoisonError::into_inner);
+            state.1 = false;
+            if flushed.is_ok() {
+                state.0 = state.0.max(covers);
+            }
+            gate.done.notify_all();
+            flushed.map_err(|e| storage(&self.path, "flush", e))?;
+        }
+    }
+
+    /// Commits with [`Durability::Flush`] wait for a flush after the ledger's
+    /// lock is let go, so concurrent binds and releases share it.
+    fn settle(&self, durability: Durability) -> Result<(), LedgerError> {
+        match durability {
+            Durability::Flush => self.durable(),
+            Durability::Lazy => Ok(()),
+        }
+    }
+
     /// Commits `changes` atomically across trees, then mirrors them.
     fn commit(&self, inner: &mut Inner, changes: Vec<Change>, durability: Durability) -> Result<(), LedgerError> {
         if changes.is_empty() {
@@ -450,8 +516,9 @@ impl Ledger {
                 Ok::<(), ConflictableTransactionError<()>>(())
             });
         result.map_err(|e| storage(&self.path, "commit", format!("{e:?}")))?;
+        self.written.fetch_add(1, Ordering::SeqCst);
         if durability == Durability::Flush {
-            self.db.flush().map_err(|e| storage(&self.path, "flush", e))?;
+            self.durable()?;
         }
         let s = &mut inner.state;
         for c in changes {
@@ -556,6 +623,15 @@ impl Ledger {
     /// Gives the pod an idle address: the same one again for the same pod
     /// (a repeated ADD, or a new sandbox of the same pod).
     pub fn bind(&self, req: &BindRequest, pref: EniPreference, durability: Durability) -> Result<Bound, LedgerError> {
+        self.committing.fetch_add(1, Ordering::SeqCst);
+        let out = self.bind_written(req, pref);
+        self.committing.fetch_sub(1, Ordering::SeqCst);
+        let out = out?;
+        self.settle(durability)?;
+        Ok(out)
+    }
+
+    fn bind_written(&self, req: &BindRequest, pref: EniPreference) -> Result<Bound, LedgerError> {
         let mut inner = self.lock();
         let s = &inner.state;
         if let Some(existing) = s.pods.get(&req.pod.key()) {
@@ -609,7 +685,7 @@ impl Ledger {
                 bound_at: now_millis(),
                 ..existing.clone()
             }));
-            self.commit(&mut inner, changes, durability)?;
+            self.commit(&mut inner, changes, Durability::Lazy)?;
             return Ok(Bound {
                 ip,
                 eni,
@@ -670,7 +746,7 @@ impl Ledger {
                 bound_at: now_millis(),
             }),
         ];
-        self.commit(&mut inner, changes, durability)?;
+        self.commit(&mut inner, changes, Durability::Lazy)?;
         Ok(Bound {
             ip: chosen.ip,
             eni,
@@ -682,6 +758,15 @@ impl Ledger {
     /// [`exclusive`](EniRecord::exclusive), or (`any_eni`, a node in
     /// exclusive-ENI mode) any ENI no pod holds an address of.
     pub fn reserve_eni(&self, req: &BindRequest, any_eni: bool, durability: Durability) -> Result<Bound, LedgerError> {
+        self.committing.fetch_add(1, Ordering::SeqCst);
+        let out = self.reserve_eni_written(req, any_eni);
+        self.committing.fetch_sub(1, Ordering::SeqCst);
+        let out = out?;
+        self.settle(durability)?;
+        Ok(out)
+    }
+
+    fn reserve_eni_written(&self, req: &BindRequest, any_eni: bool) -> Result<Bound, LedgerError> {
         let mut inner = self.lock();
         let s = &inner.state;
         if let Some(existing) = s.pods.get(&req.pod.key()) {
@@ -707,7 +792,7 @@ impl Ledger {
                 }));
             }
             let ip = eni.primary_ip;
-            self.commit(&mut inner, changes, durability)?;
+            self.commit(&mut inner, changes, Durability::Lazy)?;
             return Ok(Bound {
                 ip,
                 eni,
@@ -747,7 +832,7 @@ impl Ledger {
                 bound_at: now_millis(),
             }),
         ];
-        self.commit(&mut inner, changes, durability)?;
+        self.commit(&mut inner, changes, Durability::Lazy)?;
         Ok(Bound {
             ip: eni.primary_ip,
             eni,
@@ -763,6 +848,20 @@ impl Ledger {
         container_id: Option<&str>,
         cooldown: Duration,
         durability: Durability,
+    ) -> Result<Released, LedgerError> {
+        self.committing.fetch_add(1, Ordering::SeqCst);
+        let out = self.release_written(pod, container_id, cooldown);
+        self.committing.fetch_sub(1, Ordering::SeqCst);
+        let out = out?;
+        self.settle(durability)?;
+        Ok(out)
+    }
+
+    fn release_written(
+        &self,
+        pod: &PodRef,
+        container_id: Option<&str>,
+        cooldown: Duration,
     ) -> Result<Released, LedgerError> {
         let mut inner = self.lock();
         let s = &inner.state;
@@ -805,7 +904,7 @@ impl Ledger {
             stale: false,
             eni_id: record.eni_id.clone(),
         };
-        self.commit(&mut inner, changes, durability)?;
+        self.commit(&mut inner, changes, Durability::Lazy)?;
         Ok(released)
     }
 

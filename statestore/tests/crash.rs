@@ -1,5 +1,6 @@
-//! Crash tests: a child process binds and releases addresses in a loop and is
-//! killed with SIGKILL at random moments, 200 times. After every kill the
+//! Crash tests: four threads of a child process bind and release addresses
+//! in a loop, sharing flushes (group commit), and the child is killed with
+//! SIGKILL at random moments, 200 times. After every kill the
 //! reopened ledger must be consistent, hold every acknowledged operation, and
 //! bind no address twice.
 //!
@@ -25,7 +26,9 @@ use terway_statestore::*;
 
 const KILLS: usize = 200;
 const POWER_LOSSES: usize = 200;
-const PODS: u32 = 30;
+const PODS: u32 = 32;
+/// Threads of the worker binding and releasing at once.
+const WRITERS: u64 = 4;
 
 fn pod(n: u32) -> PodRef {
     PodRef::new("crash", &format!("pod-{n}"), "uid")
@@ -43,21 +46,13 @@ fn crash_worker() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(1);
     let ledger = Ledger::open(std::path::Path::new(&dir)).unwrap();
-    let mut x = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-    let mut next = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
     // the power-loss run: after this many acknowledged operations the worker
     // stops itself (every thread, sled's included) so the parent can copy the
     // files exactly as they are at that flush point, then goes on
     let pause_at: Option<usize> = std::env::var("CRASH_WORKER_PAUSE_AT").ok().and_then(|n| n.parse().ok());
-    let mut acked = 0;
-    let mut flush_point = || {
-        acked += 1;
-        if pause_at == Some(acked) {
+    let acked = std::sync::atomic::AtomicUsize::new(0);
+    let flush_point = || {
+        if pause_at == Some(acked.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1) {
             println!("PAUSED");
             let _ = Command::new("kill")
                 .args(["-STOP", &std::process::id().to_string()])
@@ -65,39 +60,60 @@ fn crash_worker() {
         }
     };
     println!("READY");
-    loop {
-        let p = (next() % u64::from(PODS)) as u32;
-        let key = pod(p).key();
-        match next() % 10 {
-            0..=5 => {
-                println!("BINDING {key}");
-                let req = BindRequest {
-                    pod: pod(p),
-                    container_id: "c".into(),
-                    netns: "/proc/self/ns/net".into(),
-                    ifname: "eth0".into(),
-                    settings: PodNetworkSettings::default(),
+    // writers at once, so kills land inside shared (group) flushes; each owns
+    // the pods `p % WRITERS == w`, so each pod's operations stay in order
+    std::thread::scope(|s| {
+        for w in 0..WRITERS {
+            let (ledger, flush_point) = (&ledger, &flush_point);
+            s.spawn(move || {
+                let mut x = (seed + w).wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                let mut next = move || {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x
                 };
-                match ledger.bind(&req, EniPreference::MostUsed, Durability::Flush) {
-                    Ok(b) => {
-                        println!("BOUND {key} {}", b.ip);
-                        flush_point();
-                    }
-                    Err(LedgerError::NoIdleIp { .. }) => println!("FULL {key}"),
-                    Err(e) => panic!("bind: {e}"),
+                loop {
+                    let p = (next() % u64::from(PODS / WRITERS as u32)) as u32 * WRITERS as u32 + w as u32;
+                    work(ledger, p, next() % 10, flush_point);
                 }
+            });
+        }
+    });
+}
+
+/// One operation on pod `p`, said before it starts and after it is durable.
+fn work(ledger: &Ledger, p: u32, dice: u64, flush_point: &impl Fn()) {
+    let key = pod(p).key();
+    match dice {
+        0..=5 => {
+            println!("BINDING {key}");
+            let req = BindRequest {
+                pod: pod(p),
+                container_id: "c".into(),
+                netns: "/proc/self/ns/net".into(),
+                ifname: "eth0".into(),
+                settings: PodNetworkSettings::default(),
+            };
+            match ledger.bind(&req, EniPreference::MostUsed, Durability::Flush) {
+                Ok(b) => {
+                    println!("BOUND {key} {}", b.ip);
+                    flush_point();
+                }
+                Err(LedgerError::NoIdleIp { .. }) => println!("FULL {key}"),
+                Err(e) => panic!("bind: {e}"),
             }
-            6..=8 => {
-                println!("RELEASING {key}");
-                ledger
-                    .release(&pod(p), None, Duration::from_millis(1), Durability::Flush)
-                    .unwrap();
-                println!("RELEASED {key}");
-                flush_point();
-            }
-            _ => {
-                ledger.promote_cooled(now_millis(), Durability::Flush).unwrap();
-            }
+        }
+        6..=8 => {
+            println!("RELEASING {key}");
+            ledger
+                .release(&pod(p), None, Duration::from_millis(1), Durability::Flush)
+                .unwrap();
+            println!("RELEASED {key}");
+            flush_point();
+        }
+        _ => {
+            ledger.promote_cooled(now_millis(), Durability::Flush).unwrap();
         }
     }
 }
