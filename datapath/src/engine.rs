@@ -14,7 +14,7 @@ use rtnetlink::packet_route::link::{InfoKind, LinkMessage};
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// What this kernel was found to do about ipvlan (it cannot change while we run).
@@ -32,6 +32,66 @@ pub struct Datapath {
     /// ENIs whose host set-up is done: a pod's setup skips it for these;
     /// `repair` forgets an ENI before redoing it.
     ready_enis: Mutex<HashSet<[u8; 6]>>,
+    /// Host links of pods torn down, deleted in the background.
+    reaper: Arc<Reaper>,
+}
+
+/// The alias and the link group a pod's host link gets when its pod is
+/// torn down. Its deletion is left to the background: a veth's deletion
+/// waits for an RCU grace period (tens of milliseconds) while it holds the
+/// kernel's rtnl lock, so released links are gathered and deleted as one
+/// group, one grace period for all of them; after a crash
+/// [`Datapath::remove_released_links`] deletes the group.
+pub const RELEASED_ALIAS: &str = "terway-rs: pod released";
+pub const RELEASED_GROUP: u32 = 0x7472_7764;
+
+/// How long released links gather before they are deleted together.
+const REAP_GATHER: Duration = Duration::from_millis(200);
+
+/// Deletes the released links' group, off the reply path.
+#[derive(Debug, Default)]
+struct Reaper {
+    /// Links marked since the last deletion.
+    pending: std::sync::atomic::AtomicUsize,
+    /// A task is gathering or deleting.
+    running: std::sync::atomic::AtomicBool,
+    /// Wakes [`Datapath::released_links_deleted`] when nothing is pending.
+    idle: tokio::sync::Notify,
+}
+
+impl Reaper {
+    /// A link was marked: delete the group soon.
+    fn soon(self: &Arc<Self>, nl: &Netlink) {
+        self.pending.fetch_add(1, Ordering::SeqCst);
+        if self.running.swap(true, Ordering::SeqCst) {
+            return; // the running task takes it
+        }
+        let (reaper, nl) = (self.clone(), nl.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(REAP_GATHER).await;
+                let marked = reaper.pending.swap(0, Ordering::SeqCst);
+                if marked > 0 {
+                    if let Err(e) = nl.del_link_group(RELEASED_GROUP).await {
+                        // the next sweep deletes the group again
+                        tracing::warn!(error = %e, "deleting released pod links failed");
+                    }
+                    continue;
+                }
+                reaper.running.store(false, Ordering::SeqCst);
+                // a link marked between the swap and the store found the task running: go on for it
+                if reaper.pending.load(Ordering::SeqCst) > 0 && !reaper.running.swap(true, Ordering::SeqCst) {
+                    continue;
+                }
+                reaper.idle.notify_waiters();
+                return;
+            }
+        });
+    }
+
+    fn is_idle(&self) -> bool {
+        !self.running.load(Ordering::SeqCst) && self.pending.load(Ordering::SeqCst) == 0
+    }
 }
 
 /// The two namespaces one operation works in.
@@ -116,7 +176,37 @@ impl Datapath {
             ipvlan: AtomicU8::new(IPVLAN_UNKNOWN),
             eni_wait: Duration::from_secs(10),
             ready_enis: Mutex::new(HashSet::new()),
+            reaper: Arc::default(),
         })
+    }
+
+    /// Deletes the host links of released pods that a crash left behind
+    /// (the [`RELEASED_GROUP`]); returns how many there were.
+    pub async fn remove_released_links(&self) -> Result<usize, DatapathError> {
+        let left = self
+            .nl
+            .links()
+            .await?
+            .iter()
+            .filter(|l| link_group(l) == Some(RELEASED_GROUP))
+            .count();
+        if left > 0 {
+            self.nl.del_link_group(RELEASED_GROUP).await?;
+        }
+        Ok(left)
+    }
+
+    /// Waits until every released link queued so far is deleted.
+    pub async fn released_links_deleted(&self) {
+        loop {
+            let idle = self.reaper.idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            if self.reaper.is_idle() {
+                return;
+            }
+            idle.await;
+        }
     }
 
     /// How long to wait for a hot-plugged ENI link to appear (default 10 s).
@@ -371,15 +461,21 @@ impl Datapath {
     async fn remove_link(&self, sides: &Sides<'_>, plan: &LinkPlan) -> Result<(), DatapathError> {
         match plan {
             LinkPlan::Veth { host, pod, .. } => {
+                // the host end goes in the background, its peer with it; marked
+                // first, so a crash before the deletion leaves it findable
+                if let Some(l) = self.nl.link_by_name(host).await? {
+                    let index = link_index(&l);
+                    self.nl.mark_link(index, RELEASED_ALIAS, RELEASED_GROUP).await?;
+                    self.reaper.soon(&self.nl);
+                    return Ok(());
+                }
+                // a half-made pair: only the pod end is left
                 if let Ok(p) = sides.nl(Side::Pod) {
                     if let Some(l) = p.link_by_name(pod).await? {
                         if link_kind(&l) == Some(InfoKind::Veth) {
                             p.del_link(link_index(&l)).await?;
                         }
                     }
-                }
-                if let Some(l) = self.nl.link_by_name(host).await? {
-                    self.nl.del_link(link_index(&l)).await?;
                 }
                 Ok(())
             }
@@ -581,7 +677,11 @@ impl Datapath {
         let p = sides.nl(Side::Pod)?;
         let host_link = self.nl.link_by_name(host).await?;
         let pod_link = p.link_by_name(pod).await?;
-        if let (Some(h), Some(l)) = (&host_link, &pod_link) {
+        // a pair released a moment ago (the same pod again) is about to be deleted: never reuse it
+        let released = host_link
+            .as_ref()
+            .is_some_and(|h| link_group(h) == Some(RELEASED_GROUP));
+        if let (Some(h), Some(l), false) = (&host_link, &pod_link, released) {
             let peer_of_host = h.attributes.iter().find_map(|a| match a {
                 rtnetlink::packet_route::link::LinkAttribute::Link(i) => Some(*i),
                 _ => None,

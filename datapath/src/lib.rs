@@ -19,7 +19,7 @@ pub mod netns;
 mod spec;
 mod tbf;
 
-pub use engine::Datapath;
+pub use engine::{Datapath, RELEASED_ALIAS, RELEASED_GROUP};
 pub use ipvlan::child_message as ipvlan_child_message;
 pub use netlink::{Netlink, RouteSpec, RuleSpec};
 pub use netns::NetNs;

@@ -309,6 +309,34 @@ impl Netlink {
             .map_err(|e| self.err(format!("set link {index}"), e))
     }
 
+    /// Sets a link's alias and group (`ip link set … alias A group G`):
+    /// marks that cost the kernel no more than a notification.
+    pub async fn mark_link(&self, index: u32, alias: &str, group: u32) -> Result<(), DatapathError> {
+        use rtnetlink::packet_route::link::LinkAttribute;
+        let mut msg = LinkUnspec::new_with_index(index).build();
+        msg.attributes.push(LinkAttribute::IfAlias(alias.to_owned()));
+        msg.attributes.push(LinkAttribute::Group(group));
+        match self.handle.link().set(msg).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if is_gone(&e) => Ok(()),
+            Err(e) => Err(self.err(format!("mark link {index}"), e)),
+        }
+    }
+
+    /// Deletes every link of `group` at once (`ip link delete group G`): the
+    /// kernel unregisters them together, one RCU grace period for them all.
+    pub async fn del_link_group(&self, group: u32) -> Result<(), DatapathError> {
+        let mut req = self.handle.link().del(0);
+        req.message_mut()
+            .attributes
+            .push(rtnetlink::packet_route::link::LinkAttribute::Group(group));
+        match req.execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if is_gone(&e) => Ok(()),
+            Err(e) => Err(self.err(format!("delete link group {group}"), e)),
+        }
+    }
+
     /// Moves a link into another namespace.
     pub async fn move_link(&self, index: u32, to: &NetNs) -> Result<(), DatapathError> {
         use std::os::fd::AsRawFd;
@@ -697,6 +725,13 @@ pub fn link_name(l: &LinkMessage) -> Option<String> {
         } else {
             None
         }
+    })
+}
+
+pub fn link_group(l: &LinkMessage) -> Option<u32> {
+    l.attributes.iter().find_map(|a| match a {
+        rtnetlink::packet_route::link::LinkAttribute::Group(g) => Some(*g),
+        _ => None,
     })
 }
 

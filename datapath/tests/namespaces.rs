@@ -191,12 +191,47 @@ async fn idempotent_setup_teardown_and_repair() {
     dp.setup(&p).await.unwrap();
     assert!(!ns.state().contains("qdisc tbf"));
 
-    // teardown twice
+    // teardown: rules and routes go at once, the link in the background
     dp.teardown(&p).await.unwrap();
+    let right_after = lab.node.state();
+    assert!(
+        !right_after.contains(&format!("from {}", p.ipv4)) && !right_after.contains(&format!("{} dev", p.ipv4)),
+        "{right_after}"
+    );
+    dp.released_links_deleted().await;
     let after_teardown = lab.node.state();
     assert_eq!(after_teardown, empty_node, "teardown leaves the node as before the pod");
     dp.teardown(&p).await.unwrap();
+    dp.released_links_deleted().await;
     assert_eq!(lab.node.state(), empty_node, "teardown twice = teardown once");
+
+    // the same pod again right after its teardown, its old link maybe not yet deleted
+    dp.setup(&p).await.unwrap();
+    dp.teardown(&p).await.unwrap();
+    dp.setup(&p).await.unwrap();
+    dp.released_links_deleted().await;
+    assert!(
+        dp.check(&p).await.unwrap().is_empty(),
+        "set up over a link being deleted"
+    );
+    // a crash between teardown and the deletion: the marked link is found and deleted
+    sh(&[
+        "ip",
+        "-n",
+        &lab.node.name,
+        "link",
+        "set",
+        &p.host_veth(),
+        "group",
+        &terway_datapath::RELEASED_GROUP.to_string(),
+    ]);
+    let restarted = Datapath::new(lab.node.handle()).unwrap();
+    assert_eq!(restarted.remove_released_links().await.unwrap(), 1);
+    restarted.released_links_deleted().await;
+    assert!(!lab.node.state().contains(&p.host_veth()));
+    dp.teardown(&p).await.unwrap();
+    dp.released_links_deleted().await;
+    assert_eq!(lab.node.state(), empty_node);
 
     // a half-made setup: only the host veth exists
     lab.node.ip(&[
@@ -210,6 +245,7 @@ async fn idempotent_setup_teardown_and_repair() {
         "halfpeer",
     ]);
     dp.teardown(&p).await.unwrap();
+    dp.released_links_deleted().await;
     assert!(!lab.node.state().contains(&p.host_veth()));
 
     // teardown after the pod's namespace was deleted
@@ -218,6 +254,7 @@ async fn idempotent_setup_teardown_and_repair() {
     dp.setup(&gone).await.unwrap();
     gone_ns.delete();
     dp.teardown(&gone).await.unwrap();
+    dp.released_links_deleted().await;
     let final_state = lab.node.state();
     assert!(
         !final_state.contains(&gone.ipv4.to_string()),
@@ -268,6 +305,7 @@ async fn exclusive_eni() {
         "the node reaches it through the host peer"
     );
     dp.teardown(&x).await.unwrap();
+    dp.released_links_deleted().await;
     let node_links = lab.node.ip(&["-o", "link"]);
     assert!(
         node_links.contains("00:16:3e:00:03:01"),

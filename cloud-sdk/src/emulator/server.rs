@@ -136,6 +136,9 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/latest/api/token", any(metadata_token))
         .route("/latest/meta-data/{*path}", get(metadata))
         .route("/latest/meta-data/", get(metadata_root))
+        // the metadata service as another instance sees it (many nodes on one emulator)
+        .route("/instance/{instance}/latest/api/token", any(metadata_token))
+        .route("/instance/{instance}/latest/meta-data/{*path}", get(instance_metadata))
         .route("/__emulator/world", get(control_world))
         .route("/__emulator/calls", get(control_calls))
         .route("/__emulator/faults", get(control_get_faults).put(control_put_faults))
@@ -468,6 +471,19 @@ async fn metadata_root(state: State<Arc<Shared>>, headers: HeaderMap) -> Respons
 }
 
 async fn metadata(State(s): State<Arc<Shared>>, Path(path): Path<String>, headers: HeaderMap) -> Response {
+    let instance = s.metadata_instance.clone();
+    serve_metadata(&s, &instance, &path, &headers)
+}
+
+async fn instance_metadata(
+    State(s): State<Arc<Shared>>,
+    Path((instance, path)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    serve_metadata(&s, &instance, &path, &headers)
+}
+
+fn serve_metadata(s: &Shared, instance: &str, path: &str, headers: &HeaderMap) -> Response {
     if lock(&s.faults).metadata_unavailable {
         return (StatusCode::SERVICE_UNAVAILABLE, "unavailable").into_response();
     }
@@ -484,13 +500,13 @@ async fn metadata(State(s): State<Arc<Shared>>, Path(path): Path<String>, header
         None => {}
     }
     s.tick();
-    match metadata_value(&s, path.trim_end_matches('/')) {
+    match metadata_value(s, instance, path.trim_end_matches('/')) {
         Some(text) => text.into_response(),
         None => (StatusCode::NOT_FOUND, "Not Found").into_response(),
     }
 }
 
-fn metadata_value(s: &Shared, path: &str) -> Option<String> {
+fn metadata_value(s: &Shared, instance: &str, path: &str) -> Option<String> {
     if let Some(rest) = path.strip_prefix("ram/security-credentials") {
         let role = s.ram_role.as_ref()?;
         let rest = rest.trim_start_matches('/');
@@ -500,7 +516,7 @@ fn metadata_value(s: &Shared, path: &str) -> Option<String> {
         return (rest == role.name).then(|| issue_role_credentials(s, role));
     }
     let w = lock(&s.world);
-    let instance = w.instances.get(&s.metadata_instance)?;
+    let instance = w.instances.get(instance)?;
     let primary = w.enis.get(&instance.primary_eni)?;
     let vsw = w.vswitches.get(&instance.vswitch_id)?;
     let simple = match path {

@@ -2,7 +2,9 @@
 //! ENI and every pod the ledger holds against the desired state, repairs
 //! what drifted (a rule, a route, a neighbour, a qdisc deleted by hand or by
 //! another agent), logs what it repaired and counts it in the metrics.
-//! Level-triggered: it needs no memory of what it did before.
+//! Level-triggered: it needs no memory of what it did before. It also deletes
+//! host links of released pods that a crash left before their background
+//! deletion ([`Datapath::remove_released_links`]), at start and each round.
 
 use super::pod_network;
 use super::Node;
@@ -23,6 +25,7 @@ pub struct CheckReport {
 
 /// Checks on the configured period until the task is aborted.
 pub async fn run(node: Arc<Node>, dp: Arc<Datapath>) {
+    remove_released_links(&dp).await;
     loop {
         tokio::time::sleep(node.config().datapath_check_period).await;
         let report = check_all(&node, &dp).await;
@@ -36,8 +39,17 @@ pub async fn run(node: Arc<Node>, dp: Arc<Datapath>) {
     }
 }
 
+async fn remove_released_links(dp: &Datapath) {
+    match dp.remove_released_links().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(links = n, "deleting host links of released pods left by an earlier run"),
+        Err(e) => tracing::warn!(error = %e, "looking for host links of released pods"),
+    }
+}
+
 /// One round over every shared ENI and every pod.
 pub async fn check_all(node: &Node, dp: &Datapath) -> CheckReport {
+    remove_released_links(dp).await;
     let mut report = CheckReport::default();
     let state = node.ledger.snapshot();
     // ENIs given whole go into their pods as they are: only shared ones have a host set-up
