@@ -91,6 +91,9 @@ fn delta(after: &BTreeMap<String, u64>, before: &BTreeMap<String, u64>) -> BTree
         .collect()
 }
 
+/// Upstream's default `ip_pool_sync_period`, for the at-rest extrapolation.
+const DEFAULT_SYNC_PERIOD: Duration = Duration::from_secs(120);
+
 fn report(what: &str, calls: &BTreeMap<String, u64>, nodes: usize, window: Duration) -> BTreeMap<String, f64> {
     let per_node_hour: BTreeMap<String, f64> = calls
         .iter()
@@ -222,9 +225,9 @@ fn main() {
     );
 
     // at rest: pods stay, pools settled
-    rt.block_on(tokio::time::sleep(SYNC_PERIOD * 2));
+    rt.block_on(async { tokio::time::sleep(SYNC_PERIOD * 2).await });
     let (before, _) = counts(&em);
-    rt.block_on(tokio::time::sleep(AT_REST));
+    rt.block_on(async { tokio::time::sleep(AT_REST).await });
     let (after, throttled_rest) = counts(&em);
     let rest = report("at rest", &delta(&after, &before), nodes, AT_REST);
 
@@ -279,6 +282,12 @@ fn main() {
 
     // the same per-node rates, FLEET nodes: where one account's limits end
     println!("\nextrapolated to {FLEET} nodes (per-node rates above × {FLEET}; limits are per account and region):");
+    let per_period = rest.values().sum::<f64>() / 3600.0 * SYNC_PERIOD.as_secs_f64();
+    println!(
+        "    at rest with the default {}s sync period: {:.0} calls/min for the fleet ({per_period:.2} per node per period)",
+        DEFAULT_SYNC_PERIOD.as_secs(),
+        per_period * FLEET as f64 * 60.0 / DEFAULT_SYNC_PERIOD.as_secs_f64()
+    );
     for (a, limit) in account_limits() {
         let rate = |m: &BTreeMap<String, f64>| m.get(&a).copied().unwrap_or(0.0) / 60.0; // per node per minute
         let (r, c) = (rate(&rest), rate(&churn));
