@@ -8,7 +8,6 @@
 //! `cargo bench -p terway-tests --bench restart`
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use terway_cloud::emulator::{Emulator, InstanceTypeSpec, Scenario};
 use terway_node::cni::exchange;
@@ -26,17 +25,6 @@ fn pod(i: usize) -> PodRequest {
         &format!("r{i:05}"),
         &format!("/var/run/netns/r-{i}"),
     )
-}
-
-fn spawn_terwayd(config: &Path) -> Child {
-    Command::new(terway_tests::binary("terwayd"))
-        .args(["run", "--standalone", "--no-datapath", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawning terwayd: {e}"))
 }
 
 /// Sends `request` until terwayd answers it with success; the time it took from `since`.
@@ -88,7 +76,7 @@ fn main() {
     )
     .unwrap_or_else(|e| panic!("{e}"));
 
-    let mut terwayd = spawn_terwayd(&config);
+    let mut terwayd = terway_tests::spawn_terwayd(&config);
     let filled = Instant::now();
     std::thread::scope(|s| {
         for worker in 0..16 {
@@ -121,7 +109,7 @@ fn main() {
             let _ = terwayd.wait();
             proxy.set(mode);
             let exec = Instant::now();
-            terwayd = spawn_terwayd(&config);
+            terwayd = terway_tests::spawn_terwayd(&config);
             adds.push(first_success(&socket, &Request::Add(pod(next_pod)), exec));
             // one pod goes, so the node holds 1,000 throughout
             first_success(&socket, &Request::Del(pod(next_pod - PODS)), exec);

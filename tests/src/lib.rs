@@ -64,6 +64,23 @@ pub fn binary(name: &str) -> PathBuf {
     dir.join(name)
 }
 
+/// `terwayd run --standalone --no-datapath --config <config>` as its own
+/// process, quiet: the daemon the crash tests and benchmarks kill and restart.
+///
+/// # Panics
+/// When the binary cannot be started.
+#[allow(clippy::expect_used)]
+pub fn spawn_terwayd(config: &Path) -> std::process::Child {
+    Command::new(binary("terwayd"))
+        .args(["run", "--standalone", "--no-datapath", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "error")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawning terwayd")
+}
+
 /// The newest modification time of the Rust sources the binaries are built from.
 fn newest_source() -> Option<SystemTime> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent()?;

@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use terway_cloud::emulator::{Delays, Emulator, Faults, InstanceTypeSpec, Scenario};
 use terway_node::cni::exchange;
@@ -31,17 +31,6 @@ fn write_config(dir: &Path, url: &str) -> PathBuf {
     );
     std::fs::write(&path, terway_tests::eni_conf(url, &["vsw-large0000000001"], &own)).unwrap();
     path
-}
-
-fn spawn_terwayd(config: &Path) -> Child {
-    Command::new(terway_tests::binary("terwayd"))
-        .args(["run", "--standalone", "--no-datapath", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
 }
 
 fn pod(i: usize) -> PodRequest {
@@ -149,7 +138,7 @@ fn sigkill_during_bursts_keeps_the_invariants() {
             }
         }
         em.set_faults(faults);
-        let mut child = spawn_terwayd(&config);
+        let mut child = terway_tests::spawn_terwayd(&config);
         wait_serving(&socket);
         // every pod the daemon acknowledged still has its address: a repeated ADD returns it
         let mut owners: BTreeMap<String, usize> = BTreeMap::new();
@@ -241,7 +230,7 @@ fn sigkill_during_bursts_keeps_the_invariants() {
             .map(|(i, _)| *i)
             .collect();
         if !in_flight.is_empty() {
-            let mut child = spawn_terwayd(&config);
+            let mut child = terway_tests::spawn_terwayd(&config);
             wait_serving(&socket);
             for i in in_flight {
                 // DEL settles it either way: the pod is gone afterwards
@@ -254,7 +243,7 @@ fn sigkill_during_bursts_keeps_the_invariants() {
         }
     }
     // at rest: the daemon, restarted once more, makes the ledger and the cloud agree
-    let mut child = spawn_terwayd(&config);
+    let mut child = terway_tests::spawn_terwayd(&config);
     wait_serving(&socket);
     let mut agreed = false;
     let mut last = String::new();
@@ -312,7 +301,7 @@ fn sigterm_lets_requests_under_way_finish() {
         .replace("\"max_pool_size\": 12", "\"max_pool_size\": 0");
     std::fs::write(&config, text).unwrap();
     let socket = dir.path().join("eni.socket");
-    let mut child = spawn_terwayd(&config);
+    let mut child = terway_tests::spawn_terwayd(&config);
     wait_serving(&socket);
     let add = std::thread::spawn({
         let socket = socket.clone();

@@ -555,7 +555,24 @@ async fn a_ledger_of_another_instance_stops_the_node() {
         identity.instance_id = "i-clonedfrom0000001".into();
         ledger.set_node_fact("identity", &identity).unwrap();
     }
+    // the metadata service answers: terwayd refuses to start
+    let options = NodeOptions {
+        ledger_path: Some(dir.path().join("ledger")),
+        socket_path: Some(dir.path().join("eni.socket")),
+        ..Default::default()
+    };
+    let refused = Node::start(cfg.clone(), options).await.unwrap_err().to_string();
+    assert!(
+        refused.contains("i-clonedfrom0000001") && refused.contains("i-emulated00000001"),
+        "{refused}"
+    );
+    // it is down at start: terwayd serves, and stops once the metadata service answers
+    em.set_faults(terway_cloud::emulator::Faults {
+        metadata_unavailable: true,
+        ..Default::default()
+    });
     let running = start_in(cfg, Duration::from_secs(5), dir).await;
+    em.set_faults(terway_cloud::emulator::Faults::default());
     let why = tokio::time::timeout(Duration::from_secs(30), running.node.fatal())
         .await
         .expect("the node stops once the metadata service names another instance");

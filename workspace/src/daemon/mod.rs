@@ -38,6 +38,9 @@ pub const EXCLUSIVE_TAG: (&str, &str) = ("terway.alibabacloud.com/exclusive", "t
 /// service answers in milliseconds when it answers at all.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(2);
 const METADATA_ATTEMPTS: u32 = 2;
+/// How long a start with recorded facts gives the metadata service to
+/// confirm the instance before serving without it.
+const QUICK_IDENTITY: Duration = Duration::from_millis(100);
 /// The bound on one background confirmation of the node's facts.
 const CONFIRM_BUDGET: Duration = Duration::from_secs(20);
 
@@ -87,6 +90,16 @@ impl RecordedFacts {
             security_groups,
         }))
     }
+}
+
+/// The ledger was recorded by another instance than the metadata service names.
+fn not_this_instance(ledger: &Ledger, recorded: &InstanceIdentity, now: &InstanceIdentity) -> anyhow::Error {
+    anyhow::anyhow!(
+        "the metadata service says this is instance {}, the ledger {} was recorded by {}",
+        now.instance_id,
+        ledger.path().display(),
+        recorded.instance_id
+    )
 }
 
 /// The instance's identity and primary address from the metadata service.
@@ -261,7 +274,16 @@ impl Node {
         let (identity, node_ip, cloud, (enis, ipv4_per_eni), security_groups, pending) = match recorded {
             Some(r) => {
                 let cloud = credentials(&r.identity)?;
-                let pending = vec![Pending::Metadata, Pending::Cloud];
+                let mut pending = vec![Pending::Metadata, Pending::Cloud];
+                // a metadata service that answers at once settles whose ledger this
+                // is before anything is served (a disk cloned from another instance)
+                if let Ok(Ok((identity, _))) = tokio::time::timeout(QUICK_IDENTITY, read_metadata(&metadata)).await {
+                    if identity.instance_id != r.identity.instance_id {
+                        return Err(not_this_instance(&ledger, &r.identity, &identity));
+                    }
+                    ledger.claim_instance(&identity.instance_id)?;
+                    pending.retain(|p| *p != Pending::Metadata);
+                }
                 (r.identity, r.ip, cloud, r.limits, r.security_groups, pending)
             }
             None => {
@@ -380,12 +402,7 @@ impl Node {
 
     fn accept_metadata(&self, identity: &InstanceIdentity, ip: Ipv4Addr) -> anyhow::Result<()> {
         if identity.instance_id != self.identity.instance_id {
-            anyhow::bail!(
-                "the metadata service says this is instance {}, the ledger {} was recorded by {}",
-                identity.instance_id,
-                self.ledger.path().display(),
-                self.identity.instance_id
-            );
+            return Err(not_this_instance(&self.ledger, &self.identity, identity));
         }
         self.ledger.claim_instance(&identity.instance_id)?;
         self.ledger.set_node_fact("identity", identity)?;
