@@ -141,7 +141,9 @@ impl MetadataClient {
                 }
                 Err(e) => last = err(None, e.to_string()),
             }
-            tokio::time::sleep(Duration::from_millis(100 << attempt.min(5))).await;
+            if attempt < self.attempts {
+                tokio::time::sleep(Duration::from_millis(100 << attempt.min(5))).await;
+            }
         }
         Err(last)
     }

@@ -40,7 +40,7 @@ const METADATA_TIMEOUT: Duration = Duration::from_secs(2);
 const METADATA_ATTEMPTS: u32 = 2;
 /// How long a start with recorded facts gives the metadata service to
 /// confirm the instance before serving without it.
-const QUICK_IDENTITY: Duration = Duration::from_millis(100);
+const QUICK_IDENTITY: Duration = Duration::from_millis(50);
 /// The bound on one background confirmation of the node's facts.
 const CONFIRM_BUDGET: Duration = Duration::from_secs(20);
 
@@ -274,15 +274,20 @@ impl Node {
         let (identity, node_ip, cloud, (enis, ipv4_per_eni), security_groups, pending) = match recorded {
             Some(r) => {
                 let cloud = credentials(&r.identity)?;
-                let mut pending = vec![Pending::Metadata, Pending::Cloud];
+                // the rest of the identity and the primary address are confirmed in the background
+                let pending = vec![Pending::Metadata, Pending::Cloud];
                 // a metadata service that answers at once settles whose ledger this
                 // is before anything is served (a disk cloned from another instance)
-                if let Ok(Ok((identity, _))) = tokio::time::timeout(QUICK_IDENTITY, read_metadata(&metadata)).await {
-                    if identity.instance_id != r.identity.instance_id {
-                        return Err(not_this_instance(&ledger, &r.identity, &identity));
+                let quick = MetadataClient::new(&config.endpoints.metadata, QUICK_IDENTITY)?.with_attempts(1);
+                if let Ok(Ok(instance_id)) = tokio::time::timeout(QUICK_IDENTITY, quick.get("instance-id")).await {
+                    if instance_id != r.identity.instance_id {
+                        let now = InstanceIdentity {
+                            instance_id,
+                            ..r.identity.clone()
+                        };
+                        return Err(not_this_instance(&ledger, &r.identity, &now));
                     }
-                    ledger.claim_instance(&identity.instance_id)?;
-                    pending.retain(|p| *p != Pending::Metadata);
+                    ledger.claim_instance(&instance_id)?;
                 }
                 (r.identity, r.ip, cloud, r.limits, r.security_groups, pending)
             }
