@@ -157,9 +157,27 @@ impl MetadataClient {
         })
     }
 
+    /// This instance's id; an answer that is no instance id (`i-` and
+    /// letters and digits) is an error, not another instance.
+    pub async fn instance_id(&self) -> Result<String, CloudError> {
+        let id = self.get("instance-id").await?;
+        let plausible = id.len() <= 64
+            && id
+                .strip_prefix("i-")
+                .is_some_and(|rest| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_alphanumeric()));
+        if !plausible {
+            return Err(CloudError::Metadata {
+                path: "instance-id".into(),
+                status: Some(200),
+                message: format!("unexpected value {:?}", id.chars().take(64).collect::<String>()),
+            });
+        }
+        Ok(id)
+    }
+
     pub async fn identity(&self) -> Result<InstanceIdentity, CloudError> {
         Ok(InstanceIdentity {
-            instance_id: self.get("instance-id").await?,
+            instance_id: self.instance_id().await?,
             region_id: self.get("region-id").await?,
             zone_id: self.get("zone-id").await?,
             instance_type: self.get("instance/instance-type").await?,

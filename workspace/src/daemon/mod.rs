@@ -279,7 +279,7 @@ impl Node {
                 // a metadata service that answers at once settles whose ledger this
                 // is before anything is served (a disk cloned from another instance)
                 let quick = MetadataClient::new(&config.endpoints.metadata, QUICK_IDENTITY)?.with_attempts(1);
-                if let Ok(Ok(instance_id)) = tokio::time::timeout(QUICK_IDENTITY, quick.get("instance-id")).await {
+                if let Ok(Ok(instance_id)) = tokio::time::timeout(QUICK_IDENTITY, quick.instance_id()).await {
                     if instance_id != r.identity.instance_id {
                         let now = InstanceIdentity {
                             instance_id,
