@@ -469,13 +469,22 @@ impl Ledger {
         }
     }
 
-    /// Commits with [`Durability::Flush`] wait for a flush after the ledger's
-    /// lock is let go, so concurrent binds and releases share it.
-    fn settle(&self, durability: Durability) -> Result<(), LedgerError> {
-        match durability {
-            Durability::Flush => self.durable(),
-            Durability::Lazy => Ok(()),
+    /// Runs `write` (which commits without flushing), counted as a commit
+    /// under way; then, for [`Durability::Flush`], waits for a flush after
+    /// the ledger's lock is let go, so concurrent binds and releases share it.
+    fn group_committed<T>(
+        &self,
+        durability: Durability,
+        write: impl FnOnce() -> Result<T, LedgerError>,
+    ) -> Result<T, LedgerError> {
+        self.committing.fetch_add(1, Ordering::SeqCst);
+        let out = write();
+        self.committing.fetch_sub(1, Ordering::SeqCst);
+        let out = out?;
+        if durability == Durability::Flush {
+            self.durable()?;
         }
+        Ok(out)
     }
 
     /// Commits `changes` atomically across trees, then mirrors them.
@@ -623,12 +632,7 @@ impl Ledger {
     /// Gives the pod an idle address: the same one again for the same pod
     /// (a repeated ADD, or a new sandbox of the same pod).
     pub fn bind(&self, req: &BindRequest, pref: EniPreference, durability: Durability) -> Result<Bound, LedgerError> {
-        self.committing.fetch_add(1, Ordering::SeqCst);
-        let out = self.bind_written(req, pref);
-        self.committing.fetch_sub(1, Ordering::SeqCst);
-        let out = out?;
-        self.settle(durability)?;
-        Ok(out)
+        self.group_committed(durability, || self.bind_written(req, pref))
     }
 
     fn bind_written(&self, req: &BindRequest, pref: EniPreference) -> Result<Bound, LedgerError> {
@@ -758,12 +762,7 @@ impl Ledger {
     /// [`exclusive`](EniRecord::exclusive), or (`any_eni`, a node in
     /// exclusive-ENI mode) any ENI no pod holds an address of.
     pub fn reserve_eni(&self, req: &BindRequest, any_eni: bool, durability: Durability) -> Result<Bound, LedgerError> {
-        self.committing.fetch_add(1, Ordering::SeqCst);
-        let out = self.reserve_eni_written(req, any_eni);
-        self.committing.fetch_sub(1, Ordering::SeqCst);
-        let out = out?;
-        self.settle(durability)?;
-        Ok(out)
+        self.group_committed(durability, || self.reserve_eni_written(req, any_eni))
     }
 
     fn reserve_eni_written(&self, req: &BindRequest, any_eni: bool) -> Result<Bound, LedgerError> {
@@ -849,12 +848,7 @@ impl Ledger {
         cooldown: Duration,
         durability: Durability,
     ) -> Result<Released, LedgerError> {
-        self.committing.fetch_add(1, Ordering::SeqCst);
-        let out = self.release_written(pod, container_id, cooldown);
-        self.committing.fetch_sub(1, Ordering::SeqCst);
-        let out = out?;
-        self.settle(durability)?;
-        Ok(out)
+        self.group_committed(durability, || self.release_written(pod, container_id, cooldown))
     }
 
     fn release_written(
