@@ -1,7 +1,8 @@
 //! Durable bind + release per second, with p50/p99 latency, at 10, 1,000 and
 //! 10,000 pods already in the ledger; and the ledger's size on disk. Then
 //! 1, 8 and 32 writers at once at 10,000 pods: concurrent binds and releases
-//! share flushes (group commit), so durable operations per second grow with them.
+//! share syncs of the write-ahead log (group commit), so durable operations
+//! per second grow with them.
 //!
 //! `cargo bench -p terway-statestore --bench ledger_ops`
 
@@ -157,10 +158,16 @@ fn concurrent(writers: usize, pods: usize, durability: Durability) -> Result<(),
         Ok(all)
     })?;
     let elapsed = started.elapsed();
+    let syncs = ledger.durable_syncs();
     let mut sorted = latencies;
     sorted.sort();
+    let shared = if syncs > 0 {
+        format!(", {:.1} per log sync", sorted.len() as f64 / syncs as f64)
+    } else {
+        String::new()
+    };
     println!(
-        "{writers:>3} writers: {:>7.0} {} ops/s  op p50 {:>6.0} µs  p99 {:>6.0} µs  ({} ops)",
+        "{writers:>3} writers: {:>7.0} {} ops/s  op p50 {:>6.0} µs  p99 {:>6.0} µs  ({} ops{shared})",
         sorted.len() as f64 / elapsed.as_secs_f64(),
         if durability == Durability::Flush {
             "durable"

@@ -4,6 +4,7 @@
 //! the mirror — so the mirror never shows what the disk does not hold.
 
 use crate::model::*;
+use crate::wal::{self, Op, Wal};
 use crate::LedgerError;
 use serde::{de::DeserializeOwned, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
@@ -12,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 /// The on-disk layout version this build writes.
@@ -22,6 +23,8 @@ const META_SCHEMA: &[u8] = b"schema_version";
 const META_INSTANCE: &[u8] = b"instance_id";
 const META_WRITTEN_BY: &[u8] = b"written_by";
 const META_NEXT_INTENT: &[u8] = b"next_intent_id";
+/// The sequence number of the last write-ahead log record sled holds.
+const META_WAL_APPLIED: &[u8] = b"wal_applied";
 
 /// Whether a write must be on disk before the call returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,10 +174,25 @@ struct Trees {
     quarantine: sled::Tree,
 }
 
+impl Trees {
+    /// The tree a write-ahead log op names.
+    fn numbered(&self, n: u8) -> &sled::Tree {
+        match n {
+            0 => &self.enis,
+            1 => &self.ips,
+            2 => &self.pods,
+            3 => &self.intents,
+            _ => &self.meta,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Inner {
     state: State,
     next_intent_id: u64,
+    /// The write-ahead log record the next commit writes.
+    next_seq: u64,
 }
 
 /// The ledger. Open one per process; sled refuses a second opener.
@@ -190,10 +208,14 @@ pub struct Ledger {
     committing: std::sync::atomic::AtomicUsize,
     /// Group commit: one flush makes every commit before it durable.
     flushes: FlushGate,
+    /// Commits are durable once synced here (see `wal`).
+    wal: Arc<Wal>,
+    /// Syncs of the log made by `durable` so far.
+    syncs: AtomicU64,
 }
 
 /// How long a flush's leader waits for writers already inside a commit.
-const GATHER: Duration = Duration::from_micros(200);
+const GATHER: Duration = Duration::from_micros(0);
 
 /// Writers waiting for durability share flushes: the first to find no
 /// flush under way leads one covering every commit so far; the others
@@ -277,6 +299,7 @@ impl Ledger {
             meta: tree("meta")?,
             quarantine: tree("quarantine")?,
         };
+        let (wal, next_seq) = recover_wal(path, &db, &trees)?;
         let ledger = Self {
             path: path.to_path_buf(),
             db,
@@ -284,10 +307,13 @@ impl Ledger {
             inner: Mutex::new(Inner {
                 state: State::default(),
                 next_intent_id: 1,
+                next_seq,
             }),
             written: AtomicU64::new(0),
             committing: std::sync::atomic::AtomicUsize::new(0),
             flushes: FlushGate::default(),
+            wal,
+            syncs: AtomicU64::new(0),
         };
         ledger.check_schema(opts)?;
         ledger.load()?;
@@ -458,7 +484,8 @@ impl Ledger {
                 std::thread::yield_now();
             }
             let covers = self.written.load(Ordering::SeqCst);
-            let flushed = self.db.flush();
+            let flushed = self.wal.sync();
+            self.syncs.fetch_add(1, Ordering::Relaxed);
             state = gate.state.lock().unwrap_or_else(PoisonError::into_inner);
             state.1 = false;
             if flushed.is_ok() {
@@ -487,12 +514,48 @@ impl Ledger {
         Ok(out)
     }
 
+    /// Starts the next write-ahead log (under the ledger's lock); in the
+    /// background, deletes the full one once sled, flushed, holds all it
+    /// recorded. A log left by a failure here is replayed (and skipped, sled
+    /// holding it) at the next open.
+    fn retire_wal(&self) -> Result<(), LedgerError> {
+        let retired = self
+            .wal
+            .rotate()
+            .map_err(|e| storage(&self.path, "start a new write-ahead log", e))?;
+        let (db, path) = (self.db.clone(), self.path.clone());
+        std::thread::spawn(move || {
+            let done = db
+                .flush()
+                .map_err(|e| e.to_string())
+                .and_then(|_| std::fs::remove_file(&retired).map_err(|e| e.to_string()));
+            if let Err(error) = done {
+                tracing::warn!(path = %path.display(), %error, "ledger: retiring a write-ahead log failed");
+            }
+        });
+        Ok(())
+    }
+
+    /// How many times waiting writers have synced the log, for the benchmark
+    /// to show how many operations share one.
+    #[doc(hidden)]
+    pub fn durable_syncs(&self) -> u64 {
+        self.syncs.load(Ordering::Relaxed)
+    }
+
+    /// Test support: the write-ahead log file and how many of its bytes are
+    /// known to be on disk (a power cut keeps those and loses the rest).
+    #[doc(hidden)]
+    pub fn wal_synced(&self) -> (PathBuf, u64) {
+        self.wal.synced()
+    }
+
     /// Commits `changes` atomically across trees, then mirrors them.
     fn commit(&self, inner: &mut Inner, changes: Vec<Change>, durability: Durability) -> Result<(), LedgerError> {
         if changes.is_empty() {
             return Ok(());
         }
-        let encoded: Vec<(u8, Vec<u8>, Option<Vec<u8>>)> = changes
+        let encoded: Vec<Op> = changes
             .iter()
             .map(|c| match c {
                 Change::PutEni(r) => (0, r.id.as_bytes().to_vec(), Some(encode(r))),
@@ -506,6 +569,14 @@ impl Ledger {
                 Change::NextIntentId(n) => (4, META_NEXT_INTENT.to_vec(), Some(n.to_string().into_bytes())),
             })
             .collect();
+        // the log first: a commit sled holds but the log lacks could be
+        // undone by recovery applying older records over it
+        let seq = inner.next_seq;
+        let mark = self
+            .wal
+            .append(seq, &encoded)
+            .map_err(|e| storage(&self.path, "append to the write-ahead log", e))?;
+        let applied = seq.to_string().into_bytes();
         let t = &self.trees;
         let result: Result<(), TransactionError<()>> =
             (&t.enis, &t.ips, &t.pods, &t.intents, &t.meta).transaction(|(enis, ips, pods, intents, meta)| {
@@ -522,9 +593,26 @@ impl Ledger {
                         None => tree.remove(key.as_slice())?,
                     };
                 }
+                meta.insert(META_WAL_APPLIED, applied.as_slice())?;
                 Ok::<(), ConflictableTransactionError<()>>(())
             });
-        result.map_err(|e| storage(&self.path, "commit", format!("{e:?}")))?;
+        if let Err(e) = result {
+            // what failed must not come back at the next start
+            let _ = self.wal.undo(mark);
+            return Err(storage(&self.path, "commit", format!("{e:?}")));
+        }
+        inner.next_seq = seq + 1;
+        if self.wal.wants_spare() {
+            let log = Arc::clone(&self.wal);
+            std::thread::spawn(move || {
+                if let Err(error) = log.prepare_spare() {
+                    tracing::warn!(%error, "ledger: making a spare write-ahead log failed; the next rotation makes a short one");
+                }
+            });
+        }
+        if self.wal.full() {
+            self.retire_wal()?;
+        }
         self.written.fetch_add(1, Ordering::SeqCst);
         if durability == Durability::Flush {
             self.durable()?;
@@ -1221,7 +1309,84 @@ fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Applies what the write-ahead logs under `path` hold and sled lacks,
+/// flushes sled, deletes the logs and starts a new one; returns it with the
+/// sequence number of the next record.
+fn recover_wal(path: &Path, db: &sled::Db, trees: &Trees) -> Result<(Arc<Wal>, u64), LedgerError> {
+    let recovered = wal::recover(path).map_err(|e| storage(path, "read the write-ahead log", e))?;
+    let applied: u64 = trees
+        .meta
+        .get(META_WAL_APPLIED)
+        .map_err(|e| storage(path, "read meta", e))?
+        .and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok())
+        .unwrap_or(0);
+    let mut last = applied;
+    for (seq, ops) in &recovered.records {
+        if *seq <= applied {
+            continue;
+        }
+        for (tree, key, value) in ops {
+            let tree = trees.numbered(*tree);
+            match value {
+                Some(v) => tree.insert(key.as_slice(), v.as_slice()).map(|_| ()),
+                None => tree.remove(key.as_slice()).map(|_| ()),
+            }
+            .map_err(|e| storage(path, "replay the write-ahead log", e))?;
+        }
+        trees
+            .meta
+            .insert(META_WAL_APPLIED, seq.to_string().as_bytes())
+            .map_err(|e| storage(path, "replay the write-ahead log", e))?;
+        last = *seq;
+    }
+    if last > applied {
+        tracing::info!(path = %path.display(), records = last - applied, "ledger: write-ahead log replayed");
+    }
+    db.flush().map_err(|e| storage(path, "flush", e))?;
+    for file in &recovered.files {
+        std::fs::remove_file(file).map_err(|e| storage(path, "delete a replayed write-ahead log", e))?;
+    }
+    let log =
+        Wal::create(path, recovered.last_generation + 1).map_err(|e| storage(path, "create the write-ahead log", e))?;
+    let log = Arc::new(log);
+    let last_logged = recovered.records.last().map_or(0, |(seq, _)| *seq);
+    Ok((log, last.max(last_logged) + 1))
+}
+
+/// Deletes snapshots sled was writing when the process died. Sled 0.34
+/// reads `snap.*.generating` as its newest snapshot and refuses to open on a
+/// torn one (sled issue #1527); one never renamed is never relied on, so the
+/// previous snapshot and the log still hold everything. Only while holding
+/// the lock sled takes (on `db`): a live holder may be writing one.
+fn remove_unfinished_snapshots(path: &Path) {
+    use fs2::FileExt;
+    let Ok(db) = std::fs::OpenOptions::new().read(true).write(true).open(path.join("db")) else {
+        return;
+    };
+    if db.try_lock_exclusive().is_err() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => {
+                    tracing::warn!(file = %entry.path().display(), "ledger: removed a snapshot left unfinished by a crash")
+                }
+                Err(e) => {
+                    tracing::warn!(file = %entry.path().display(), error = %e, "ledger: could not remove an unfinished snapshot")
+                }
+            }
+        }
+    }
+}
+
 fn open_db(path: &Path) -> Result<sled::Db, LedgerError> {
+    remove_unfinished_snapshots(path);
     let config = sled::Config::new().path(path).flush_every_ms(Some(500));
     // sled may panic on some kinds of damage; a damaged file must be an error, never a crash.
     let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()));

@@ -11,6 +11,7 @@ pub mod model;
 pub mod pool;
 
 pub mod table;
+mod wal;
 pub use check::{check, Problem};
 pub use ledger::{BindRequest, Bound, Durability, EniPreference, Ledger, OpenOptions, Released, State, SCHEMA_VERSION};
 pub use migrate::ROUTE_TABLE_BASE;

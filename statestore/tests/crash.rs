@@ -7,9 +7,11 @@
 //! A SIGKILL keeps what the process wrote but had not flushed (the kernel
 //! still holds it), so the power-loss run goes further: the child stops
 //! itself (SIGSTOP, every thread) right after an acknowledged, flushed
-//! operation, the parent copies the ledger's directory, lets the child write
-//! on, kills it, and puts the copy back — every write after that flush
-//! thrown away, as a power cut would. The same checks hold.
+//! operation, the parent copies the ledger's directory and cuts the copy's
+//! write-ahead log to the bytes the child had synced (the records of a group
+//! commit still under way are lost), lets the child write on, kills it, and
+//! puts the copy back — every write after that flush thrown away, as a power
+//! cut would. The same checks hold.
 //!
 //! The child is this test binary itself, re-run with `crash_worker` selected
 //! and `CRASH_WORKER_DIR` set.
@@ -54,6 +56,9 @@ fn crash_worker() {
     let flush_point = || {
         if pause_at == Some(acked.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1) {
             println!("PAUSED");
+            // read after PAUSED: every operation acknowledged before it is synced by now
+            let (log, synced) = ledger.wal_synced();
+            println!("WAL {} {synced}", log.display());
             let _ = Command::new("kill")
                 .args(["-STOP", &std::process::id().to_string()])
                 .status();
@@ -117,6 +122,30 @@ fn work(ledger: &Ledger, p: u32, dice: u64, flush_point: &impl Fn()) {
         }
     }
 }
+
+/// In the copy at `dir`: the write-ahead log `log` cut to its `synced`
+/// bytes, and any later log (started after the count was read) removed.
+fn wal_cut_to(dir: &std::path::Path, log: &std::path::Path, synced: u64) {
+    let name = log.file_name().unwrap().to_str().unwrap().to_owned();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let other = entry.file_name().to_str().unwrap().to_owned();
+        if other.starts_with("wal.") && other > name {
+            std::fs::remove_file(entry.path()).unwrap();
+        }
+    }
+    let path = dir.join(&name);
+    if let Ok(mut bytes) = std::fs::read(&path) {
+        let synced = (synced as usize).min(bytes.len());
+        if bytes[synced..].iter().any(|b| *b != 0) {
+            bytes[synced..].fill(0);
+            std::fs::write(&path, &bytes).unwrap();
+            WAL_CUTS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+/// Power cuts that threw away log records written but not yet synced.
+static WAL_CUTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// Whether the process is stopped (SIGSTOP), from `/proc/<pid>/stat`.
 fn stopped(pid: u32) -> bool {
@@ -200,19 +229,24 @@ fn kill_rounds(kills: usize, power_loss: bool) {
         let mut cut = false;
         if power_loss {
             // at the flush point: copy the files while every thread of the worker is stopped
-            let paused = loop {
+            let synced_log = loop {
                 match lines_in.recv_timeout(Duration::from_secs(5)) {
-                    Ok(line) if line == "PAUSED" => break true,
+                    Ok(line) if line.starts_with("WAL ") => {
+                        let (log, len) = line["WAL ".len()..].rsplit_once(' ').unwrap();
+                        break Some((std::path::PathBuf::from(log), len.parse::<u64>().unwrap()));
+                    }
                     Ok(_) => {}
-                    Err(_) => break false,
+                    Err(_) => break None,
                 }
             };
-            if paused {
+            if let Some((log, synced)) = synced_log {
                 while !stopped(child.id()) {
                     std::thread::sleep(Duration::from_micros(200));
                 }
                 let _ = std::fs::remove_dir_all(&flush_point);
                 common::copy_dir(dir.path(), &flush_point).unwrap();
+                // the log's writes not yet synced (a group commit under way) are lost too
+                wal_cut_to(&flush_point, &log, synced);
                 let _ = Command::new("kill").args(["-CONT", &child.id().to_string()]).status();
                 cut = true;
             }
@@ -296,7 +330,11 @@ fn kill_rounds(kills: usize, power_loss: bool) {
         }
     }
     let cuts = if power_loss {
-        format!(" ({power_cuts} of them power cuts: the files put back to a flush point the worker had written past)")
+        format!(
+            " ({power_cuts} of them power cuts: the files put back to a flush point the worker had written past; \
+             {} of them inside a group commit, the log's unsynced tail thrown away)",
+            WAL_CUTS.load(std::sync::atomic::Ordering::SeqCst)
+        )
     } else {
         String::new()
     };
