@@ -10,6 +10,7 @@ pub mod credentials;
 mod error;
 pub mod metadata;
 pub mod ratelimit;
+pub mod safety;
 pub mod signature;
 pub mod utc;
 

@@ -41,6 +41,21 @@ impl Config {
         usable_secondary_enis(limits, self.eni_cap_ratio, self.eni_cap_shift, self.max_eni)
     }
 
+    /// The pool's bounds as upstream computes them (`getPoolConfig`): the
+    /// maximum capped by what the instance can hold; the minimum is
+    /// `min_eni` ENIs' worth of addresses when `min_eni` is set (it replaces
+    /// `min_pool_size`), never above the maximum.
+    pub fn idle_bounds(&self, limits: InstanceLimits) -> (u32, u32) {
+        let capacity = max_pods_shared(limits, self.eni_cap_ratio, self.eni_cap_shift, self.max_eni);
+        let max_idle = self.max_pool_size.min(capacity);
+        let min_idle = if self.min_eni > 0 {
+            self.min_eni.saturating_mul(limits.ipv4_per_eni)
+        } else {
+            self.min_pool_size
+        };
+        (min_idle.min(max_idle), max_idle)
+    }
+
     /// Max pods on an instance with `limits` in this configuration's datapath mode.
     pub fn max_pods(&self, limits: InstanceLimits) -> u32 {
         match self.datapath_mode {
@@ -105,6 +120,24 @@ mod tests {
             ),
             0
         );
+    }
+
+    #[test]
+    fn idle_bounds_follow_upstream() {
+        let mut cfg = Config::defaults();
+        cfg.max_pool_size = 25;
+        cfg.min_pool_size = 5;
+        assert_eq!(cfg.idle_bounds(G6_2XL), (5, 25));
+        // min_eni replaces min_pool_size (not the larger of the two), clamped to the max
+        cfg.min_eni = 1;
+        cfg.min_pool_size = 8;
+        assert_eq!(cfg.idle_bounds(G6_2XL), (10, 25));
+        cfg.min_eni = 3;
+        assert_eq!(cfg.idle_bounds(G6_2XL), (25, 25));
+        // the max is capped by what the instance holds: 3 ENIs × 10
+        cfg.max_pool_size = 100;
+        cfg.min_eni = 0;
+        assert_eq!(cfg.idle_bounds(G6_2XL), (8, 30));
     }
 
     #[test]

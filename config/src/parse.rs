@@ -150,25 +150,40 @@ pub(crate) fn config_from_object(obj: &Map<String, Value>, findings: &mut Findin
     let min_pool_size = r
         .size("min_pool_size", MAX_SANE_POOL_SIZE)
         .unwrap_or(defaults::MIN_POOL_SIZE);
-    if min_pool_size > max_pool_size {
-        r.findings.error(
+    // upstream clamps min to max (daemon/config.go); a per-node max under the
+    // cluster's min must not stop the node
+    let min_pool_size = if min_pool_size > max_pool_size {
+        r.findings.warning(
             "min_pool_size",
             obj.get("min_pool_size"),
-            format!("min_pool_size ({min_pool_size}) is above max_pool_size ({max_pool_size})"),
+            format!("min_pool_size ({min_pool_size}) is above max_pool_size ({max_pool_size}); using {max_pool_size}"),
         );
-    }
+        max_pool_size
+    } else {
+        min_pool_size
+    };
     let min_eni = r.size("min_eni", MAX_SANE_ENI_COUNT).unwrap_or(0);
     let max_eni = r.size("max_eni", MAX_SANE_ENI_COUNT).unwrap_or(0);
     if max_eni > 0 && min_eni > max_eni {
-        r.findings.error(
+        r.findings.warning(
             "min_eni",
             obj.get("min_eni"),
-            format!("min_eni ({min_eni}) is above max_eni ({max_eni})"),
+            format!("min_eni ({min_eni}) is above max_eni ({max_eni}); the pool's minimum stops at max_pool_size"),
         );
     }
-    let eni_cap_ratio = r
-        .float_in("eni_cap_ratio", f64::MIN_POSITIVE, 1.0)
-        .unwrap_or(defaults::ENI_CAP_RATIO);
+    let eni_cap_ratio = match r.float_in("eni_cap_ratio", 0.0, 1.0) {
+        // upstream's Populate reads 0 as unset
+        Some(0.0) => {
+            r.findings.warning(
+                "eni_cap_ratio",
+                obj.get("eni_cap_ratio"),
+                format!("0 means unset; using {}", defaults::ENI_CAP_RATIO),
+            );
+            defaults::ENI_CAP_RATIO
+        }
+        Some(ratio) => ratio,
+        None => defaults::ENI_CAP_RATIO,
+    };
     let eni_cap_shift = r
         .int_in("eni_cap_shift", -(MAX_SANE_ENI_COUNT as i64), MAX_SANE_ENI_COUNT as i64)
         .unwrap_or(0) as i32;
@@ -177,16 +192,17 @@ pub(crate) fn config_from_object(obj: &Map<String, Value>, findings: &mut Findin
         interval: r
             .duration("idle_ip_reclaim_interval", true)
             .unwrap_or(defaults::IDLE_IP_RECLAIM_INTERVAL),
-        batch_size: match r.size("idle_ip_reclaim_batch_size", MAX_SANE_POOL_SIZE) {
-            Some(0) => {
-                r.findings.error(
+        batch_size: match r.int_in("idle_ip_reclaim_batch_size", i64::MIN, MAX_SANE_POOL_SIZE as i64) {
+            // upstream's Populate reads 0 or less as unset
+            Some(n) if n <= 0 => {
+                r.findings.warning(
                     "idle_ip_reclaim_batch_size",
                     obj.get("idle_ip_reclaim_batch_size"),
-                    "must be at least 1",
+                    format!("{n} means unset; using {}", defaults::IDLE_IP_RECLAIM_BATCH_SIZE),
                 );
                 defaults::IDLE_IP_RECLAIM_BATCH_SIZE
             }
-            Some(n) => n,
+            Some(n) => n as u32,
             None => defaults::IDLE_IP_RECLAIM_BATCH_SIZE,
         },
         jitter_factor: r.jitter_factor("idle_ip_reclaim_jitter_factor"),
@@ -201,7 +217,7 @@ pub(crate) fn config_from_object(obj: &Map<String, Value>, findings: &mut Findin
         service_cidr,
         vswitches,
         vswitch_selection_policy: r
-            .choice(
+            .choice_or_fallback(
                 "vswitch_selection_policy",
                 &[
                     ("random", VSwitchSelectionPolicy::Random),
@@ -222,15 +238,13 @@ pub(crate) fn config_from_object(obj: &Map<String, Value>, findings: &mut Findin
         eni_cap_shift,
         ip_warm_up_size: r.size("ip_warm_up_size", MAX_SANE_POOL_SIZE),
         idle_ip_reclaim,
-        ip_pool_sync_period: r
-            .duration("ip_pool_sync_period", true)
-            .unwrap_or(defaults::IP_POOL_SYNC_PERIOD),
+        ip_pool_sync_period: r.pool_sync_period("ip_pool_sync_period"),
         datapath_check_period: r
             .duration("datapath_check_period", true)
             .unwrap_or(defaults::DATAPATH_CHECK_PERIOD),
         ip_stack: r.ip_stack("ip_stack"),
         eni_selection_policy: r
-            .choice(
+            .choice_or_fallback(
                 "eni_selection_policy",
                 &[
                     ("most_ips", EniSelectionPolicy::MostIps),
@@ -514,6 +528,58 @@ impl<'o> Reader<'o, '_> {
         None
     }
 
+    /// Like [`Reader::choice`], but an unknown value falls back to the first
+    /// option with a warning, as upstream does for the selection policies.
+    fn choice_or_fallback<T: Copy>(&mut self, key: &str, options: &[(&str, T)]) -> Option<T> {
+        let value = self.get(key)?;
+        let text = value.as_str().map(str::trim);
+        if let Some(found) = options.iter().find(|(name, _)| Some(*name) == text) {
+            return Some(found.1);
+        }
+        let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
+        self.findings.warning(
+            key,
+            Some(value),
+            format!(
+                "unknown value; using {:?} (expected one of {})",
+                options[0].0,
+                names.join(", ")
+            ),
+        );
+        Some(options[0].1)
+    }
+
+    /// Upstream reads a sync period it cannot parse as 120 s; so do we, saying so.
+    fn pool_sync_period(&mut self, key: &str) -> Duration {
+        let fallback = defaults::IP_POOL_SYNC_PERIOD;
+        let Some(value) = self.get(key) else {
+            return fallback;
+        };
+        let parsed = match value {
+            Value::String(text) => parse_go_duration(text),
+            _ => Err("not a duration string".to_owned()),
+        };
+        match parsed {
+            Ok(d) if d.is_zero() => {
+                self.findings.error(key, Some(value), "must be longer than 0");
+                fallback
+            }
+            Ok(d) if d > MAX_SANE_PERIOD => {
+                self.findings.warning(key, Some(value), "longer than 168h; using 168h");
+                MAX_SANE_PERIOD
+            }
+            Ok(d) => d,
+            Err(why) => {
+                self.findings.warning(
+                    key,
+                    Some(value),
+                    format!("bad duration ({why}); using {}s, as upstream does", fallback.as_secs()),
+                );
+                fallback
+            }
+        }
+    }
+
     fn ip_stack(&mut self, key: &str) -> IpStack {
         if self.get(key).and_then(Value::as_str) == Some("ipv6") {
             self.findings.error(
@@ -536,7 +602,16 @@ impl<'o> Reader<'o, '_> {
             return out;
         };
         let parts: Vec<&str> = text.split(',').map(str::trim).filter(|p| !p.is_empty()).collect();
-        if parts.is_empty() || parts.len() > 2 {
+        if parts.is_empty() {
+            self.findings.warning(
+                key,
+                Some(value),
+                "empty: treated as unset (upstream would read kube-system/kubeadm-config; terway-rs does not): \
+                 pods get no Service route of their own, so set it where ipvlan or exclusive-ENI pods reach Services",
+            );
+            return out;
+        }
+        if parts.len() > 2 {
             self.findings.error(
                 key,
                 Some(value),
@@ -594,8 +669,11 @@ impl<'o> Reader<'o, '_> {
                 continue;
             };
             if list.is_empty() {
-                self.findings
-                    .error(path, Some(ids), format!("zone {zone:?} has no vSwitch"));
+                self.findings.warning(
+                    path,
+                    Some(ids),
+                    format!("zone {zone:?} has no vSwitch; nodes there use the instance's own vSwitch"),
+                );
                 continue;
             }
             let mut seen = BTreeSet::new();
@@ -763,11 +841,20 @@ impl<'o> Reader<'o, '_> {
         for (api, limit) in map {
             let path = join_path(key, api);
             if !known().any(|k| k == api) {
-                let hint = closest_within(api, known(), 3)
-                    .map(|s| format!("; did you mean {s:?}?"))
-                    .unwrap_or_default();
-                self.findings
-                    .error(path, Some(limit), format!("rate_limit for unknown API {api:?}{hint}"));
+                // upstream takes a limit for any API; one for an API terway-rs
+                // never calls does nothing, but a typo of one it calls is a mistake
+                match closest_within(api, known(), 2) {
+                    Some(s) => self.findings.error(
+                        path,
+                        Some(limit),
+                        format!("rate_limit for unknown API {api:?}; did you mean {s:?}?"),
+                    ),
+                    None => self.findings.warning(
+                        path,
+                        Some(limit),
+                        format!("terway-rs never calls {api:?}; this limit has no effect"),
+                    ),
+                }
                 continue;
             }
             match limit.as_u64() {
@@ -797,11 +884,20 @@ impl<'o> Reader<'o, '_> {
         for (name, spec) in map {
             let path = join_path(key, name);
             let Some(base) = out.get(name).copied() else {
-                let hint = closest_within(name, known(), 2)
-                    .map(|s| format!("; did you mean {s:?}?"))
-                    .unwrap_or_default();
-                self.findings
-                    .error(path, Some(spec), format!("unknown backoff key {name:?}{hint}"));
+                // upstream has schedules terway-rs has no use for (trunk and
+                // CRD-mode waits); a typo of a known one is a mistake
+                match closest_within(name, known(), 1) {
+                    Some(s) => self.findings.error(
+                        path,
+                        Some(spec),
+                        format!("unknown backoff key {name:?}; did you mean {s:?}?"),
+                    ),
+                    None => self.findings.warning(
+                        path,
+                        Some(spec),
+                        format!("terway-rs has no {name:?} schedule; this override has no effect"),
+                    ),
+                }
                 continue;
             };
             let Some(fields) = spec.as_object() else {

@@ -92,7 +92,7 @@ fn invalid_change_is_rejected_and_last_good_kept() {
     let mut rx = watcher.subscribe();
     let mut events_rx = watcher.events();
 
-    mount.update(&BASE.replace("\"min_pool_size\": 10", "\"min_pool_size\": 99"));
+    mount.update(&BASE.replace("\"min_pool_size\": 10", "\"min_pool_size\": -1"));
     let events = watcher.check_now();
     let [ReloadEvent::Rejected { errors, message }] = events.as_slice() else {
         panic!("{events:?}")

@@ -747,3 +747,167 @@ async fn an_add_waiting_on_a_full_node_is_served_when_an_address_finishes_coolin
     );
     running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn security_groups_apply_to_the_next_eni_without_a_restart() {
+    const OTHER_GROUP: &str = "sg-emulated00000002";
+    let mut scenario = Scenario::default();
+    scenario.security_groups.push(OTHER_GROUP.into());
+    let em = Emulator::start(scenario).await.unwrap();
+    let extra = |group: &str| {
+        format!(
+            r#", "datapath_mode": "exclusive_eni", "max_pool_size": 0, "min_pool_size": 0, "security_groups": ["{group}"]"#
+        )
+    };
+    let cfg = config(
+        &em,
+        &["vsw-large0000000001"],
+        &extra(terway_cloud::emulator::DEFAULT_SECURITY_GROUP),
+    );
+    let running = start(cfg, Duration::from_secs(5)).await;
+    let socket = running.node.socket_path();
+    let secondary_enis = || -> Vec<(String, serde_json::Value)> {
+        em.dump()["enis"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["primary"] == false)
+            .map(|e| (e["id"].as_str().unwrap().to_owned(), e["security_groups"].clone()))
+            .collect()
+    };
+    assert!(matches!(call(&socket, Request::Add(pod(0))).await, Reply::Ok { .. }));
+    let before = secondary_enis();
+    assert!(!before.is_empty());
+    for (_, groups) in &before {
+        assert_eq!(
+            *groups,
+            serde_json::json!([terway_cloud::emulator::DEFAULT_SECURITY_GROUP])
+        );
+    }
+    // the operator changes security_groups: a reload, no restart
+    running
+        .node
+        .set_config(config(&em, &["vsw-large0000000001"], &extra(OTHER_GROUP)));
+    // the quota (4 ENIs) leaves room for two more pods; at least one needs a new ENI
+    for i in 1..3 {
+        assert!(matches!(call(&socket, Request::Add(pod(i))).await, Reply::Ok { .. }));
+    }
+    let made_after: Vec<_> = secondary_enis()
+        .into_iter()
+        .filter(|(id, _)| !before.iter().any(|(b, _)| b == id))
+        .collect();
+    assert!(!made_after.is_empty(), "no ENI was made after the reload");
+    for (id, groups) in made_after {
+        assert_eq!(
+            groups,
+            serde_json::json!([OTHER_GROUP]),
+            "{id} was made after the reload"
+        );
+    }
+}
+
+/// A gateway that ignores DescribeNetworkInterfaces' filters answers with
+/// every ENI of the region: the node's sweep of leftover ENIs deletes only
+/// its own Available ones, and nothing of another instance is adopted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_ignoring_filters_makes_the_sweep_delete_nothing_but_ours() {
+    use terway_cloud::api::CreateNetworkInterface;
+    use terway_cloud::emulator::{
+        Faults, DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET, DEFAULT_INSTANCE_ID, DEFAULT_REGION,
+        DEFAULT_SECURITY_GROUP,
+    };
+    let em = Emulator::start(Scenario::default()).await.unwrap();
+    let cfg = config(
+        &em,
+        &["vsw-large0000000001"],
+        r#", "max_pool_size": 5, "min_pool_size": 2"#,
+    );
+    let running = start(cfg.clone(), Duration::from_secs(10)).await;
+    assert!(matches!(
+        call(&running.node.socket_path(), Request::Add(pod(0))).await,
+        Reply::Ok { .. }
+    ));
+    let dir = running.stop().await;
+
+    terway_cloud::install_crypto_provider();
+    let client = terway_cloud::CloudClient::new(
+        terway_cloud::ClientOptions::for_region(DEFAULT_REGION, false).with_endpoint(&em.url()),
+        Arc::new(terway_cloud::CredentialProvider::static_keys(
+            DEFAULT_ACCESS_KEY_ID,
+            terway_config::Secret::new(DEFAULT_ACCESS_KEY_SECRET),
+        )),
+    )
+    .unwrap();
+    let create = |tags: Vec<(String, String)>| {
+        let client = &client;
+        async move {
+            client
+                .call(&CreateNetworkInterface {
+                    region_id: DEFAULT_REGION.into(),
+                    vswitch_id: "vsw-large0000000001".into(),
+                    security_group_ids: vec![DEFAULT_SECURITY_GROUP.into()],
+                    tags,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .eni
+                .network_interface_id
+        }
+    };
+    let tag = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+    let untagged = create(vec![]).await;
+    let other_node = create(vec![
+        tag("creator", "terway"),
+        tag("terway.alibabacloud.com/node", "i-other000000001"),
+    ])
+    .await;
+    let ours = create(vec![
+        tag("creator", "terway"),
+        tag("terway.alibabacloud.com/node", DEFAULT_INSTANCE_ID),
+    ])
+    .await;
+    em.set_faults(Faults {
+        ignore_filters: true,
+        ..Default::default()
+    });
+    let enis_before: Vec<String> = em.dump()["enis"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect();
+
+    // a new start reads the cloud and sweeps first
+    let running = start_in(cfg, Duration::from_secs(10), dir).await;
+    let exists = |id: &str| em.dump()["enis"].as_array().unwrap().iter().any(|e| e["id"] == id);
+    let mut swept = false;
+    for _ in 0..100 {
+        if !exists(&ours) {
+            swept = true;
+            break;
+        }
+        running.node.reconcile_soon();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(swept, "this node's leftover ENI was deleted");
+    for id in enis_before.iter().filter(|id| **id != ours) {
+        assert!(exists(id), "{id} was deleted");
+    }
+    assert!(exists(&untagged) && exists(&other_node));
+    // and nothing of theirs was taken as this node's
+    let ledger = running.node.ledger.snapshot();
+    assert!(
+        !ledger.enis.contains_key(&untagged) && !ledger.enis.contains_key(&other_node),
+        "{:?}",
+        ledger.enis.keys()
+    );
+    let primaries: Vec<String> = em.dump()["enis"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["primary"] == true)
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(primaries.iter().all(|p| !ledger.enis.contains_key(p)));
+}

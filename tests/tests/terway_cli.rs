@@ -209,6 +209,48 @@ async fn every_subcommand_against_a_live_daemon() {
     assert!(done[0]["action"].as_str().unwrap().starts_with("deleted"), "{done}");
     assert!(!exists(&leftover), "the leftover ENI is gone");
 
+    // a gateway that ignores the Status and Tag filters answers with every
+    // ENI of the region: the primary ENI, the node's InUse ones, and an
+    // Available ENI somebody else made; gc deletes none of them
+    let foreign = client
+        .call(&CreateNetworkInterface {
+            region_id: DEFAULT_REGION.into(),
+            vswitch_id: "vsw-large0000000001".into(),
+            security_group_ids: vec![DEFAULT_SECURITY_GROUP.into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .eni
+        .network_interface_id;
+    em.set_faults(terway_cloud::emulator::Faults {
+        ignore_filters: true,
+        ..Default::default()
+    });
+    let before = em.dump()["enis"].as_array().unwrap().len();
+    for args in [
+        &["eni", "gc", "--yes", "--min-age-seconds", "0"][..],
+        &["eni", "gc", "--all-nodes", "--yes", "--min-age-seconds", "0"][..],
+    ] {
+        let rows = cli.json(args);
+        assert!(
+            rows.as_array().unwrap().len() >= 3,
+            "the unfiltered answer is listed: {rows}"
+        );
+        for row in rows.as_array().unwrap() {
+            assert!(row["action"].as_str().unwrap().starts_with("kept: "), "{row}");
+        }
+        let primary = rows
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["eni_id"] != foreign.as_str() && r["action"].as_str().unwrap().contains("Primary"));
+        assert!(primary.is_some(), "the primary ENI is kept as such: {rows}");
+    }
+    assert!(exists(&foreign));
+    assert_eq!(em.dump()["enis"].as_array().unwrap().len(), before, "nothing deleted");
+    em.set_faults(terway_cloud::emulator::Faults::default());
+
     // a node where terwayd is not serving: a clear error naming the socket
     let missing = dir.path().join("nothing.socket");
     let down = Cli {

@@ -57,6 +57,25 @@ mod tests {
     }
 
     #[test]
+    fn upstream_tolerated_values_pass_with_the_adjusted_value_shown() {
+        let (ok, out, err) = check(r#"{"max_pool_size":5,"min_pool_size":10,"eni_cap_ratio":0}"#, None);
+        assert!(ok, "{err}");
+        assert!(
+            err.contains("warning: min_pool_size") && err.contains("using 5"),
+            "{err}"
+        );
+        assert!(
+            err.contains("warning: eni_cap_ratio") && err.contains("using 1"),
+            "{err}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(
+            (v["min_pool_size"].as_u64(), v["eni_cap_ratio"].as_f64()),
+            (Some(5), Some(1.0))
+        );
+    }
+
+    #[test]
     fn prints_effective_config_with_secret_redacted() {
         let (ok, out, _) = check(
             r#"{"access_key":"LTAIkey","access_secret":"topsecret","max_pool_size":5}"#,

@@ -139,6 +139,9 @@ pub struct Faults {
     /// The gateway's clock runs this many seconds ahead (negative: behind)
     /// of the caller's: beyond 15 minutes every request is `InvalidTimeStamp.Expired`.
     pub clock_offset_s: i64,
+    /// DescribeNetworkInterfaces ignores every filter (status, type,
+    /// instance, vSwitch, ids, tags) and answers with the region's ENIs.
+    pub ignore_filters: bool,
 }
 
 impl Default for Scenario {

@@ -424,7 +424,23 @@ fn handle(s: &Shared, method: &str, p: &Params, action: &str) -> Result<(Value, 
             )
         });
     }
-    let body = lock(&s.world).dispatch(action, p, Instant::now())?;
+    let ignore_filters = lock(&s.faults).ignore_filters && action == "DescribeNetworkInterfaces";
+    let body = if ignore_filters {
+        // a gateway that drops every filter: the whole region's ENIs
+        let unfiltered: Params = p
+            .iter()
+            .filter(|(k, _)| {
+                !["Status", "Type", "InstanceId", "VSwitchId", "NetworkInterfaceId"]
+                    .iter()
+                    .any(|f| k.as_str() == *f || k.starts_with(&format!("{f}.")))
+                    && !k.starts_with("Tag.")
+            })
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        lock(&s.world).dispatch(action, &unfiltered, Instant::now())?
+    } else {
+        lock(&s.world).dispatch(action, p, Instant::now())?
+    };
     let drop = applies && {
         let mut f = lock(&s.faults);
         if f.drop_count > 0 {

@@ -13,6 +13,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use terway_cloud::api::{DeleteNetworkInterface, DescribeNetworkInterfaces, DescribeVSwitches};
+use terway_cloud::safety::{reason_to_keep, DeletionRules};
 use terway_cloud::{ClientOptions, CloudClient, CredentialProvider, MetadataClient};
 use terway_config::{Config, Secret};
 use terway_node::cni::exchange;
@@ -533,15 +534,18 @@ async fn vswitches(cli: &Cli, zone: Option<String>) -> anyhow::Result<()> {
 async fn eni_gc(cli: &Cli, yes: bool, all_nodes: bool, min_age: Duration) -> anyhow::Result<()> {
     let cloud = Cloud::connect(cli).await?;
     let mut tags = vec![(CREATOR_TAG.0.to_owned(), CREATOR_TAG.1.to_owned())];
-    if !all_nodes {
-        let instance = cloud
+    let instance = if all_nodes {
+        None
+    } else {
+        let id = cloud
             .metadata
             .identity()
             .await
             .context("reading this instance's id (or pass --all-nodes)")?
             .instance_id;
-        tags.push((NODE_TAG.to_owned(), instance));
-    }
+        tags.push((NODE_TAG.to_owned(), id.clone()));
+        Some(id)
+    };
     let available = cloud
         .client
         .describe_network_interfaces_all(DescribeNetworkInterfaces {
@@ -552,15 +556,20 @@ async fn eni_gc(cli: &Cli, yes: bool, all_nodes: bool, min_age: Duration) -> any
             ..Default::default()
         })
         .await?;
-    let now = SystemTime::now();
+    // the filters above are the server's; what is deleted is decided here
+    let rules = DeletionRules {
+        creator_tag: CREATOR_TAG,
+        node_tag: instance.as_deref().map(|id| (NODE_TAG, id)),
+        status: "Available",
+        min_age,
+        now: SystemTime::now(),
+    };
     let mut rows = Vec::new();
     for eni in available {
-        let age = terway_cloud::utc::parse(&eni.creation_time).and_then(|t| now.duration_since(t).ok());
-        let old_enough = age.is_none_or(|a| a >= min_age);
-        let action = match (old_enough, yes) {
-            (false, _) => "kept: younger than --min-age-seconds".to_owned(),
-            (true, false) => "would delete (dry run; --yes deletes)".to_owned(),
-            (true, true) => match cloud
+        let action = match (reason_to_keep(&eni, &rules), yes) {
+            (Some(why), _) => format!("kept: {why}"),
+            (None, false) => "would delete (dry run; --yes deletes)".to_owned(),
+            (None, true) => match cloud
                 .client
                 .call(&DeleteNetworkInterface {
                     region_id: cloud.region.clone(),

@@ -200,6 +200,8 @@ pub struct Node {
     pub identity: InstanceIdentity,
     pub node_ip: Ipv4Addr,
     pub limits: InstanceLimits,
+    /// The security groups found at the first start: the configured ones,
+    /// or the primary ENI's when none were configured.
     pub(crate) security_groups: Vec<String>,
     pub ledger: Arc<Ledger>,
     /// Start-up work still under way in the background (shown by `/readyz`).
@@ -504,6 +506,17 @@ impl Node {
     /// Asks the reconciler for a pass now (it reads the cloud only if due).
     pub fn reconcile_soon(&self) {
         self.wake.notify_one();
+    }
+
+    /// The security groups a new ENI gets: those configured now (a reload
+    /// applies to the next ENI), else those found at the first start.
+    pub(crate) fn eni_security_groups(&self) -> Vec<String> {
+        let config = self.config();
+        if config.security_groups.is_empty() {
+            self.security_groups.clone()
+        } else {
+            config.security_groups.clone()
+        }
     }
 
     /// The vSwitches new ENIs are made on: those configured for this zone, or

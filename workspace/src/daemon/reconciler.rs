@@ -14,6 +14,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use terway_cloud::api::*;
+use terway_cloud::safety::{reason_to_keep, DeletionRules};
 use terway_cloud::{new_client_token, CloudError, ErrorClass};
 use terway_statestore::diff::{self, CloudEni};
 use terway_statestore::pool::{self, EniRoom, PoolBounds, PoolCounts};
@@ -207,9 +208,10 @@ fn cooling_due(node: &Node) -> Option<Duration> {
 
 fn bounds(node: &Node) -> PoolBounds {
     let c = node.config();
+    let (min_idle, max_idle) = c.idle_bounds(node.limits);
     PoolBounds {
-        min_idle: c.min_pool_size.max(c.min_eni * node.limits.ipv4_per_eni),
-        max_idle: c.max_pool_size,
+        min_idle,
+        max_idle,
         ips_per_eni: node.limits.ipv4_per_eni,
         max_secondary_enis: c.usable_secondary_enis(node.limits),
         batch: terway_config::defaults::ASSIGN_BATCH_SIZE,
@@ -417,7 +419,7 @@ async fn pass(
     }
     // giving back waits until nothing is growing (and the picture is fresh)
     if plan.release > 0 && steps.is_empty() && !view.stale {
-        if let Some(eni_id) = idle_eni_to_retire(node, &s, plan.release) {
+        if let Some(eni_id) = idle_eni_to_retire(&s, plan.release) {
             if retire_eni(node, &eni_id).await? {
                 report.released += 1;
                 report.progressed = true;
@@ -640,11 +642,7 @@ async fn exclusive_pass(node: &Node, mut report: PassReport) -> anyhow::Result<P
 /// Shared mode: an ENI terway-rs created whose addresses are all idle and
 /// together within the surplus, so giving the whole ENI back (rather than
 /// address by address) keeps the pool within bounds and frees an ENI slot.
-/// `min_eni` ENIs are always kept.
-fn idle_eni_to_retire(node: &Node, s: &terway_statestore::State, surplus: u32) -> Option<String> {
-    if (s.enis.len() as u32) <= node.config().min_eni {
-        return None;
-    }
+fn idle_eni_to_retire(s: &terway_statestore::State, surplus: u32) -> Option<String> {
     let held = s.ips_held_by_intents();
     s.enis
         .values()
@@ -720,7 +718,22 @@ async fn delete_leftover_enis(node: &Node) -> anyhow::Result<()> {
             ..Default::default()
         })
         .await?;
+    // the server filtered by status and tag; a gateway that did not must not
+    // make us delete anything else
+    let rules = DeletionRules {
+        creator_tag: super::CREATOR_TAG,
+        node_tag: Some((super::NODE_TAG, &node.identity.instance_id)),
+        status: "Available",
+        // no minimum age: only this node's terwayd makes ENIs with its node
+        // tag, and the cloud is never read while its own steps run
+        min_age: Duration::ZERO,
+        now: std::time::SystemTime::now(),
+    };
     for eni in leftovers {
+        if let Some(why) = reason_to_keep(&eni, &rules) {
+            tracing::debug!(eni = %eni.network_interface_id, why, "not deleted by the leftover sweep");
+            continue;
+        }
         let id = eni.network_interface_id;
         let intent = node
             .ledger
@@ -758,6 +771,8 @@ async fn observe(node: &Node) -> anyhow::Result<Vec<NetworkInterfaceSet>> {
     let blocked = &node.config().eni_tag_block_list;
     Ok(enis
         .into_iter()
+        // the server was asked for these; what is adopted is decided here
+        .filter(|e| e.kind == "Secondary" && e.instance_id == node.identity.instance_id)
         .filter(|e| filter.iter().all(|(k, v)| e.tag(k) == Some(v.as_str())))
         .filter(|e| !blocked.iter().any(|t| e.tag(&t.key) == Some(t.value.as_str())))
         .collect())
@@ -952,7 +967,7 @@ async fn create_eni(node: &Node, secondaries: u32, exclusive: bool) -> anyhow::R
         let req = CreateNetworkInterface {
             region_id: node.identity.region_id.clone(),
             vswitch_id: vswitch.clone(),
-            security_group_ids: node.security_groups.clone(),
+            security_group_ids: node.eni_security_groups(),
             secondary_private_ip_address_count: (secondaries > 0).then_some(secondaries),
             tags: tags.clone(),
             resource_group_id: node.config().resource_group_id.clone(),
