@@ -12,6 +12,7 @@ pub mod metadata;
 pub mod ratelimit;
 pub mod safety;
 pub mod signature;
+pub mod token_file;
 pub mod utc;
 
 #[cfg(feature = "emulator")]

@@ -659,3 +659,56 @@ async fn secrets_never_reach_logs() {
         );
     }
 }
+
+/// A damaged credential file is not the end: the chain logs why and tries
+/// the next source (here the RAM role).
+#[tokio::test]
+async fn a_damaged_credential_file_falls_through_to_the_next_source_with_a_logged_reason() {
+    #[derive(Clone, Default)]
+    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Captured {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let _guard = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish(),
+    );
+    let em = Emulator::start(Scenario::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token-config");
+    // a keyring of the wrong length, as a damaged or foreign file has
+    std::fs::write(
+        &file,
+        r#"{"access.key.id":"AAAA","access.key.secret":"AAAA","security.token":"AAAA","expiration":"2099-01-01T00:00:00Z","keyring":"short"}"#,
+    )
+    .unwrap();
+    let metadata = Arc::new(MetadataClient::new(&em.url(), Duration::from_secs(2)).unwrap());
+    let files = credentials::CredentialFiles {
+        token_file: Some(file.clone()),
+        addon_secret_dir: None,
+    };
+    let provider = CredentialProvider::chain(None, None, &files, metadata);
+    let creds = provider.get().await.unwrap();
+    assert!(creds.access_key_id.starts_with("STS."), "the RAM role's");
+    assert_eq!(provider.kind(), "ram-role");
+    let client = client_with(&em, provider);
+    client.call(&vswitches()).await.unwrap();
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        text.contains("credential-file")
+            && text.contains(&file.display().to_string())
+            && text.contains("keyring is 5 bytes"),
+        "{text}"
+    );
+    assert!(text.contains("trying the next"), "{text}");
+}

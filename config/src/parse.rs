@@ -29,10 +29,7 @@ const KNOWN_KEYS: &[(&str, KeyUse)] = &[
     ("version", KeyUse::Used),
     ("access_key", KeyUse::Used),
     ("access_secret", KeyUse::Used),
-    (
-        "credential_path",
-        KeyUse::Ignored("the ACK credential file is not read yet; use access_key/access_secret or the instance's RAM role"),
-    ),
+    ("credential_path", KeyUse::Used),
     ("region_id", KeyUse::Used),
     ("service_cidr", KeyUse::Used),
     ("vswitches", KeyUse::Used),

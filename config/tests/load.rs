@@ -123,7 +123,6 @@ fn every_field_loads() {
         warned,
         [
             "backoff_override",
-            "credential_path",
             "custom_stateful_workload_kinds",
             "disable_device_plugin",
             "idle_ip_reclaim_after",

@@ -186,3 +186,32 @@ pub fn samples(text: &str) -> std::collections::BTreeMap<String, f64> {
         })
         .collect()
 }
+
+/// Writes an ACK credential file (`credential_path`) holding `creds` (a role
+/// document: `AccessKeyId`, `AccessKeySecret`, `SecurityToken`,
+/// `Expiration`), each value AES-128-CBC encrypted under `keyring` (16
+/// bytes) with a random IV, as ACK's addon writes it.
+///
+/// # Panics
+/// When `keyring` is not 16 bytes or the file cannot be written.
+#[allow(clippy::expect_used)]
+pub fn write_token_file(path: &Path, keyring: &str, creds: &serde_json::Value) {
+    use aes::cipher::{block_padding::Pkcs7, BlockEncryptMut, KeyIvInit};
+    use base64::Engine;
+    let encrypt = |plain: &str| {
+        let iv: [u8; 16] = rand::random();
+        let ciphertext = cbc::Encryptor::<aes::Aes128>::new_from_slices(keyring.as_bytes(), &iv)
+            .expect("a 16-byte keyring")
+            .encrypt_padded_vec_mut::<Pkcs7>(plain.as_bytes());
+        base64::engine::general_purpose::STANDARD.encode([iv.as_slice(), &ciphertext].concat())
+    };
+    let field = |k: &str| creds[k].as_str().unwrap_or_default().to_owned();
+    let file = serde_json::json!({
+        "access.key.id": encrypt(&field("AccessKeyId")),
+        "access.key.secret": encrypt(&field("AccessKeySecret")),
+        "security.token": encrypt(&field("SecurityToken")),
+        "expiration": field("Expiration"),
+        "keyring": keyring,
+    });
+    std::fs::write(path, file.to_string()).expect("writing the credential file");
+}

@@ -911,3 +911,42 @@ async fn a_gateway_ignoring_filters_makes_the_sweep_delete_nothing_but_ours() {
         .collect();
     assert!(primaries.iter().all(|p| !ledger.enis.contains_key(p)));
 }
+
+/// ACK's encrypted credential file as the only source of credentials (no
+/// keys in the config, no RAM role): every cloud call is signed with the
+/// decrypted key and carries the decrypted STS token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ack_credential_file_signs_every_cloud_call() {
+    let scenario = Scenario {
+        ram_role: None,
+        ..Scenario::default()
+    };
+    let em = Emulator::start(scenario).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token-config");
+    let sts = em.issue_sts_credentials(Duration::from_secs(3600));
+    terway_tests::write_token_file(&token, "0123456789abcdef", &sts);
+    let patch = serde_json::json!({"access_key": null, "access_secret": null, "credential_path": token}).to_string();
+    let cfg = Arc::new(
+        terway_config::Config::parse(&config_text(&em, &["vsw-large0000000001"], ""), Some(&patch))
+            .unwrap()
+            .config,
+    );
+    let running = start(cfg, Duration::from_secs(10)).await;
+    let reply = call(&running.node.socket_path(), Request::Add(pod(0))).await;
+    assert!(matches!(reply, Reply::Ok { .. }), "{reply:?}");
+    let calls = &em.dump()["api_calls"];
+    assert!(
+        calls["CreateNetworkInterface"]["Success"].as_u64() >= Some(1),
+        "{calls}"
+    );
+    let refused: u64 = calls
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|codes| codes.as_object().unwrap().iter())
+        .filter(|(code, _)| code.contains("AccessKey") || code.contains("SecurityToken") || code.contains("Signature"))
+        .map(|(_, n)| n.as_u64().unwrap())
+        .sum();
+    assert_eq!(refused, 0, "{calls}");
+}

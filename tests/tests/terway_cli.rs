@@ -464,3 +464,43 @@ fn explain_offline(
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// terway-cli reads `credential_path` like terwayd: with no keys configured
+/// and no RAM role, its cloud calls are signed with the decrypted file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloud_commands_sign_with_the_ack_credential_file() {
+    let em = Emulator::start(Scenario {
+        ram_role: None,
+        ..Scenario::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token-config");
+    terway_tests::write_token_file(
+        &token,
+        "abcdef0123456789",
+        &em.issue_sts_credentials(Duration::from_secs(3600)),
+    );
+    let conf = dir.path().join("eni_conf");
+    std::fs::write(
+        &conf,
+        format!(
+            r#"{{"credential_path": "{}", "ecs_endpoint": "{url}", "vpc_endpoint": "{url}", "metadata_endpoint": "{url}"}}"#,
+            token.display(),
+            url = em.url()
+        ),
+    )
+    .unwrap();
+    let cli = Cli {
+        socket: &dir.path().join("no.socket"),
+        config: &conf,
+        url: em.url(),
+    };
+    let (ok, out, err) = cli.run(&["vswitches"]);
+    assert!(ok && out.contains("vsw-large0000000001"), "{out}{err}");
+    // the same file damaged: no source is left, and the error says why
+    std::fs::write(&token, r#"{"keyring": "abcdef0123456789", "access.key.id": "!!"}"#).unwrap();
+    let (ok, _, err) = cli.run(&["vswitches"]);
+    assert!(!ok && err.contains("token-config") && err.contains("access.key.id"), "{err}");
+}

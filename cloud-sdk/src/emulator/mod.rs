@@ -65,6 +65,18 @@ impl Emulator {
         dump(&self.shared)
     }
 
+    /// STS credentials the gateway accepts (with their SecurityToken) until
+    /// `ttl` passes — what ACK's addon writes into the credential file — as
+    /// the metadata role document: `AccessKeyId`, `AccessKeySecret`,
+    /// `SecurityToken`, `Expiration`.
+    pub fn issue_sts_credentials(&self, ttl: std::time::Duration) -> serde_json::Value {
+        let role = scenario::RamRoleSpec {
+            name: "addon".into(),
+            ttl_seconds: ttl.as_secs(),
+        };
+        serde_json::from_str(&server::issue_role_credentials(&self.shared, &role)).unwrap_or_default()
+    }
+
     pub fn faults(&self) -> Faults {
         lock(&self.shared.faults).clone()
     }

@@ -600,7 +600,7 @@ fn metadata_value(s: &Shared, instance: &str, path: &str) -> Option<String> {
 
 /// Hands out STS credentials for the role: the same ones until half their
 /// lifetime is gone, then new ones (as IMDS rotates them before expiry).
-fn issue_role_credentials(s: &Shared, role: &RamRoleSpec) -> String {
+pub(crate) fn issue_role_credentials(s: &Shared, role: &RamRoleSpec) -> String {
     let ttl = Duration::from_secs(role.ttl_seconds.max(1));
     let now = SystemTime::now();
     let mut issued = lock(&s.issued_role_key);

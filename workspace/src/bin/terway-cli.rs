@@ -13,6 +13,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use terway_cloud::api::{DeleteNetworkInterface, DescribeNetworkInterfaces, DescribeVSwitches};
+use terway_cloud::credentials::CredentialFiles;
 use terway_cloud::safety::{reason_to_keep, DeletionRules};
 use terway_cloud::{ClientOptions, CloudClient, CredentialProvider, MetadataClient};
 use terway_config::{Config, Secret};
@@ -452,7 +453,12 @@ impl Cloud {
             (Some(k), Some(s)) => (Some(k.as_str()), Some(s)),
             _ => (config.access_key.as_deref(), config.access_secret.clone()),
         };
-        let credentials = Arc::new(CredentialProvider::resolve(key, secret.as_ref(), metadata.clone()));
+        let credentials = Arc::new(CredentialProvider::chain(
+            key,
+            secret.as_ref(),
+            &CredentialFiles::on_this_node(config.credential_path.clone()),
+            metadata.clone(),
+        ));
         let mut options = ClientOptions::from_config(&config, &region);
         if let Some(e) = &cli.endpoint {
             options = options.with_endpoint(e);

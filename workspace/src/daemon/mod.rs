@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use terway_cloud::api::DescribeNetworkInterfaces;
+use terway_cloud::credentials::CredentialFiles;
 use terway_cloud::{ClientOptions, CloudClient, CredentialProvider, InstanceIdentity, MetadataClient};
 use terway_config::capacity::InstanceLimits;
 use terway_config::Config;
@@ -263,9 +264,10 @@ impl Node {
         }
         let recorded = RecordedFacts::read(&ledger)?;
         let credentials = |identity: &InstanceIdentity| -> anyhow::Result<CloudClient> {
-            let provider = Arc::new(CredentialProvider::resolve(
+            let provider = Arc::new(CredentialProvider::chain(
                 config.access_key.as_deref(),
                 config.access_secret.as_ref(),
+                &CredentialFiles::on_this_node(config.credential_path.clone()),
                 metadata.clone(),
             ));
             Ok(CloudClient::new(
