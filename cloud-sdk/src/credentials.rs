@@ -227,7 +227,10 @@ impl CredentialProvider {
                 }
             }
         }
-        Err(CloudError::Credentials(format!("no credential source worked — {}", failures.join("; "))))
+        Err(CloudError::Credentials(format!(
+            "no credential source worked — {}",
+            failures.join("; ")
+        )))
     }
 
     /// Credentials from one source, and when to look again.

@@ -814,3 +814,178 @@ fn shared_and_exclusive_pods_on_one_node() {
     lab.stop();
     assert_eq!(before, root_state(), "the root namespace changed");
 }
+
+/// A child process killed (SIGKILL) when dropped, so a failed test leaves no terwayd behind.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Pods' host links (`cali…` veths) in namespace `ns` (by name),
+/// optionally only those in link group `group`.
+fn pod_links_in(ns: &str, group: Option<u32>) -> usize {
+    let mut args = vec![
+        "-n".to_owned(),
+        ns.to_owned(),
+        "-o".into(),
+        "link".into(),
+        "show".into(),
+    ];
+    if let Some(g) = group {
+        args.extend(["group".into(), g.to_string()]);
+    }
+    args.extend(["type".into(), "veth".into()]);
+    let out = Command::new("ip").args(&args).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.split(": ").nth(1).is_some_and(|name| name.starts_with("cali")))
+        .count()
+}
+
+/// terwayd, a real process with the datapath in a simulated node, is
+/// SIGKILLed again and again right after DELs, while the released pods'
+/// host links wait to be deleted in the background (gathered for 200 ms,
+/// then one group deletion) or while that deletion runs. Every restart
+/// removes what the kill left, and the pod that stays keeps its link.
+#[test]
+fn kills_inside_the_background_link_deletion_leave_no_link_behind() {
+    if let Some(why) = skip_reason() {
+        println!("SKIPPED kills_inside_the_background_link_deletion_leave_no_link_behind: {why}");
+        return;
+    }
+    const ROUNDS: usize = 25;
+    const PODS_PER_ROUND: usize = 3;
+    let before = root_state();
+    let tag = format!("{}", std::process::id() % 100_000);
+    let sim = Arc::new(SimulatedNode::new(&format!("k{tag}")).unwrap());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut scenario = Scenario {
+        delays: Delays {
+            attach_ms: 50,
+            detach_ms: 50,
+            ..Delays::default()
+        },
+        ..Scenario::default()
+    };
+    scenario.instances[0].instance_type = "ecs.g6.8xlarge".into();
+    let em = rt.block_on(Emulator::start(scenario)).unwrap();
+    em.add_hotplug_hook(sim.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("eni.socket");
+    let conf_path = dir.path().join("eni_conf");
+    let own = format!(
+        r#", "max_pool_size": 20, "min_pool_size": 10, "socket_path": "{}", "ledger_path": "{}", "metrics_address": "127.0.0.1:0""#,
+        socket.display(),
+        dir.path().join("ledger").display()
+    );
+    std::fs::write(
+        &conf_path,
+        terway_tests::eni_conf(&em.url(), &["vsw-large0000000001"], &own),
+    )
+    .unwrap();
+    let conf = format!(
+        r#"{{"cniVersion":"1.0.0","name":"terway","type":"terway","socket":"{}"}}"#,
+        socket.display()
+    );
+    let spawn = || {
+        let _ = std::fs::remove_file(&socket);
+        let child = Command::new(terway_tests::binary("terwayd"))
+            .args(["run", "--standalone", "--host-netns"])
+            .arg(sim.node_ns_path())
+            .arg("--config")
+            .arg(&conf_path)
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !socket.exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(socket.exists(), "terwayd did not start serving");
+        child
+    };
+    let mut namespaces = PodNamespaces(Vec::new());
+    let new_ns = |namespaces: &mut PodNamespaces, name: String| {
+        assert!(Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .unwrap()
+            .success());
+        namespaces.0.push(name.clone());
+        format!("/var/run/netns/{name}")
+    };
+    let node_ns = sim.node_ns.clone();
+    let mut terwayd = Killed(spawn());
+    let keeper = new_ns(&mut namespaces, format!("trk{tag}keep"));
+    let (ok, result) = plugin("ADD", "keeper", &keeper, "keeper", &conf);
+    assert!(ok, "ADD keeper: {result}");
+    let mut rng = 0x2545_F491_4F6C_DD1Du64;
+    let (mut left_marked, mut left_rounds) = (0, 0);
+    for round in 0..ROUNDS {
+        let mut pods = Vec::new();
+        for p in 0..PODS_PER_ROUND {
+            let ns = new_ns(&mut namespaces, format!("trk{tag}r{round}p{p}"));
+            let id = format!("r{round}p{p}");
+            let (ok, result) = plugin("ADD", &id, &ns, &id, &conf);
+            assert!(ok, "ADD {id}: {result}");
+            pods.push((id, ns));
+        }
+        for (id, ns) in &pods {
+            let (ok, result) = plugin("DEL", id, ns, id, &conf);
+            assert!(ok, "DEL {id}: {result}");
+        }
+        // kill before, during or after the gathered deletion (200 ms after the first DEL)
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        std::thread::sleep(Duration::from_micros(rng % 300_000));
+        terwayd.0.kill().unwrap();
+        terwayd.0.wait().unwrap();
+        let marked = pod_links_in(&node_ns, Some(terway_datapath::RELEASED_GROUP));
+        left_marked += marked;
+        left_rounds += usize::from(marked > 0);
+        terwayd = Killed(spawn());
+        // the restarted agent deletes what the kill left; the keeper's link stays
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while pod_links_in(&node_ns, None) != 1 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(
+            pod_links_in(&node_ns, None),
+            1,
+            "round {round}: only the keeper's host link remains: {}",
+            String::from_utf8_lossy(
+                &Command::new("ip")
+                    .args(["-n", &node_ns, "-d", "link", "show", "type", "veth"])
+                    .output()
+                    .unwrap()
+                    .stdout
+            )
+        );
+        assert_eq!(pod_links_in(&node_ns, Some(terway_datapath::RELEASED_GROUP)), 0);
+    }
+    println!(
+        "{ROUNDS} SIGKILLs after {} DELs: {left_rounds} kills left {left_marked} marked links behind (killed before the \
+         background deletion ran), all deleted by the next start; the remaining pod's link untouched",
+        ROUNDS * PODS_PER_ROUND
+    );
+    assert!(left_rounds > 0, "no kill landed before the background deletion");
+    let (ok, result) = plugin("DEL", "keeper", &keeper, "keeper", &conf);
+    assert!(ok, "DEL keeper: {result}");
+    drop(terwayd);
+    drop(namespaces);
+    drop(em);
+    drop(rt);
+    drop(sim);
+    assert_eq!(before, root_state(), "the root namespace changed");
+}

@@ -502,5 +502,8 @@ async fn cloud_commands_sign_with_the_ack_credential_file() {
     // the same file damaged: no source is left, and the error says why
     std::fs::write(&token, r#"{"keyring": "abcdef0123456789", "access.key.id": "!!"}"#).unwrap();
     let (ok, _, err) = cli.run(&["vswitches"]);
-    assert!(!ok && err.contains("token-config") && err.contains("access.key.id"), "{err}");
+    assert!(
+        !ok && err.contains("token-config") && err.contains("access.key.id"),
+        "{err}"
+    );
 }
