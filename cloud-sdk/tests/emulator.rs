@@ -646,7 +646,7 @@ async fn secrets_never_reach_logs() {
 
     let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     assert!(
-        logs.contains("RAM role credentials refreshed"),
+        logs.contains("credentials loaded"),
         "the capture works: {logs}"
     );
     let secret = creds.access_key_secret.expose();

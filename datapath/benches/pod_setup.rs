@@ -86,6 +86,7 @@ fn main() {
                 mode: Mode::Veth,
                 bandwidth: Bandwidth::default(),
                 service_cidr: None,
+                host_stack_cidrs: Vec::new(),
             })
             .collect();
         let mut times = Vec::with_capacity(PODS);

@@ -55,6 +55,9 @@ pub struct PodSpec {
     pub bandwidth: Bandwidth,
     /// Exclusive ENI: Service traffic goes through the host peer.
     pub service_cidr: Option<Ipv4Net>,
+    /// Exclusive ENI: further destinations reached through the host peer
+    /// (`host_stack_cidrs`, e.g. NodeLocal DNSCache).
+    pub host_stack_cidrs: Vec<Ipv4Net>,
 }
 
 impl PodSpec {

@@ -22,6 +22,7 @@ fn pod(lab_pod: &Ns, name: &str, ip: Ipv4Addr, eni: &EniLink, mode: Mode) -> Pod
         mode,
         bandwidth: Bandwidth::default(),
         service_cidr: Some("172.21.0.0/20".parse().unwrap()),
+        host_stack_cidrs: vec!["169.254.20.10/32".parse().unwrap()],
     }
 }
 

@@ -131,6 +131,10 @@ pub struct PodNetworkSettings {
     /// The pod got a whole ENI.
     #[serde(default)]
     pub exclusive_eni: bool,
+    /// The network configuration's `host_stack_cidrs`, kept so a repair
+    /// after a restart rebuilds the same routes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_stack_cidrs: Vec<ipnet::IpNet>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -950,3 +950,25 @@ async fn the_ack_credential_file_signs_every_cloud_call() {
         .sum();
     assert_eq!(refused, 0, "{calls}");
 }
+
+/// `host_stack_cidrs` cannot be honoured for an ipvlan pod (no redirect into
+/// the host stack): refused with a message naming them, nothing bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_stack_cidrs_are_refused_in_ipvlan_mode() {
+    let em = Emulator::start(Scenario::default()).await.unwrap();
+    let cfg = config(&em, &["vsw-large0000000001"], r#", "datapath_mode": "ipvlan""#);
+    let running = start(cfg, Duration::from_secs(5)).await;
+    let mut p = pod(0);
+    p.host_stack_cidrs = vec!["169.254.20.10/32".into()];
+    let Reply::Error { code, msg, .. } = call(&running.node.socket_path(), Request::Add(p)).await else {
+        panic!("an ipvlan pod was wired without its host_stack_cidrs")
+    };
+    assert_eq!(code, 7);
+    assert!(msg.contains("169.254.20.10/32") && msg.contains("ipvlan"), "{msg}");
+    assert!(running.node.ledger.snapshot().pods.is_empty(), "nothing bound");
+    // and a pod without them is served
+    assert!(matches!(
+        call(&running.node.socket_path(), Request::Add(pod(1))).await,
+        Reply::Ok { .. }
+    ));
+}

@@ -464,7 +464,11 @@ fn exclusive_eni_pods_through_the_terway_binary() {
     // ecs.g6.2xlarge: 4 ENIs, so 3 pods with an ENI each
     let pool = r#""max_pool_size": 3, "min_pool_size": 0, "datapath_mode": "exclusive_eni""#;
     let lab = Lab::start(&tag, "ecs.g6.2xlarge", pool, Duration::from_secs(5));
-    let (node, conf, sim) = (lab.running.node.clone(), lab.conf.clone(), lab.sim.clone());
+    let (node, sim) = (lab.running.node.clone(), lab.sim.clone());
+    // NodeLocal DNSCache's address, reached through the host as upstream routes it
+    let conf = lab
+        .conf
+        .replacen('{', r#"{"host_stack_cidrs":["169.254.20.10/32"],"#, 1);
     let namespaces = PodNamespaces((0..4).map(|i| format!("trw{tag}p{i}")).collect());
     for ns in &namespaces.0 {
         assert!(Command::new("ip")
@@ -498,6 +502,15 @@ fn exclusive_eni_pods_through_the_terway_binary() {
         assert!(
             tcp_reaches(pod_ns, lab.vpc_ns(), VPC_ADDR, 7800 + i as u16),
             "x-{i} reaches the VPC through its own ENI"
+        );
+        let route = Command::new("ip")
+            .args(["-n", ns, "route", "get", "169.254.20.10"])
+            .output()
+            .unwrap();
+        let route = String::from_utf8_lossy(&route.stdout);
+        assert!(
+            route.contains("via 169.254.1.1 dev veth1"),
+            "host_stack_cidrs go through the host peer: {route}"
         );
     }
     let (ok, result) = plugin(

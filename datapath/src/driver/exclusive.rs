@@ -64,6 +64,9 @@ pub(super) fn desired(pod: &PodSpec) -> Desired {
     if let Some(svc) = pod.service_cidr {
         items.push(via_host(ipnet::IpNet::V4(svc)));
     }
+    for cidr in &pod.host_stack_cidrs {
+        items.push(via_host(ipnet::IpNet::V4(*cidr)));
+    }
     items.push(host_route_to_pod(v4, &host));
     items.extend(host_forwarding(&[&host], false));
     items.push(tbf(Side::Pod, ifname, pod.bandwidth.egress_bps, mtu));

@@ -193,6 +193,7 @@ mod tests {
             mode,
             bandwidth: Bandwidth::default(),
             service_cidr: None,
+            host_stack_cidrs: vec!["169.254.20.10/32".parse().unwrap()],
         }
     }
 
@@ -226,6 +227,13 @@ mod tests {
         assert!(d.eni.is_empty());
         assert!(matches!(d.pod[0], Item::Link(LinkPlan::EniInPod { .. })));
         assert_eq!(d.policy_point.side, Side::Pod);
+        // host_stack_cidrs go through the host peer, like the node and Services
+        let node_local_dns: ipnet::IpNet = "169.254.20.10/32".parse().unwrap_or_default();
+        assert!(d.pod.iter().any(|i| matches!(
+            i,
+            Item::Route { side: Side::Pod, route } if route.destination == node_local_dns
+                && route.gateway == Some(IpAddr::V4(crate::names::POD_GATEWAY_V4))
+        )));
     }
 
     #[test]

@@ -77,6 +77,9 @@ pub struct NetConf {
     pub socket: Option<PathBuf>,
     #[serde(default)]
     pub runtime_config: RuntimeConfig,
+    /// Destinations an exclusive-ENI pod reaches through the host (upstream's key).
+    #[serde(default, rename = "host_stack_cidrs")]
+    pub host_stack_cidrs: Vec<String>,
     /// CNI 1.1 GC: the attachments still in use.
     #[serde(default, rename = "cni.dev/valid-attachments")]
     pub valid_attachments: Vec<ValidAttachment>,
@@ -308,6 +311,10 @@ fn pod_request(
         }
     };
     let bandwidth = conf.runtime_config.bandwidth.clone().unwrap_or_default();
+    for cidr in &conf.host_stack_cidrs {
+        protocol::check_cidr(cidr)
+            .map_err(|e| CniError::new(code::INVALID_NETWORK_CONFIG, format!("host_stack_cidrs: {}", e.0)))?;
+    }
     Ok(PodRequest {
         container_id: container_id.clone(),
         netns,
@@ -319,6 +326,7 @@ fn pod_request(
         egress_bps: (bandwidth.egress_rate > 0).then_some(bandwidth.egress_rate),
         cni_version: version.to_owned(),
         runtime_name,
+        host_stack_cidrs: conf.host_stack_cidrs.clone(),
     })
 }
 
@@ -551,6 +559,20 @@ mod tests {
         assert!(e.msg.contains("0.2.0"));
         let e = run(full_env("ADD"), r#"{"name":"t","type":"terway"}"#).unwrap_err();
         assert_eq!(e.code, code::INVALID_NETWORK_CONFIG);
+        let bad_cidr = r#"{"cniVersion":"1.0.0","name":"t","type":"terway","host_stack_cidrs":["169.254.20.10"]}"#;
+        let e = run(full_env("ADD"), bad_cidr).unwrap_err();
+        assert_eq!(e.code, code::INVALID_NETWORK_CONFIG);
+        assert!(
+            e.msg.contains("host_stack_cidrs") && e.msg.contains("169.254.20.10"),
+            "{}",
+            e.msg
+        );
+        let good = r#"{"cniVersion":"1.0.0","name":"t","type":"terway","host_stack_cidrs":["169.254.20.10/32"]}"#;
+        let inv = run(full_env("ADD"), good).unwrap_or_else(|e| panic!("{}", e.msg));
+        let Some(Request::Add(p)) = inv.request else {
+            panic!("not an ADD")
+        };
+        assert_eq!(p.host_stack_cidrs, ["169.254.20.10/32"]);
         let e = run(full_env("ADD"), r#"{"cniVersion":"1.0.0","type":"terway"}"#).unwrap_err();
         assert_eq!(e.code, code::INVALID_NETWORK_CONFIG, "name is required");
         let e = run(

@@ -89,6 +89,11 @@ pub struct PodRequest {
     /// name in `K8S_POD_NAME`), for logs and `terway-cli pods`; any text.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub runtime_name: String,
+    /// The network configuration's `host_stack_cidrs`: destinations a pod
+    /// with its own ENI reaches through the host (NodeLocal DNSCache's
+    /// `169.254.20.10/32`, say).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_stack_cidrs: Vec<String>,
 }
 
 /// The namespace of attachments made without Kubernetes (no
@@ -120,8 +125,33 @@ impl PodRequest {
             egress_bps: None,
             cni_version: "1.0.0".into(),
             runtime_name: String::new(),
+            host_stack_cidrs: Vec::new(),
         }
     }
+}
+
+/// A CIDR such as `169.254.20.10/32` or `fd00::/8`, its host bits clear.
+pub fn check_cidr(text: &str) -> Result<(), ProtocolError> {
+    let bad = || ProtocolError(format!("{text:?} is not a CIDR such as 169.254.20.10/32"));
+    let (ip, prefix) = text.split_once('/').ok_or_else(bad)?;
+    let prefix: u32 = prefix.parse().map_err(|_| bad())?;
+    let ip: std::net::IpAddr = ip.parse().map_err(|_| bad())?;
+    let (bits, width) = match ip {
+        std::net::IpAddr::V4(v4) => (u128::from(u32::from(v4)), 32),
+        std::net::IpAddr::V6(v6) => (u128::from(v6), 128),
+    };
+    if prefix > width {
+        return Err(bad());
+    }
+    let host_bits = if prefix == width {
+        0
+    } else {
+        bits & (u128::MAX >> (128 - width + prefix))
+    };
+    if host_bits != 0 {
+        return Err(ProtocolError(format!("{text:?} has host bits set")));
+    }
+    Ok(())
 }
 
 /// The daemon's answer.
@@ -290,6 +320,24 @@ mod tests {
             egress_bps: Some(1_000_000),
             cni_version: "1.0.0".into(),
             runtime_name: String::new(),
+            host_stack_cidrs: vec!["169.254.20.10/32".into()],
+        }
+    }
+
+    #[test]
+    fn cidrs() {
+        for ok in ["169.254.20.10/32", "10.0.0.0/8", "0.0.0.0/0", "fd00::/8", "::1/128"] {
+            assert!(check_cidr(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "169.254.20.10",
+            "10.0.0.1/8",
+            "10.0.0.0/33",
+            "banana/8",
+            "fd00::1/8",
+            "/32",
+        ] {
+            assert!(check_cidr(bad).is_err(), "{bad}");
         }
     }
 

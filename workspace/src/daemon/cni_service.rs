@@ -179,6 +179,31 @@ fn warn_pod(node: &Node, p: &PodRequest, reason: &'static str, message: String) 
     });
 }
 
+/// The request's `host_stack_cidrs`. An exclusive-ENI pod reaches them
+/// through its host peer, a veth pod through the host anyway; an ipvlan pod
+/// would need a redirect into the host stack that terway-rs does not set
+/// up, so it is refused rather than wired without the routes asked for.
+fn host_stack_cidrs(node: &Node, p: &PodRequest, exclusive: bool) -> Result<Vec<ipnet::IpNet>, String> {
+    let cidrs = p
+        .host_stack_cidrs
+        .iter()
+        .map(|c| {
+            c.parse::<ipnet::IpNet>()
+                .ok()
+                .filter(|n| n.trunc() == *n)
+                .ok_or_else(|| format!("host_stack_cidrs: {c:?} is not a CIDR such as 169.254.20.10/32"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if !cidrs.is_empty() && !exclusive && pod_network::mode(node, false) == terway_datapath::Mode::Ipvlan {
+        return Err(format!(
+            "host_stack_cidrs ({}) are not supported in ipvlan mode: terway-rs does not redirect them into the host stack; \
+             remove them from the network configuration or use veth mode",
+            p.host_stack_cidrs.join(", ")
+        ));
+    }
+    Ok(cidrs)
+}
+
 async fn add(node: &Node, p: &PodRequest) -> Reply {
     let started = Instant::now();
     // the caller's mistake, not a moment to wait out: refused before anything is bound
@@ -207,6 +232,10 @@ async fn add(node: &Node, p: &PodRequest) -> Reply {
         annotations.get(crate::bridge::POD_ENI_ANNOTATION).map(String::as_str) == Some("true"),
     );
     let exclusive = pool != Pool::SharedAddress;
+    let host_stack_cidrs = match host_stack_cidrs(node, p, exclusive) {
+        Ok(cidrs) => cidrs,
+        Err(why) => return fail(code::INVALID_NETWORK_CONFIG, why),
+    };
     let request = BindRequest {
         pod: pod_ref(p),
         container_id: p.container_id.clone(),
@@ -216,6 +245,7 @@ async fn add(node: &Node, p: &PodRequest) -> Reply {
             ingress_bps: bandwidth.ingress_bps.unwrap_or(0),
             egress_bps: bandwidth.egress_bps.unwrap_or(0),
             exclusive_eni: exclusive,
+            host_stack_cidrs: host_stack_cidrs.clone(),
         },
     };
     let bound = match ipam::allocate(node, &request, pool, started + node.options.add_deadline).await {
@@ -241,7 +271,7 @@ async fn add(node: &Node, p: &PodRequest) -> Reply {
         return fail(code::IO_FAILURE, "an IPv6 address was bound as the pod's IPv4");
     };
     let pod = PodPlace::of(p);
-    let spec = match pod_network::spec(node, &pod, &bound.eni, ip, bandwidth, exclusive) {
+    let spec = match pod_network::spec(node, &pod, &bound.eni, ip, bandwidth, exclusive, &host_stack_cidrs) {
         Ok(s) => s,
         Err(e) => return fail(code::IO_FAILURE, e.to_string()),
     };

@@ -47,6 +47,7 @@ pub(crate) fn spec(
     ip: Ipv4Addr,
     bandwidth: Bandwidth,
     exclusive_eni: bool,
+    host_stack_cidrs: &[ipnet::IpNet],
 ) -> anyhow::Result<PodSpec> {
     Ok(PodSpec {
         namespace: pod.namespace.clone(),
@@ -60,6 +61,13 @@ pub(crate) fn spec(
         mode: mode(node, exclusive_eni || eni.owner.is_some()),
         bandwidth,
         service_cidr: node.config().service_cidr.ipv4,
+        host_stack_cidrs: host_stack_cidrs
+            .iter()
+            .filter_map(|c| match c {
+                ipnet::IpNet::V4(v4) => Some(*v4),
+                ipnet::IpNet::V6(_) => None,
+            })
+            .collect(),
     })
 }
 
@@ -85,7 +93,16 @@ pub(crate) fn spec_of_record(node: &Node, record: &PodRecord, netns: Option<&str
         netns: netns.filter(|n| !n.is_empty()).unwrap_or(&record.netns).to_owned(),
         ifname: record.ifname.clone(),
     };
-    spec(node, &place, &eni, ip, bandwidth, record.eni_id.is_some()).ok()
+    spec(
+        node,
+        &place,
+        &eni,
+        ip,
+        bandwidth,
+        record.eni_id.is_some(),
+        &record.settings.host_stack_cidrs,
+    )
+    .ok()
 }
 
 /// An ENI as the datapath needs it.
