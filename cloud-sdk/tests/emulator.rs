@@ -645,10 +645,7 @@ async fn secrets_never_reach_logs() {
     tracing::info!(credentials = ?creds, provider = ?provider, "logged like a careless caller would");
 
     let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
-    assert!(
-        logs.contains("credentials loaded"),
-        "the capture works: {logs}"
-    );
+    assert!(logs.contains("credentials loaded"), "the capture works: {logs}");
     let secret = creds.access_key_secret.expose();
     let token = creds.security_token.as_ref().unwrap().expose();
     for s in [secret, token, "wrong-secret-for-logs", DEFAULT_ACCESS_KEY_SECRET] {
@@ -664,17 +661,6 @@ async fn secrets_never_reach_logs() {
 /// the next source (here the RAM role).
 #[tokio::test]
 async fn a_damaged_credential_file_falls_through_to_the_next_source_with_a_logged_reason() {
-    #[derive(Clone, Default)]
-    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
-    impl std::io::Write for Captured {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
     let logs = Captured::default();
     let writer = logs.clone();
     let _guard = tracing::subscriber::set_default(

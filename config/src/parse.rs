@@ -511,39 +511,30 @@ impl<'o> Reader<'o, '_> {
     }
 
     fn choice<T: Copy>(&mut self, key: &str, options: &[(&str, T)]) -> Option<T> {
-        let value = self.get(key)?;
-        let text = value.as_str().map(str::trim);
-        if let Some(found) = options.iter().find(|(name, _)| Some(*name) == text) {
-            return Some(found.1);
-        }
-        let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
-        self.findings.error(
-            key,
-            Some(value),
-            format!("unknown value; expected one of {}", names.join(", ")),
-        );
-        None
+        self.pick(key, options, false)
     }
 
     /// Like [`Reader::choice`], but an unknown value falls back to the first
     /// option with a warning, as upstream does for the selection policies.
     fn choice_or_fallback<T: Copy>(&mut self, key: &str, options: &[(&str, T)]) -> Option<T> {
+        self.pick(key, options, true)
+    }
+
+    fn pick<T: Copy>(&mut self, key: &str, options: &[(&str, T)], fall_back: bool) -> Option<T> {
         let value = self.get(key)?;
         let text = value.as_str().map(str::trim);
         if let Some(found) = options.iter().find(|(name, _)| Some(*name) == text) {
             return Some(found.1);
         }
-        let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
-        self.findings.warning(
-            key,
-            Some(value),
-            format!(
-                "unknown value; using {:?} (expected one of {})",
-                options[0].0,
-                names.join(", ")
-            ),
-        );
-        Some(options[0].1)
+        let names = options.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ");
+        if fall_back {
+            let message = format!("unknown value; using {:?} (expected one of {names})", options[0].0);
+            self.findings.warning(key, Some(value), message);
+            return Some(options[0].1);
+        }
+        self.findings
+            .error(key, Some(value), format!("unknown value; expected one of {names}"));
+        None
     }
 
     /// Upstream reads a sync period it cannot parse as 120 s; so do we, saying so.
@@ -838,20 +829,8 @@ impl<'o> Reader<'o, '_> {
         for (api, limit) in map {
             let path = join_path(key, api);
             if !known().any(|k| k == api) {
-                // upstream takes a limit for any API; one for an API terway-rs
-                // never calls does nothing, but a typo of one it calls is a mistake
-                match closest_within(api, known(), 2) {
-                    Some(s) => self.findings.error(
-                        path,
-                        Some(limit),
-                        format!("rate_limit for unknown API {api:?}; did you mean {s:?}?"),
-                    ),
-                    None => self.findings.warning(
-                        path,
-                        Some(limit),
-                        format!("terway-rs never calls {api:?}; this limit has no effect"),
-                    ),
-                }
+                // upstream takes a limit for any API
+                self.unused_entry(path, limit, "API", api, known(), 2);
                 continue;
             }
             match limit.as_u64() {
@@ -868,6 +847,32 @@ impl<'o> Reader<'o, '_> {
         out
     }
 
+    /// An entry naming something terway-rs has no use for: within
+    /// `max_edits` of a known name it is a typo, an error naming the right
+    /// one; otherwise (upstream accepts it) a warning that it does nothing.
+    fn unused_entry<'k>(
+        &mut self,
+        path: String,
+        value: &Value,
+        what: &str,
+        name: &str,
+        known: impl Iterator<Item = &'k str>,
+        max_edits: usize,
+    ) {
+        match closest_within(name, known, max_edits) {
+            Some(s) => self.findings.error(
+                path,
+                Some(value),
+                format!("unknown {what} {name:?}; did you mean {s:?}?"),
+            ),
+            None => self.findings.warning(
+                path,
+                Some(value),
+                format!("terway-rs has no use for {what} {name:?}; this entry has no effect"),
+            ),
+        }
+    }
+
     fn backoff(&mut self, key: &str) -> BTreeMap<String, BackoffSpec> {
         let mut out: BTreeMap<String, BackoffSpec> =
             defaults::BACKOFFS.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect();
@@ -881,20 +886,8 @@ impl<'o> Reader<'o, '_> {
         for (name, spec) in map {
             let path = join_path(key, name);
             let Some(base) = out.get(name).copied() else {
-                // upstream has schedules terway-rs has no use for (trunk and
-                // CRD-mode waits); a typo of a known one is a mistake
-                match closest_within(name, known(), 1) {
-                    Some(s) => self.findings.error(
-                        path,
-                        Some(spec),
-                        format!("unknown backoff key {name:?}; did you mean {s:?}?"),
-                    ),
-                    None => self.findings.warning(
-                        path,
-                        Some(spec),
-                        format!("terway-rs has no {name:?} schedule; this override has no effect"),
-                    ),
-                }
+                // upstream has schedules for trunk and CRD-mode waits
+                self.unused_entry(path, spec, "backoff key", name, known(), 1);
                 continue;
             };
             let Some(fields) = spec.as_object() else {

@@ -116,6 +116,30 @@ impl Drop for PodNamespaces {
     }
 }
 
+/// A simulated node (with the VPC address), a runtime, and the emulator
+/// hot-plugging the ENIs it attaches into the node.
+fn simulated_cloud(tag: &str, instance_type: &str) -> (Arc<SimulatedNode>, tokio::runtime::Runtime, Emulator) {
+    let sim = Arc::new(SimulatedNode::new(tag).unwrap());
+    sim.add_vpc_address(&format!("{VPC_ADDR}/32")).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut scenario = Scenario {
+        delays: Delays {
+            attach_ms: 50,
+            detach_ms: 50,
+            ..Delays::default()
+        },
+        ..Scenario::default()
+    };
+    scenario.instances[0].instance_type = instance_type.into();
+    let em = rt.block_on(Emulator::start(scenario)).unwrap();
+    em.add_hotplug_hook(sim.clone());
+    (sim, rt, em)
+}
+
 /// A simulated node with the emulator hot-plugging ENIs into it, and the
 /// node service running there with the datapath.
 struct Lab {
@@ -142,24 +166,7 @@ impl Lab {
         add_deadline: Duration,
         bridge: Option<Arc<dyn ClusterBridge>>,
     ) -> Self {
-        let sim = Arc::new(SimulatedNode::new(tag).unwrap());
-        sim.add_vpc_address(&format!("{VPC_ADDR}/32")).unwrap();
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let mut scenario = Scenario {
-            delays: Delays {
-                attach_ms: 50,
-                detach_ms: 50,
-                ..Delays::default()
-            },
-            ..Scenario::default()
-        };
-        scenario.instances[0].instance_type = instance_type.into();
-        let em = rt.block_on(Emulator::start(scenario)).unwrap();
-        em.add_hotplug_hook(sim.clone());
+        let (sim, rt, em) = simulated_cloud(tag, instance_type);
         let dir = tempfile::tempdir().unwrap();
         let conf_path = dir.path().join("eni_conf");
         let own = format!(r#", "service_cidr": "172.21.0.0/20", "ip_cooldown": "1s", {pool}"#);
@@ -874,23 +881,7 @@ fn kills_inside_the_background_link_deletion_leave_no_link_behind() {
     const PODS_PER_ROUND: usize = 3;
     let before = root_state();
     let tag = format!("{}", std::process::id() % 100_000);
-    let sim = Arc::new(SimulatedNode::new(&format!("k{tag}")).unwrap());
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let mut scenario = Scenario {
-        delays: Delays {
-            attach_ms: 50,
-            detach_ms: 50,
-            ..Delays::default()
-        },
-        ..Scenario::default()
-    };
-    scenario.instances[0].instance_type = "ecs.g6.8xlarge".into();
-    let em = rt.block_on(Emulator::start(scenario)).unwrap();
-    em.add_hotplug_hook(sim.clone());
+    let (sim, rt, em) = simulated_cloud(&format!("k{tag}"), "ecs.g6.8xlarge");
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("eni.socket");
     let conf_path = dir.path().join("eni_conf");
