@@ -192,11 +192,13 @@ fn encode(seq: u64, ops: &[Op]) -> Vec<u8> {
     record
 }
 
-/// Writes the first `len` bytes of a log out to the disk and waits for them.
+/// Writes the first `len` bytes of a log made `size` long out to the disk
+/// and waits for them. A record written past the zeros grew the file: then
+/// its new length must reach the disk too, which takes `fdatasync`.
 #[allow(unsafe_code)] // sync_file_range has no safe wrapper in std
-fn write_out(file: &File, len: u64) -> std::io::Result<()> {
+fn write_out(file: &File, len: u64, size: u64) -> std::io::Result<()> {
     #[cfg(target_os = "linux")]
-    {
+    if len <= size {
         use std::os::unix::io::AsRawFd;
         let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER;
         let len = i64::try_from(len).unwrap_or(i64::MAX);
@@ -209,7 +211,7 @@ fn write_out(file: &File, len: u64) -> std::io::Result<()> {
             return Err(err);
         }
     }
-    let _ = len;
+    let _ = (len, size);
     file.sync_data()
 }
 
@@ -314,11 +316,11 @@ impl Wal {
     /// Makes every record appended so far durable.
     pub(crate) fn sync(&self) -> std::io::Result<()> {
         // sync a second handle outside the lock so appends go on meanwhile
-        let (file, generation, len) = {
+        let (file, generation, len, size) = {
             let cur = self.current.lock().unwrap_or_else(PoisonError::into_inner);
-            (cur.file.try_clone()?, cur.generation, cur.len)
+            (cur.file.try_clone()?, cur.generation, cur.len, cur.size)
         };
-        write_out(&file, len)?;
+        write_out(&file, len, size)?;
         let mut synced = self.synced.lock().unwrap_or_else(PoisonError::into_inner);
         if (generation, len) > *synced {
             *synced = (generation, len);
@@ -336,7 +338,7 @@ impl Wal {
     /// to delete once sled holds everything in it.
     pub(crate) fn rotate(&self) -> std::io::Result<PathBuf> {
         let mut cur = self.current.lock().unwrap_or_else(PoisonError::into_inner);
-        write_out(&cur.file, cur.len)?;
+        write_out(&cur.file, cur.len, cur.size)?;
         let (next, file) = match self.spare.lock().unwrap_or_else(PoisonError::into_inner).take() {
             Some((generation, file)) if generation > cur.generation => (generation, file),
             _ => {
