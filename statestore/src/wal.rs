@@ -3,8 +3,7 @@
 //! range (shared by every writer waiting, see `FlushGate`) instead of a sled
 //! flush, whose cost grows with the data it holds. Sled still flushes on its
 //! own every 500 ms; a log written to its end is synced and replaced by a
-//! spare made ahead, and deleted in the background once sled, flushed, holds
-//! all it recorded.
+//! spare made ahead, and deleted once sled, flushed, holds all it recorded.
 //!
 //! A log is created full of zeros, synced with its metadata, and written in
 //! place; the zeros after the last record end it. Syncing a record is then a
