@@ -776,6 +776,14 @@ async fn security_groups_apply_to_the_next_eni_without_a_restart() {
             .collect()
     };
     assert!(matches!(call(&socket, Request::Add(pod(0))).await, Reply::Ok { .. }));
+    // no ENI creation of the old configuration still under way (each is behind an intent)
+    for _ in 0..100 {
+        if running.node.ledger.intents().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(running.node.ledger.intents().is_empty(), "cloud work still under way");
     let before = secondary_enis();
     assert!(!before.is_empty());
     for (_, groups) in &before {
