@@ -132,11 +132,6 @@ impl CredentialProvider {
         }
     }
 
-    /// Config keys first, then the environment, then the RAM role.
-    pub fn resolve(access_key: Option<&str>, access_secret: Option<&Secret>, metadata: Arc<MetadataClient>) -> Self {
-        Self::chain(access_key, access_secret, &CredentialFiles::default(), metadata)
-    }
-
     /// Every source in upstream's order: the addon secret directory (which
     /// upstream reads in place of the config's keys), the config's keys, the
     /// credential file, the environment, the RAM role.
