@@ -25,13 +25,17 @@ const META_WRITTEN_BY: &[u8] = b"written_by";
 const META_NEXT_INTENT: &[u8] = b"next_intent_id";
 /// The sequence number of the last write-ahead log record sled holds.
 const META_WAL_APPLIED: &[u8] = b"wal_applied";
+/// Logged commits that wait for sled, at most: replayed at an open, applied
+/// in one sled transaction when this many have gathered.
+const APPLY_BATCH: usize = 256;
 
 /// Whether a write must be on disk before the call returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
     /// fsync'd before returning: for anything a CNI reply or a cloud call depends on.
     Flush,
-    /// Written, flushed by sled within its flush interval.
+    /// Written to the log; on disk with the next durable commit or flush
+    /// (or the kernel's writeback). For what the node can work out again.
     Lazy,
 }
 
@@ -193,6 +197,8 @@ struct Inner {
     next_intent_id: u64,
     /// The write-ahead log record the next commit writes.
     next_seq: u64,
+    /// Logged commits sled does not hold yet, oldest first.
+    unapplied: Vec<(u64, Vec<Op>)>,
 }
 
 /// The ledger. Open one per process; sled refuses a second opener.
@@ -202,7 +208,7 @@ pub struct Ledger {
     db: sled::Db,
     trees: Trees,
     inner: Mutex<Inner>,
-    /// Commits applied to sled so far (durable or not).
+    /// Commits logged so far (durable or not).
     written: AtomicU64,
     /// Group commit: one sync of the log makes every commit before it durable.
     flushes: FlushGate,
@@ -306,6 +312,7 @@ impl Ledger {
                 state: State::default(),
                 next_intent_id: 1,
                 next_seq,
+                unapplied: Vec::new(),
             }),
             written: AtomicU64::new(0),
             flushes: FlushGate::default(),
@@ -503,14 +510,15 @@ impl Ledger {
         Ok(out)
     }
 
-    /// Starts the next write-ahead log, flushes sled (which then holds
-    /// everything the full log recorded) and deletes the full one; under the
-    /// ledger's lock, once every few thousand commits. The flush is not left
-    /// to a background thread: sled 0.34 can deadlock when an explicit flush
-    /// runs beside heavy writing (sled issue #1412; the retirement test hit
-    /// it). A log left by a failure here is replayed (and skipped, sled
-    /// holding it) at the next open.
-    fn retire_wal(&self) -> Result<(), LedgerError> {
+    /// Applies what sled lacks, starts the next write-ahead log, flushes
+    /// sled (which then holds everything the full log recorded) and deletes
+    /// the full one; under the ledger's lock, once every few thousand
+    /// commits. The flush is not left to a background thread: sled 0.34 can
+    /// deadlock when an explicit flush runs beside heavy writing (sled issue
+    /// #1412; the retirement test hit it). A log left by a failure here is
+    /// replayed (and skipped, sled holding it) at the next open.
+    fn retire_wal(&self, inner: &mut Inner) -> Result<(), LedgerError> {
+        self.apply_logged(inner)?;
         let retired = self
             .wal
             .rotate()
@@ -533,7 +541,9 @@ impl Ledger {
         self.wal.synced()
     }
 
-    /// Commits `changes` atomically across trees, then mirrors them.
+    /// Commits `changes`: appends them to the write-ahead log as one record
+    /// (the commit point: recovery replays it), mirrors them, and queues them
+    /// for sled, which takes them in batches (see [`Self::apply_logged`]).
     fn commit(&self, inner: &mut Inner, changes: Vec<Change>, durability: Durability) -> Result<(), LedgerError> {
         if changes.is_empty() {
             return Ok(());
@@ -552,54 +562,12 @@ impl Ledger {
                 Change::NextIntentId(n) => (4, META_NEXT_INTENT.to_vec(), Some(n.to_string().into_bytes())),
             })
             .collect();
-        // the log first: a commit sled holds but the log lacks could be
-        // undone by recovery applying older records over it
         let seq = inner.next_seq;
-        let mark = self
-            .wal
+        self.wal
             .append(seq, &encoded)
             .map_err(|e| storage(&self.path, "append to the write-ahead log", e))?;
-        let applied = seq.to_string().into_bytes();
-        let t = &self.trees;
-        let result: Result<(), TransactionError<()>> =
-            (&t.enis, &t.ips, &t.pods, &t.intents, &t.meta).transaction(|(enis, ips, pods, intents, meta)| {
-                for (tree, key, value) in &encoded {
-                    let tree = match tree {
-                        0 => enis,
-                        1 => ips,
-                        2 => pods,
-                        3 => intents,
-                        _ => meta,
-                    };
-                    match value {
-                        Some(v) => tree.insert(key.as_slice(), v.as_slice())?,
-                        None => tree.remove(key.as_slice())?,
-                    };
-                }
-                meta.insert(META_WAL_APPLIED, applied.as_slice())?;
-                Ok::<(), ConflictableTransactionError<()>>(())
-            });
-        if let Err(e) = result {
-            // what failed must not come back at the next start
-            let _ = self.wal.undo(mark);
-            return Err(storage(&self.path, "commit", format!("{e:?}")));
-        }
         inner.next_seq = seq + 1;
-        if self.wal.wants_spare() {
-            let log = Arc::clone(&self.wal);
-            std::thread::spawn(move || {
-                if let Err(error) = log.prepare_spare() {
-                    tracing::warn!(%error, "ledger: making a spare write-ahead log failed; the next rotation makes a short one");
-                }
-            });
-        }
-        if self.wal.full() {
-            self.retire_wal()?;
-        }
-        self.written.fetch_add(1, Ordering::SeqCst);
-        if durability == Durability::Flush {
-            self.durable()?;
-        }
+        inner.unapplied.push((seq, encoded));
         let s = &mut inner.state;
         for c in changes {
             match c {
@@ -626,6 +594,65 @@ impl Ledger {
                 Change::NextIntentId(n) => inner.next_intent_id = n,
             }
         }
+        self.written.fetch_add(1, Ordering::SeqCst);
+        // Upkeep. The commit is in the log whatever happens here, so a
+        // failure is a warning: what sled lacks stays queued (and in the
+        // log, which is not retired until sled holds it all).
+        if inner.unapplied.len() >= APPLY_BATCH {
+            if let Err(error) = self.apply_logged(inner) {
+                tracing::warn!(%error, "ledger: applying logged commits to sled failed; they stay in the write-ahead log");
+            }
+        }
+        if self.wal.wants_spare() {
+            let log = Arc::clone(&self.wal);
+            std::thread::spawn(move || {
+                if let Err(error) = log.prepare_spare() {
+                    tracing::warn!(%error, "ledger: making a spare write-ahead log failed; the next rotation makes a short one");
+                }
+            });
+        }
+        if self.wal.full() {
+            if let Err(error) = self.retire_wal(inner) {
+                tracing::warn!(%error, "ledger: retiring a full write-ahead log failed; it grows until the next try");
+            }
+        }
+        if durability == Durability::Flush {
+            self.durable()?;
+        }
+        Ok(())
+    }
+
+    /// Applies the logged commits sled lacks, in one sled transaction that
+    /// also records the last one's sequence number (`meta/wal_applied`), so
+    /// recovery replays exactly the records after it. Batching is what makes
+    /// the log pay: a sled transaction costs far more than a log append, and
+    /// hundreds of commits share one.
+    fn apply_logged(&self, inner: &mut Inner) -> Result<(), LedgerError> {
+        let Some(&(last, _)) = inner.unapplied.last() else {
+            return Ok(());
+        };
+        let applied = last.to_string().into_bytes();
+        let t = &self.trees;
+        let result: Result<(), TransactionError<()>> =
+            (&t.enis, &t.ips, &t.pods, &t.intents, &t.meta).transaction(|(enis, ips, pods, intents, meta)| {
+                for (tree, key, value) in inner.unapplied.iter().flat_map(|(_, ops)| ops) {
+                    let tree = match tree {
+                        0 => enis,
+                        1 => ips,
+                        2 => pods,
+                        3 => intents,
+                        _ => meta,
+                    };
+                    match value {
+                        Some(v) => tree.insert(key.as_slice(), v.as_slice())?,
+                        None => tree.remove(key.as_slice())?,
+                    };
+                }
+                meta.insert(META_WAL_APPLIED, applied.as_slice())?;
+                Ok::<(), ConflictableTransactionError<()>>(())
+            });
+        result.map_err(|e| storage(&self.path, "apply logged commits", format!("{e:?}")))?;
+        inner.unapplied.clear();
         Ok(())
     }
 
@@ -667,8 +694,10 @@ impl Ledger {
         self.flush()
     }
 
-    /// Writes everything to disk now.
+    /// Writes everything to disk now, into sled itself.
     pub fn flush(&self) -> Result<(), LedgerError> {
+        let mut inner = self.lock();
+        self.apply_logged(&mut inner)?;
         self.db.flush().map(|_| ()).map_err(|e| storage(&self.path, "flush", e))
     }
 
@@ -1239,6 +1268,7 @@ impl Ledger {
     /// with the reason, in one transaction.
     pub(crate) fn quarantine(&self, records: &[(String, String, String)]) -> Result<usize, LedgerError> {
         let mut inner = self.lock();
+        self.apply_logged(&mut inner)?;
         let t = &self.trees;
         let mut moved = 0;
         for (tree_name, key, reason) in records {
@@ -1275,6 +1305,17 @@ impl Ledger {
         inner.state = state;
         inner.next_intent_id = next;
         Ok(moved)
+    }
+}
+
+/// A ledger closed in order leaves sled holding every commit (sled flushes
+/// as it closes), so the next open replays nothing.
+impl Drop for Ledger {
+    fn drop(&mut self) {
+        let mut inner = self.lock();
+        if let Err(error) = self.apply_logged(&mut inner) {
+            tracing::warn!(%error, "ledger: applying logged commits at close failed; the next open replays them");
+        }
     }
 }
 

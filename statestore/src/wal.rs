@@ -1,9 +1,10 @@
-//! The ledger's write-ahead log. A commit is applied to sled unflushed and
-//! appended here; making commits durable is one sync of this file's written
+//! The ledger's write-ahead log. A commit is appended here (its commit
+//! point) and applied to sled later, hundreds of commits in one sled
+//! transaction; making commits durable is one sync of this file's written
 //! range (shared by every writer waiting, see `FlushGate`) instead of a sled
 //! flush, whose cost grows with the data it holds. Sled still flushes on its
-//! own every 500 ms; a log written to its end is synced and replaced by a
-//! spare made ahead, and deleted once sled, flushed, holds all it recorded.
+//! own every 500 ms; a log written to its end is replaced by a spare made
+//! ahead, and deleted once sled, flushed, holds all it recorded.
 //!
 //! A log is created full of zeros, synced with its metadata, and written in
 //! place; the zeros after the last record end it. Syncing a record is then a
@@ -12,8 +13,8 @@
 //! data to the disk; a disk with a volatile write cache can still lose it in
 //! a power cut, which `fdatasync` per commit would cover at about twice the cost.
 //!
-//! Each record carries a sequence number that the same commit stores in sled
-//! (`meta/wal_applied`), so recovery applies only what sled lacks: sled may
+//! Each record carries a sequence number; the sled transaction applying a
+//! batch stores the last one (`meta/wal_applied`), so recovery applies only what sled lacks: sled may
 //! be ahead of the log's synced end (its own flush), never applied twice out
 //! of order. A record torn by a crash ends the log; every record before it
 //! is whole (length and CRC checked).
@@ -284,7 +285,7 @@ impl Wal {
 
     /// Appends one record (not yet synced). On a failed write its bytes are
     /// zeroed again, so the log still ends at its last whole record.
-    pub(crate) fn append(&self, seq: u64, ops: &[Op]) -> std::io::Result<AppendMark> {
+    pub(crate) fn append(&self, seq: u64, ops: &[Op]) -> std::io::Result<()> {
         let record = encode(seq, ops);
         let mut cur = self.current.lock().unwrap_or_else(PoisonError::into_inner);
         let before = cur.len;
@@ -293,22 +294,6 @@ impl Wal {
             return Err(e);
         }
         cur.len += record.len() as u64;
-        Ok(AppendMark {
-            generation: cur.generation,
-            before,
-        })
-    }
-
-    /// Takes back the record appended at `mark` (its commit failed in sled),
-    /// on disk before returning.
-    pub(crate) fn undo(&self, mark: AppendMark) -> std::io::Result<()> {
-        let mut cur = self.current.lock().unwrap_or_else(PoisonError::into_inner);
-        if cur.generation == mark.generation {
-            let taken_back = vec![0; (cur.len - mark.before) as usize];
-            cur.file.write_all_at(&taken_back, mark.before)?;
-            cur.file.sync_data()?;
-            cur.len = mark.before;
-        }
         Ok(())
     }
 
@@ -363,13 +348,6 @@ impl Wal {
         let (generation, len) = *self.synced.lock().unwrap_or_else(PoisonError::into_inner);
         (self.dir.join(file_name(generation)), len)
     }
-}
-
-/// Where a record was appended, to take it back.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct AppendMark {
-    generation: u64,
-    before: u64,
 }
 
 #[cfg(test)]
