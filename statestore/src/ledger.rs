@@ -1,7 +1,8 @@
 //! The ledger: sled trees on disk, mirrored in memory. Every change is
-//! computed against the mirror under one lock, committed to disk in a single
-//! transaction across trees (flushed when asked), and only then applied to
-//! the mirror — so the mirror never shows what the disk does not hold.
+//! computed against the mirror under one lock, committed as one record of
+//! the write-ahead log (synced when asked), and only then applied to the
+//! mirror — so the mirror never shows what the disk does not hold. Sled
+//! takes logged records in batches, each batch one transaction across trees.
 
 use crate::model::*;
 use crate::wal::{self, Op, Wal};
