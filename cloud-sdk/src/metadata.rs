@@ -197,19 +197,21 @@ impl MetadataClient {
             .collect())
     }
 
+    /// Every IPv4 address of the ENI with `mac`, its primary included.
+    pub async fn eni_addresses(&self, mac: &str) -> Result<Vec<Ipv4Addr>, CloudError> {
+        let path = format!("network/interfaces/macs/{mac}/private-ipv4s");
+        let text = self.get(&path).await?;
+        let ips = serde_json::from_str::<Vec<String>>(&text).map_err(|e| CloudError::Metadata {
+            path: path.clone(),
+            status: Some(200),
+            message: e.to_string(),
+        })?;
+        Ok(ips.iter().filter_map(|s| s.parse().ok()).collect())
+    }
+
     pub async fn eni(&self, mac: &str) -> Result<EniMetadata, CloudError> {
         let p = |leaf: &str| format!("network/interfaces/macs/{mac}/{leaf}");
-        let ips_path = p("private-ipv4s");
-        let ips_text = self.get(&ips_path).await?;
-        let private_ipv4s: Vec<Ipv4Addr> = serde_json::from_str::<Vec<String>>(&ips_text)
-            .map_err(|e| CloudError::Metadata {
-                path: ips_path.clone(),
-                status: Some(200),
-                message: e.to_string(),
-            })?
-            .iter()
-            .filter_map(|s| s.parse().ok())
-            .collect();
+        let private_ipv4s = self.eni_addresses(mac).await?;
         Ok(EniMetadata {
             mac: mac.to_owned(),
             eni_id: self.get(&p("network-interface-id")).await?,

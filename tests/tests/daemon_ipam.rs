@@ -996,3 +996,114 @@ async fn host_stack_cidrs_are_refused_in_ipvlan_mode() {
         Reply::Ok { .. }
     ));
 }
+
+/// Our own mutations that landed are confirmed from the metadata service
+/// (local, not counted against the account's API limits), not by reading
+/// the cloud; when the metadata service shows otherwise than the ledger (an
+/// address someone else put on our ENI), the next pass reads the cloud and
+/// adopts what it shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn own_changes_are_confirmed_from_metadata_and_a_disagreement_reads_the_cloud() {
+    use terway_cloud::api::AssignPrivateIpAddresses;
+    use terway_cloud::emulator::{DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET, DEFAULT_REGION};
+    let em = Emulator::start(Scenario::default()).await.unwrap();
+    // a sync period longer than the test: every read here has another cause
+    let text = terway_tests::eni_conf(
+        &em.url(),
+        &["vsw-large0000000001"],
+        r#", "max_pool_size": 1, "min_pool_size": 0"#,
+    )
+    .replace(r#""ip_pool_sync_period": "1s""#, r#""ip_pool_sync_period": "1h""#);
+    let cfg = Arc::new(terway_config::Config::parse(&text, None).unwrap().config);
+    let running = start(cfg, Duration::from_secs(30)).await;
+    let socket = running.node.socket_path();
+    let count = |action: &str| em.calls().get(action).map_or(0, |m| m.values().sum::<u64>());
+    let settle = || async {
+        for _ in 0..200 {
+            let s = running.node.ledger.snapshot();
+            let idle = s.ips.values().filter(|r| r.state == IpState::Idle).count();
+            if s.intents.is_empty()
+                && idle <= 1
+                && s.ips
+                    .values()
+                    .all(|r| !matches!(r.state, IpState::Cooling { .. } | IpState::Releasing))
+            {
+                // the pass after the last step (confirming it) has run too
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the node did not settle: {:?}", running.node.ledger.snapshot().ips);
+    };
+    for i in 0..4 {
+        assert!(
+            matches!(call(&socket, Request::Add(pod(i))).await, Reply::Ok { .. }),
+            "pod {i}"
+        );
+    }
+    settle().await;
+    let reads = count("DescribeNetworkInterfaces");
+    // three surplus addresses go back to the cloud: our own mutation, confirmed locally
+    for i in 0..4 {
+        assert_eq!(call(&socket, Request::Del(pod(i))).await, Reply::Ok { network: None });
+    }
+    settle().await;
+    assert!(count("UnassignPrivateIpAddresses") > 0, "{:?}", em.calls());
+    assert_eq!(
+        count("DetachNetworkInterface"),
+        0,
+        "the test expects addresses, not an ENI, to go back"
+    );
+    assert_eq!(
+        count("DescribeNetworkInterfaces"),
+        reads,
+        "the release was confirmed by reading the cloud, not the metadata service"
+    );
+
+    // someone else puts an address on our ENI; our next own mutation finds
+    // the metadata service disagreeing, and the cloud read adopts it
+    let s = running.node.ledger.snapshot();
+    let eni = s.enis.values().find(|e| !e.exclusive).unwrap().id.clone();
+    terway_cloud::install_crypto_provider();
+    let client = terway_cloud::CloudClient::new(
+        terway_cloud::ClientOptions::for_region(DEFAULT_REGION, false).with_endpoint(&em.url()),
+        Arc::new(terway_cloud::CredentialProvider::static_keys(
+            DEFAULT_ACCESS_KEY_ID,
+            terway_config::Secret::new(DEFAULT_ACCESS_KEY_SECRET),
+        )),
+    )
+    .unwrap();
+    let foreign = client
+        .call(&AssignPrivateIpAddresses {
+            region_id: DEFAULT_REGION.into(),
+            network_interface_id: eni.clone(),
+            secondary_private_ip_address_count: Some(1),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .addresses()[0];
+    for i in 10..12 {
+        assert!(matches!(call(&socket, Request::Add(pod(i))).await, Reply::Ok { .. }));
+    }
+    for i in 10..12 {
+        assert_eq!(call(&socket, Request::Del(pod(i))).await, Reply::Ok { network: None });
+    }
+    settle().await;
+    assert!(
+        count("DescribeNetworkInterfaces") > reads,
+        "the disagreement was not followed by a cloud read"
+    );
+    // the ledger holds exactly what the cloud shows: the foreign address was
+    // adopted (and given back as surplus, or kept)
+    let ledger_ips: BTreeSet<String> = running
+        .node
+        .ledger
+        .snapshot()
+        .ips
+        .keys()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(ledger_ips, cloud_ips(&em), "foreign address {foreign}");
+}

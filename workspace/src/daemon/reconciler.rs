@@ -1,10 +1,13 @@
 //! The level-triggered reconciler. Each pass does the local work first
 //! (cooled addresses back to the pool), reads the cloud only when it must
-//! (the sync period, after our own mutations, while ADDs wait, or to resolve
+//! (the sync period, after a failure, while ADDs wait, or to resolve
 //! intents), then plans from scratch with the pool arithmetic and starts
 //! every step that can start now: assigns to different ENIs and whole new
-//! ENIs run at once, each behind an intent in the ledger. A pod served from
-//! the warm pool costs no cloud call.
+//! ENIs run at once, each behind an intent in the ledger. Our own mutations
+//! that landed are confirmed from the metadata service (local facts, as
+//! upstream reads them; not counted against the account's API limits), and
+//! the cloud is read only when it disagrees. A pod served from the warm pool
+//! costs no cloud call.
 
 use super::{Node, CREATOR_TAG, EXCLUSIVE_TAG, NODE_TAG};
 use backoff::backoff::Backoff;
@@ -44,14 +47,18 @@ pub struct PassReport {
     pub released: usize,
     /// More could be done right away.
     pub progressed: bool,
+    /// Our own changes were confirmed from the metadata service (no cloud read).
+    pub confirmed_locally: bool,
 }
 
 /// When the reconciler last read the cloud, and whether it must again.
 #[derive(Debug, Default)]
 struct CloudView {
     observed_at: Option<Instant>,
-    /// Our own mutations (or a failure) since the last read.
+    /// A failure (or a step whose outcome is unknown) since the last read.
     stale: bool,
+    /// Our own mutations landed since the last read or confirmation.
+    unconfirmed: bool,
     observations: u64,
 }
 
@@ -59,6 +66,22 @@ impl CloudView {
     fn age(&self) -> Duration {
         self.observed_at.map_or(Duration::MAX, |t| t.elapsed())
     }
+
+    /// The ledger matches what the cloud was last seen (or confirmed) to hold.
+    fn fresh(&self) -> bool {
+        !self.stale && !self.unconfirmed
+    }
+}
+
+/// How a background step ended, for what the next pass must look at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StepEnd {
+    /// Nothing changed in the cloud.
+    Nothing,
+    /// The cloud answered that our mutation happened.
+    Landed,
+    /// It failed: the cloud may or may not have changed.
+    Unknown,
 }
 
 /// Steps under way, so the next plan counts what they will add and never
@@ -109,7 +132,7 @@ impl InFlight {
 pub async fn run(node: Arc<Node>) {
     let mut view = CloudView::default();
     let in_flight = Arc::new(Mutex::new(InFlight::default()));
-    let mut steps: JoinSet<bool> = JoinSet::new();
+    let mut steps: JoinSet<StepEnd> = JoinSet::new();
     let mut retry = failure_backoff();
     let mut failing = false;
     loop {
@@ -164,9 +187,11 @@ pub async fn run(node: Arc<Node>) {
                 }
             }
             Some(done) = steps.join_next(), if !steps.is_empty() => {
-                // our own mutation landed (or may have): read the cloud again before trusting the picture
-                if done.unwrap_or(true) {
-                    view.stale = true;
+                // confirm what landed; read the cloud after what may have
+                match done.unwrap_or(StepEnd::Unknown) {
+                    StepEnd::Nothing => {}
+                    StepEnd::Landed => view.unconfirmed = true,
+                    StepEnd::Unknown => view.stale = true,
                 }
             }
             _ = tokio::time::sleep(wait) => {}
@@ -223,7 +248,7 @@ async fn pass(
     node: &Arc<Node>,
     view: &mut CloudView,
     in_flight: &Arc<Mutex<InFlight>>,
-    steps: &mut JoinSet<bool>,
+    steps: &mut JoinSet<StepEnd>,
 ) -> anyhow::Result<PassReport> {
     let mut report = PassReport::default();
     // local work never waits for the cloud
@@ -234,6 +259,9 @@ async fn pass(
     let waiting = node.waiting.load(Ordering::Relaxed);
     let anyone_waiting = waiting + node.waiting_eni.load(Ordering::Relaxed) > 0;
     // never read the cloud under our own steps: a half-done step would look like a crash's leftovers
+    if view.unconfirmed && steps.is_empty() {
+        confirm_locally(node, view, &mut report).await;
+    }
     let due = view.stale || view.age() >= node.config().ip_pool_sync_period;
     let eager = (anyone_waiting || !node.ledger.intents().is_empty()) && view.age() >= OBSERVE_WHILE_WAITING;
     let exclusive_node = node.config().datapath_mode.is_exclusive();
@@ -246,7 +274,7 @@ async fn pass(
             return Ok(report);
         }
         let report = exclusive_pass(node, report).await?;
-        view.stale |= report.progressed;
+        view.unconfirmed |= report.progressed;
         return Ok(report);
     }
 
@@ -402,7 +430,7 @@ async fn pass(
         return Ok(report);
     }
     let no_whole_wanted = node.waiting_eni.load(Ordering::Relaxed) == 0;
-    if no_whole_wanted && steps.is_empty() && !view.stale {
+    if no_whole_wanted && steps.is_empty() && view.fresh() {
         // an ENI given whole and returned is not kept: the shared pool may need its slot
         let idle_whole = s
             .enis
@@ -412,26 +440,90 @@ async fn pass(
             if retire_eni(node, &e.id).await? {
                 report.released += 1;
                 report.progressed = true;
-                view.stale = true;
+                view.unconfirmed = true;
                 return Ok(report);
             }
         }
     }
     // giving back waits until nothing is growing (and the picture is fresh)
-    if plan.release > 0 && steps.is_empty() && !view.stale {
+    if plan.release > 0 && steps.is_empty() && view.fresh() {
         if let Some(eni_id) = idle_eni_to_retire(&s, plan.release) {
             if retire_eni(node, &eni_id).await? {
                 report.released += 1;
                 report.progressed = true;
-                view.stale = true;
+                view.unconfirmed = true;
                 return Ok(report);
             }
         }
         report.released += release(node, plan.release as usize).await?;
         report.progressed = report.released > 0;
-        view.stale |= report.released > 0;
+        view.unconfirmed |= report.released > 0;
     }
     Ok(report)
+}
+
+/// Our own mutations landed: checks them against the metadata service —
+/// each ENI the ledger holds attached, with exactly the addresses the ledger
+/// records — instead of reading the cloud. A disagreement (the metadata
+/// service can lag behind the API), an unreachable metadata service or an
+/// open intent leaves the question to the next cloud read.
+async fn confirm_locally(node: &Node, view: &mut CloudView, report: &mut PassReport) {
+    if !node.ledger.intents().is_empty() {
+        view.stale = true;
+        return;
+    }
+    match local_disagreement(node).await {
+        Ok(None) => {
+            view.unconfirmed = false;
+            report.confirmed_locally = true;
+        }
+        Ok(Some(what)) => {
+            tracing::debug!(
+                what,
+                "the metadata service does not show our own changes yet; reading the cloud"
+            );
+            view.stale = true;
+        }
+        Err(error) => {
+            tracing::debug!(%error, "could not confirm our own changes from the metadata service; reading the cloud");
+            view.stale = true;
+        }
+    }
+}
+
+/// What the metadata service shows otherwise than the ledger, if anything.
+async fn local_disagreement(node: &Node) -> anyhow::Result<Option<String>> {
+    let s = node.ledger.snapshot();
+    let attached: std::collections::BTreeSet<String> = node
+        .metadata
+        .macs()
+        .await?
+        .into_iter()
+        .map(|m| m.to_ascii_lowercase())
+        .collect();
+    let mut local = Vec::new();
+    for e in s.enis.values() {
+        if !attached.contains(&e.mac.to_ascii_lowercase()) {
+            continue;
+        }
+        let ips = node.metadata.eni_addresses(&e.mac).await?;
+        local.push(CloudEni {
+            id: e.id.clone(),
+            vswitch_id: e.vswitch_id.clone(),
+            attached: true,
+            ips: ips.into_iter().map(IpAddr::V4).collect(),
+        });
+    }
+    let d = diff::diff(&s, &local);
+    Ok(if let Some(eni) = d.vanished_enis.first() {
+        Some(format!("ENI {eni} is not attached"))
+    } else if let Some((eni, ips)) = d.adopt.first() {
+        Some(format!("ENI {eni} has addresses the ledger lacks: {ips:?}"))
+    } else {
+        d.vanished_ips
+            .first()
+            .map(|ip| format!("address {ip} is not on its ENI"))
+    })
 }
 
 /// Reads the cloud: ENIs left Available by a crash are deleted (when ENI
@@ -456,6 +548,7 @@ async fn read_cloud(
     report.adopted_ips += adopt(node, &cloud_enis).await?;
     view.observed_at = Some(Instant::now());
     view.stale = false;
+    view.unconfirmed = false;
     view.observations += 1;
     report.observed = true;
     if report.adopted_ips > 0 {
@@ -475,7 +568,7 @@ fn whole_enis(
     s: &terway_statestore::State,
     enis: u32,
     in_flight: &Arc<Mutex<InFlight>>,
-    steps: &mut JoinSet<bool>,
+    steps: &mut JoinSet<StepEnd>,
 ) -> usize {
     let waiting = node.waiting_eni.load(Ordering::Relaxed);
     if waiting == 0 {
@@ -545,18 +638,17 @@ fn may_create(node: &Node, in_flight: &Arc<Mutex<InFlight>>) -> bool {
 
 /// The end of a background step: wake the ADDs waiting for what it added,
 /// and say what failed (the next pass plans again from what is true).
-/// Returns whether the cloud may have changed.
-fn step_done(node: &Node, what: &str, result: anyhow::Result<bool>) -> bool {
+fn step_done(node: &Node, what: &str, result: anyhow::Result<bool>) -> StepEnd {
     match result {
         Ok(true) => {
             node.pool_changed.notify_waiters();
-            true
+            StepEnd::Landed
         }
-        Ok(false) => false,
+        Ok(false) => StepEnd::Nothing,
         Err(e) => {
             tracing::warn!(step = what, error = %e, "reconcile step failed");
             node.set_last_error(Some(e.to_string()));
-            true
+            StepEnd::Unknown
         }
     }
 }
