@@ -594,8 +594,8 @@ impl<'o> Reader<'o, '_> {
             self.findings.warning(
                 key,
                 Some(value),
-                "empty: treated as unset (upstream would read kube-system/kubeadm-config; terway-rs does not): \
-                 pods get no Service route of their own, so set it where ipvlan or exclusive-ENI pods reach Services",
+                "empty: treated as unset; in a cluster terwayd reads networking.serviceSubnet from \
+                 kube-system/kubeadm-config, as upstream does (standalone: pods get no Service route of their own)",
             );
             return out;
         }

@@ -540,3 +540,36 @@ async fn a_cloud_refusal_becomes_an_alloc_ip_failed_event_with_its_code() {
     );
     running.stop();
 }
+
+/// With no `service_cidr` configured, the Service CIDR comes from
+/// kube-system/kubeadm-config (as upstream reads it); a configured one wins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_cidr_comes_from_kubeadm_config_when_unset() {
+    let em = Emulator::start(Scenario::default()).await.unwrap();
+    let api = FakeApiServer::start().await;
+    let conf = eni_conf(&em, "vsw-large0000000001", "");
+    seed(&api, &conf);
+    api.put(
+        "configmaps",
+        json!({"metadata": {"name": "kubeadm-config", "namespace": "kube-system"},
+               "data": {"ClusterConfiguration": "apiVersion: kubeadm.k8s.io/v1beta3\nkind: ClusterConfiguration\nnetworking:\n  dnsDomain: cluster.local\n  podSubnet: 172.20.0.0/16\n  serviceSubnet: 10.96.0.0/12,fd00::/108\n"}}),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let running = start(&api, dir.path(), &conf, Duration::from_secs(600)).await;
+    let cidr = eventually("the Service CIDR from kubeadm-config", || running.node.service_cidr()).await;
+    assert_eq!(cidr.to_string(), "10.96.0.0/12");
+    assert!(
+        api.requests().iter().any(|r| r.contains("kubeadm-config")),
+        "{:?}",
+        api.requests()
+    );
+    running.shutdown().await;
+
+    // a configured service_cidr is used as it is
+    let conf = eni_conf(&em, "vsw-large0000000001", r#", "service_cidr": "172.21.0.0/20""#);
+    seed(&api, &conf);
+    let dir = tempfile::tempdir().unwrap();
+    let running = start(&api, dir.path(), &conf, Duration::from_secs(600)).await;
+    assert_eq!(running.node.service_cidr().unwrap().to_string(), "172.21.0.0/20");
+    running.shutdown().await;
+}

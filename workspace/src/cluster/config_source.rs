@@ -4,6 +4,8 @@
 //! `terway-config` label, an RFC 7396 merge patch. Both apply live through
 //! the [`ConfigWatcher`], which keeps restart-only settings at their running
 //! values and refuses a bad change while the last good config stays in force.
+//! Where the configuration names no Service CIDR, it is read once from
+//! kube-system/kubeadm-config, as upstream does.
 
 use super::{Cluster, Notice, ENI_CONFIG_KEY, ENI_CONFIG_MAP, NODE_CONFIG_LABEL};
 use crate::daemon::Node;
@@ -173,5 +175,104 @@ pub async fn report_rejections(cluster: Arc<Cluster>, watcher: Arc<ConfigWatcher
             }
         };
         cluster.notify(notice);
+    }
+}
+
+/// Where kubeadm keeps the cluster's configuration (upstream reads the
+/// Service CIDR from it when `service_cidr` is unset).
+pub const KUBEADM_CONFIG_NAMESPACE: &str = "kube-system";
+pub const KUBEADM_CONFIG_MAP: &str = "kubeadm-config";
+const KUBEADM_CONFIG_KEY: &str = "ClusterConfiguration";
+/// Attempts at reading kubeadm-config while the API server fails (a missing
+/// ConfigMap or key is an answer, not a failure).
+const KUBEADM_CONFIG_ATTEMPTS: usize = 10;
+
+/// The IPv4 part of `networking.serviceSubnet` in kubeadm's
+/// ClusterConfiguration (`"<v4>[,<v6>]"`); `Ok(None)` when it names none.
+pub fn kubeadm_service_subnet(cluster_configuration: &str) -> Result<Option<ipnet::Ipv4Net>, String> {
+    let doc: serde_yaml::Value =
+        serde_yaml::from_str(cluster_configuration).map_err(|e| format!("{KUBEADM_CONFIG_KEY} is not YAML: {e}"))?;
+    let Some(subnet) = doc.get("networking").and_then(|n| n.get("serviceSubnet")) else {
+        return Ok(None);
+    };
+    let text = subnet
+        .as_str()
+        .ok_or_else(|| format!("networking.serviceSubnet is not a string: {subnet:?}"))?;
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match part.parse::<ipnet::IpNet>() {
+            Ok(ipnet::IpNet::V4(v4)) => return Ok(Some(v4.trunc())),
+            Ok(ipnet::IpNet::V6(_)) => {}
+            Err(_) => return Err(format!("networking.serviceSubnet {part:?} is not a CIDR")),
+        }
+    }
+    Ok(None)
+}
+
+/// With no `service_cidr` configured, reads the Service CIDR from
+/// kube-system/kubeadm-config once (retrying while the API server fails)
+/// and puts it in force for pods set up from now on (the datapath agent
+/// brings pods set up before in line). A cluster without it (not made by
+/// kubeadm) gets a warning: set `service_cidr`.
+pub async fn discover_service_cidr(node: Arc<Node>, cluster: Arc<Cluster>) {
+    if node.config().service_cidr.ipv4.is_some() {
+        return;
+    }
+    let origin = format!("ConfigMap {KUBEADM_CONFIG_NAMESPACE}/{KUBEADM_CONFIG_MAP}");
+    let api = Api::<ConfigMap>::namespaced(cluster.client(), KUBEADM_CONFIG_NAMESPACE);
+    let mut backoff = super::ApiBackoff::default();
+    for attempt in 1..=KUBEADM_CONFIG_ATTEMPTS {
+        cluster.throttle().await;
+        match api.get_opt(KUBEADM_CONFIG_MAP).await {
+            Ok(found) => {
+                let text = found.as_ref().and_then(|cm| cm.data.as_ref()?.get(KUBEADM_CONFIG_KEY));
+                let result = text.map(|t| kubeadm_service_subnet(t)).transpose().map(Option::flatten);
+                match result {
+                    Ok(Some(cidr)) => {
+                        let _ = node.cluster_service_cidr.set(cidr);
+                        tracing::info!(service_cidr = %cidr, "service_cidr is unset; using {origin}'s networking.serviceSubnet");
+                    }
+                    Ok(None) => tracing::warn!(
+                        "service_cidr is unset and {origin} names no IPv4 networking.serviceSubnet: pods in exclusive-ENI or ipvlan mode get no Service route of their own; set service_cidr"
+                    ),
+                    Err(e) => config_error(&cluster, format!("service_cidr is unset and {origin} cannot be read: {e}; set service_cidr")),
+                }
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, attempt, "reading {origin} for the Service CIDR failed; retrying");
+                tokio::time::sleep(backoff.next().unwrap_or(super::ApiBackoff::MAX)).await;
+            }
+        }
+    }
+    tracing::warn!("{origin} could not be read; pods get no Service route of their own until service_cidr is set");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kubeadm_service_subnet;
+
+    #[test]
+    fn kubeadm_service_subnet_takes_the_ipv4_part() {
+        let single = "apiVersion: kubeadm.k8s.io/v1beta3\nkind: ClusterConfiguration\nnetworking:\n  dnsDomain: cluster.local\n  podSubnet: 172.20.0.0/16\n  serviceSubnet: 192.168.0.0/16\n";
+        assert_eq!(
+            kubeadm_service_subnet(single).unwrap(),
+            Some("192.168.0.0/16".parse().unwrap())
+        );
+        let dual = "networking:\n  serviceSubnet: fd00::/108, 10.96.0.0/12\n";
+        assert_eq!(
+            kubeadm_service_subnet(dual).unwrap(),
+            Some("10.96.0.0/12".parse().unwrap())
+        );
+        assert_eq!(
+            kubeadm_service_subnet("networking:\n  podSubnet: 10.0.0.0/8\n").unwrap(),
+            None
+        );
+        assert_eq!(
+            kubeadm_service_subnet("networking:\n  serviceSubnet: fd00::/108\n").unwrap(),
+            None
+        );
+        let bad = kubeadm_service_subnet("networking:\n  serviceSubnet: 10.96.0.0/40\n").unwrap_err();
+        assert!(bad.contains("10.96.0.0/40"), "{bad}");
+        assert!(kubeadm_service_subnet("networking: [").is_err());
     }
 }

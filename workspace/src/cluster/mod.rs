@@ -58,8 +58,9 @@ pub const API_ACCESS: &[(&str, &str, &[&str], bool)] = &[
     ("", "nodes/status", &["patch"], false),
     // Events, and bumping the count of a repeated one
     ("", "events", &["create", "patch"], false),
-    // eni-config and the node override ConfigMaps
-    ("", "configmaps", &["list", "watch"], true),
+    // eni-config and the node override ConfigMaps; kubeadm-config (in
+    // kube-system) for the Service CIDR when service_cidr is unset
+    ("", "configmaps", &["get", "list", "watch"], true),
     // NetworkPolicy: the policies, and the namespaces their selectors match
     // (the pods come from the pod watch above, cluster-wide)
     ("networking.k8s.io", "networkpolicies", &["list", "watch"], false),
@@ -180,6 +181,7 @@ impl Cluster {
             tokio::spawn(pods::collect_periodically(node.clone(), cluster.clone())),
             tokio::spawn(config_source::watch(node.clone(), cluster.clone(), watcher.clone())),
             tokio::spawn(config_source::report_rejections(cluster.clone(), watcher.clone())),
+            tokio::spawn(config_source::discover_service_cidr(node.clone(), cluster.clone())),
             tokio::spawn(publish::notices(cluster.clone(), queue)),
             tokio::spawn(publish::node_status(node.clone(), cluster.clone())),
             tokio::spawn(policy_watch::supervise(node, cluster.clone(), watcher.subscribe())),

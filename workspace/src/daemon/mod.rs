@@ -211,6 +211,9 @@ pub struct Node {
     fatal: tokio::sync::watch::Sender<Option<String>>,
     pub cloud: CloudClient,
     pub(crate) metadata: Arc<MetadataClient>,
+    /// The Service CIDR the cluster's kubeadm-config names, when the
+    /// configuration sets none (see [`Node::service_cidr`]).
+    pub(crate) cluster_service_cidr: std::sync::OnceLock<ipnet::Ipv4Net>,
     pub(crate) datapath: Option<Arc<Datapath>>,
     pub(crate) options: NodeOptions,
     pub(crate) vswitches: Mutex<VSwitchSelector>,
@@ -335,6 +338,7 @@ impl Node {
             pending: Mutex::new(pending),
             fatal: tokio::sync::watch::channel(None).0,
             metadata,
+            cluster_service_cidr: std::sync::OnceLock::new(),
             datapath: options.datapath.clone(),
             options,
             vswitches: Mutex::new(VSwitchSelector::default()),
@@ -539,6 +543,16 @@ impl Node {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .set_aside_now()
+    }
+
+    /// The IPv4 Service CIDR pods reach through the host: `service_cidr`
+    /// from the configuration, else `networking.serviceSubnet` of the
+    /// cluster's kube-system/kubeadm-config (as upstream reads it).
+    pub fn service_cidr(&self) -> Option<ipnet::Ipv4Net> {
+        self.config()
+            .service_cidr
+            .ipv4
+            .or_else(|| self.cluster_service_cidr.get().copied())
     }
 
     /// The configuration in force.

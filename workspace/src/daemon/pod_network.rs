@@ -60,7 +60,7 @@ pub(crate) fn spec(
         node_ip: node.node_ip,
         mode: mode(node, exclusive_eni || eni.owner.is_some()),
         bandwidth,
-        service_cidr: node.config().service_cidr.ipv4,
+        service_cidr: node.service_cidr(),
         host_stack_cidrs: host_stack_cidrs
             .iter()
             .filter_map(|c| match c {
