@@ -77,12 +77,17 @@ fn plugin_env(conf: &str, vars: &[(&str, &str)]) -> (bool, serde_json::Value) {
 }
 
 fn tcp_reaches(from: PathBuf, at: PathBuf, to: Ipv4Addr, port: u16) -> bool {
+    tcp_reaches_listener(from, at, to, to, port)
+}
+
+/// … with the listener on `listen` (`to` may be an address NAT turns into it).
+fn tcp_reaches_listener(from: PathBuf, at: PathBuf, listen: Ipv4Addr, to: Ipv4Addr, port: u16) -> bool {
     let (tx, rx) = std::sync::mpsc::channel();
     let server = std::thread::spawn(move || {
         NetNs::open(&at)
             .unwrap()
             .enter(move || {
-                let l = TcpListener::bind((to, port)).unwrap();
+                let l = TcpListener::bind((listen, port)).unwrap();
                 l.set_nonblocking(true).unwrap();
                 tx.send(()).unwrap();
                 let deadline = Instant::now() + Duration::from_secs(5);
@@ -520,6 +525,11 @@ fn exclusive_eni_pods_through_the_terway_binary() {
             "host_stack_cidrs go through the host peer: {route}"
         );
     }
+    service_traffic_to_another_node_is_masqueraded(
+        &lab,
+        &tag,
+        &PathBuf::from(format!("/var/run/netns/{}", namespaces.0[0])),
+    );
     let (ok, result) = plugin(
         "ADD",
         "x0003",
@@ -559,6 +569,90 @@ fn exclusive_eni_pods_through_the_terway_binary() {
     drop(sim);
     lab.stop();
     assert_eq!(before, root_state(), "the root namespace changed");
+}
+
+/// An exclusive-ENI pod's connection to a Service that kube-proxy sends to a
+/// backend elsewhere in the VPC: it leaves the node through the primary
+/// interface, masqueraded, so the reply comes back through the host's NAT
+/// (without it the reply would go straight to the pod's ENI and the
+/// connection never opens — shown by removing the table by hand, which the
+/// datapath agent's next round puts back).
+fn service_traffic_to_another_node_is_masqueraded(lab: &Lab, tag: &str, pod_ns: &PathBuf) {
+    let (node_ns, vpc_ns) = (&lab.sim.node_ns, &lab.sim.vpc_ns);
+    let node_ip = lab.running.node.node_ip.to_string();
+    // the simulated node's primary interface, and the VPC's way back to it
+    let (eth, peer) = (format!("p{tag}"), format!("q{tag}"));
+    run(&[
+        "ip", "link", "add", &eth, "netns", node_ns, "type", "veth", "peer", "name", &peer, "netns", vpc_ns,
+    ]);
+    run(&[
+        "ip",
+        "-n",
+        node_ns,
+        "addr",
+        "add",
+        &format!("{node_ip}/32"),
+        "dev",
+        &eth,
+    ]);
+    run(&["ip", "-n", node_ns, "link", "set", &eth, "up"]);
+    run(&["ip", "-n", vpc_ns, "link", "set", &peer, "up"]);
+    run(&[
+        "ip",
+        "-n",
+        node_ns,
+        "route",
+        "add",
+        &format!("{VPC_ADDR}/32"),
+        "dev",
+        &eth,
+    ]);
+    run(&[
+        "ip",
+        "-n",
+        vpc_ns,
+        "route",
+        "add",
+        &format!("{node_ip}/32"),
+        "dev",
+        &peer,
+    ]);
+    // kube-proxy's part: the Service address to the backend
+    let service = Ipv4Addr::new(172, 21, 0, 10);
+    let reaches = |port: u16| tcp_reaches_listener(pod_ns.clone(), lab.vpc_ns(), Ipv4Addr::UNSPECIFIED, service, port);
+    nft_in(
+        node_ns,
+        &format!(
+            "table ip kube_proxy_sim {{\n chain prerouting {{\n type nat hook prerouting priority dstnat;\n \
+             ip daddr {service} tcp dport {{ 7900, 7901 }} dnat to {VPC_ADDR}\n }}\n}}\n"
+        ),
+    );
+    assert!(
+        reaches(7900),
+        "the pod reaches a Service whose backend is on another node"
+    );
+    nft_in(node_ns, "delete table ip terway_masq");
+    assert!(
+        !reaches(7901),
+        "without the masquerade the reply bypasses the host's NAT (the test shows nothing otherwise)"
+    );
+    let node = &lab.running.node;
+    let report = lab.rt.block_on(terway_node::daemon::datapath_agent::check_all(
+        node,
+        node.datapath().unwrap(),
+    ));
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    assert!(reaches(7900), "the datapath agent put the masquerade back");
+}
+
+fn nft_in(ns: &str, script: &str) {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, "nft", "-f", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success(), "nft in {ns}: {script}");
 }
 
 /// Runs `ip`/`tc` arguments, asserting success.

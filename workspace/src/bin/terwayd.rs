@@ -61,7 +61,8 @@ enum Command {
         interval_ms: u64,
     },
     /// Removes what terwayd leaves in the kernel that outlives it: the
-    /// NetworkPolicy table `inet terway` (uninstall; pods' own links go with DEL).
+    /// NetworkPolicy table `inet terway` and the masquerade table `ip
+    /// terway_masq` (uninstall; pods' own links go with DEL).
     Cleanup {
         /// The namespace that plays the host (default: the current one).
         #[arg(long)]
@@ -225,9 +226,15 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
         Command::Cleanup { host_netns } => {
-            match terway_node::policy::nft::Nft::new(host_netns.as_deref()).remove_table() {
+            let nft = terway_node::policy::nft::Nft::new(host_netns.as_deref());
+            let masq = terway_node::daemon::masquerade::TABLE;
+            let removed = nft
+                .remove_table()
+                .map_err(|e| e.to_string())
+                .and_then(|()| terway_node::daemon::masquerade::Masquerade::remove(&nft));
+            match removed {
                 Ok(()) => {
-                    println!("removed the NetworkPolicy table inet terway (if it was there)");
+                    println!("removed the NetworkPolicy table inet terway and the masquerade table ip {masq} (those that were there)");
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

@@ -290,7 +290,12 @@ async fn add(node: &Node, p: &PodRequest) -> Reply {
                 }
             };
             match wired {
-                Ok(r) => (r.addresses, names::format_mac(&r.pod_mac)),
+                Ok(r) => {
+                    if spec.mode == terway_datapath::Mode::ExclusiveEni {
+                        node.sync_masquerade(false);
+                    }
+                    (r.addresses, names::format_mac(&r.pod_mac))
+                }
                 Err(msg) => {
                     let _ = dp.teardown(&spec).await;
                     node.policy

@@ -110,6 +110,8 @@ pub async fn check_all(node: &Node, dp: &Datapath) -> CheckReport {
             }
         }
     }
+    // level-triggered like the rest: a table removed by hand comes back
+    node.sync_masquerade(true);
     node.metrics.observe_datapath_check(report.failed.len());
     report
 }

@@ -132,10 +132,12 @@ fn exhausted(node: &Node, pool: Pool, cooling: usize) -> AllocError {
 /// down, then its address or ENI goes back to its pool (cooling first).
 /// A newer sandbox of the same pod is left alone.
 pub async fn release(node: &Node, record: &PodRecord, netns: Option<&str>) -> Result<Released, String> {
+    let mut exclusive = false;
     if let (Some(dp), Some(spec)) = (&node.datapath, pod_network::spec_of_record(node, record, netns)) {
         dp.teardown(&spec)
             .await
             .map_err(|e| format!("tearing down the pod network: {e}"))?;
+        exclusive = spec.mode == terway_datapath::Mode::ExclusiveEni;
     }
     // out of every policy set before the address can go to another pod
     node.policy
@@ -150,6 +152,9 @@ pub async fn release(node: &Node, record: &PodRecord, netns: Option<&str>) -> Re
             Durability::Flush,
         )
         .map_err(|e| format!("ledger: {e}"))?;
+    if exclusive {
+        node.sync_masquerade(false);
+    }
     // an address back in the pool (or cooling, with a timer in the reconciler)
     node.pool_changed.notify_waiters();
     node.wake.notify_one();

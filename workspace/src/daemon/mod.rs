@@ -5,6 +5,7 @@ pub mod cni_service;
 pub mod datapath_agent;
 pub mod inspect;
 pub mod ipam;
+pub mod masquerade;
 pub mod measurements;
 pub(crate) mod pod_network;
 pub mod reconciler;
@@ -240,6 +241,8 @@ pub struct Node {
     /// NetworkPolicy, enforced at this node's pods (on while a cluster is
     /// connected, a datapath wires pods and `disable_network_policy` is off).
     pub policy: Arc<crate::policy::PolicyAgent>,
+    /// Exclusive-ENI pods' host-path traffic masqueraded (with the datapath only).
+    pub masquerade: Option<masquerade::Masquerade>,
     pod_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -326,6 +329,10 @@ impl Node {
         }
         // nft runs in the datapath's host namespace (the simulated node's, in tests)
         let nft = crate::policy::nft::Nft::new(options.datapath.as_ref().map(|dp| dp.host().path()));
+        let masquerade = options
+            .datapath
+            .as_ref()
+            .map(|_| masquerade::Masquerade::new(nft.clone()));
         let policy = Arc::new(crate::policy::PolicyAgent::new(crate::policy::Enforcer::new(nft)));
         let node = Arc::new(Self {
             config: std::sync::RwLock::new(config),
@@ -354,6 +361,7 @@ impl Node {
             metrics: measurements::NodeMetrics::default(),
             bridge,
             policy,
+            masquerade,
             pod_locks: Mutex::new(HashMap::new()),
         });
         // the pods this node wired before a restart: policy knows them before any watch answers
@@ -543,6 +551,22 @@ impl Node {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .set_aside_now()
+    }
+
+    /// The datapath, unless the node runs IPAM only.
+    pub fn datapath(&self) -> Option<&Arc<Datapath>> {
+        self.datapath.as_ref()
+    }
+
+    /// Puts the masquerade of exclusive-ENI pods in force (see
+    /// [`masquerade`]); a failure is logged and the datapath agent's next
+    /// round tries again. `always`: even when nothing changed.
+    pub fn sync_masquerade(&self, always: bool) {
+        if let Some(m) = &self.masquerade {
+            if let Err(error) = m.sync(self, always) {
+                tracing::warn!(%error, table = masquerade::TABLE, "exclusive-ENI pods' masquerade not in force: their Service traffic to other nodes fails");
+            }
+        }
     }
 
     /// The IPv4 Service CIDR pods reach through the host: `service_cidr`
