@@ -49,9 +49,7 @@ impl Masquerade {
 
     /// Removes the table (uninstall).
     pub fn remove(nft: &Nft) -> Result<(), String> {
-        nft.run(&format!("table ip {TABLE} {{}}\ndelete table ip {TABLE}\n"), false)
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        nft.apply(&script(&BTreeSet::new())).map_err(|e| e.to_string())
     }
 }
 
@@ -67,24 +65,24 @@ fn exclusive_pod_addresses(node: &Node) -> BTreeSet<Ipv4Addr> {
         .collect()
 }
 
-/// The whole table: created if missing, deleted, made again (one transaction).
+/// The whole table: created if missing, deleted, made again (one
+/// transaction); with no such pod, no table (no NAT hook on the node).
 fn script(pods: &BTreeSet<Ipv4Addr>) -> String {
-    let elements = if pods.is_empty() {
-        String::new()
-    } else {
-        let list: Vec<String> = pods.iter().map(ToString::to_string).collect();
-        format!("\n    elements = {{ {} }}", list.join(", "))
-    };
+    let remove = format!("table ip {TABLE} {{}}\ndelete table ip {TABLE}\n");
+    if pods.is_empty() {
+        return remove;
+    }
+    let list: Vec<String> = pods.iter().map(ToString::to_string).collect();
     format!(
-        "table ip {TABLE} {{}}\n\
-         delete table ip {TABLE}\n\
+        "{remove}\
          table ip {TABLE} {{\n  \
-           set exclusive_pods {{\n    type ipv4_addr{elements}\n  }}\n  \
+           set exclusive_pods {{\n    type ipv4_addr\n    elements = {{ {} }}\n  }}\n  \
            chain postrouting {{\n    \
              type nat hook postrouting priority srcnat; policy accept;\n    \
              oifname != \"lo\" ip saddr @exclusive_pods masquerade comment \"terway-rs: exclusive-ENI pod via its host peer\"\n  \
            }}\n\
-         }}\n"
+         }}\n",
+        list.join(", ")
     )
 }
 
@@ -95,8 +93,7 @@ mod tests {
     #[test]
     fn the_script_lists_the_pods_and_masquerades_only_them() {
         let empty = script(&BTreeSet::new());
-        assert!(empty.contains("type ipv4_addr\n"), "{empty}");
-        assert!(!empty.contains("elements"), "{empty}");
+        assert_eq!(empty, "table ip terway_masq {}\ndelete table ip terway_masq\n");
         let two: BTreeSet<Ipv4Addr> = ["10.0.0.2".parse().unwrap(), "10.0.0.3".parse().unwrap()].into();
         let s = script(&two);
         assert!(s.contains("elements = { 10.0.0.2, 10.0.0.3 }"), "{s}");
