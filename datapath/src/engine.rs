@@ -258,6 +258,14 @@ impl Datapath {
         sides.index(Side::Host, &LinkRef::Mac(eni.mac)).await
     }
 
+    /// The policy-routing table for the ENI with `mac`: upstream's numbering,
+    /// 1000 + its link index on the host ([`crate::names::eni_route_table`]).
+    /// An error while the ENI's link is not on the host yet.
+    pub async fn eni_route_table(&self, mac: [u8; 6]) -> Result<u32, DatapathError> {
+        let index = self.sides(None).index(Side::Host, &LinkRef::Mac(mac)).await?;
+        Ok(crate::names::eni_route_table(index))
+    }
+
     /// Checks the ENI's host set-up alone (the datapath agent's per-ENI check).
     pub async fn check_eni(&self, eni: &EniLink, node_ip: Ipv4Addr) -> Result<Vec<Drift>, DatapathError> {
         self.check_items(&self.sides(None), &driver::eni_on_host(eni, node_ip))

@@ -16,12 +16,14 @@ pub fn host_veth_name(namespace: &str, name: &str, ifname: &str) -> String {
     format!("cali{}", &hex[..11])
 }
 
-/// First policy-routing table of ENIs: table = base + the ENI's device index
-/// (never the raw ifindex, which can collide with 253–255).
+/// First policy-routing table of ENIs: table = base + the ENI's link index
+/// on the host, as upstream numbers them (so that a node taken over from
+/// upstream finds its pods' `from <pod> lookup <table>` rules pointing at
+/// the same ENI's table); the base keeps clear of 253–255.
 pub const ENI_TABLE_BASE: u32 = 1000;
 
-pub fn eni_route_table(device_index: u32) -> u32 {
-    ENI_TABLE_BASE + device_index
+pub fn eni_route_table(link_index: u32) -> u32 {
+    ENI_TABLE_BASE + link_index
 }
 
 /// Rule priorities, as upstream: traffic to a pod looks up main; traffic

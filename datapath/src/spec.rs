@@ -10,7 +10,8 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EniLink {
     pub mac: [u8; 6],
-    /// The policy-routing table of this ENI ([`crate::names::eni_route_table`]).
+    /// The policy-routing table of this ENI ([`crate::names::eni_route_table`]
+    /// of its link index when it was adopted; recorded, so it never moves).
     pub route_table: u32,
     pub gateway: Ipv4Addr,
     /// The vSwitch CIDR.

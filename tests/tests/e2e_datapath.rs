@@ -701,6 +701,15 @@ fn the_datapath_agent_repairs_drift_within_a_period() {
     );
     let (ok, result) = plugin("CHECK", "r0000", &netns, "r-0", &conf);
     assert!(ok, "CHECK before the drift: {result}");
+    // upstream's table numbering: 1000 + the ENI link's index on the node
+    let links = Command::new("ip")
+        .args(["-n", &sim.node_ns, "-o", "link"])
+        .output()
+        .unwrap();
+    let links = String::from_utf8_lossy(&links.stdout);
+    let line = links.lines().find(|l| l.contains(eni.mac.as_str())).unwrap();
+    let index: u32 = line.split(':').next().unwrap().trim().parse().unwrap();
+    assert_eq!(eni.route_table, 1000 + index, "{line}");
 
     // by hand: a rule, the pod's route, its static neighbour, its qdisc and the ENI table's default route
     let node_ns = sim.node_ns.clone();

@@ -929,6 +929,17 @@ async fn adopt(node: &Node, cloud: &[NetworkInterfaceSet]) -> anyhow::Result<usi
 /// sets it up on the host.
 async fn adopt_eni(node: &Node, e: &NetworkInterfaceSet) -> anyhow::Result<()> {
     let md = node.metadata.eni(&e.mac_address).await?;
+    let exclusive = node.config().datapath_mode.is_exclusive() || e.tag(EXCLUSIVE_TAG.0) == Some(EXCLUSIVE_TAG.1);
+    // upstream's table numbering (1000 + the link's index) where the ENI is
+    // set up on the host; without a datapath the number is only a label
+    let route_table = match (&node.datapath, exclusive) {
+        (Some(dp), false) => {
+            let mac = terway_datapath::names::parse_mac(&e.mac_address)
+                .ok_or_else(|| anyhow::anyhow!("ENI {} has a bad MAC {:?}", e.network_interface_id, e.mac_address))?;
+            dp.eni_route_table(mac).await?
+        }
+        _ => ROUTE_TABLE_BASE + e.attachment.device_index,
+    };
     let record = EniRecord {
         id: e.network_interface_id.clone(),
         mac: e.mac_address.clone(),
@@ -937,10 +948,10 @@ async fn adopt_eni(node: &Node, e: &NetworkInterfaceSet) -> anyhow::Result<()> {
         cidr: md.vswitch_cidr.clone(),
         primary_ip: e.private_ip_address.parse()?,
         status: EniStatus::InUse,
-        route_table: ROUTE_TABLE_BASE + e.attachment.device_index,
+        route_table,
         created_by_us: e.tag(CREATOR_TAG.0) == Some(CREATOR_TAG.1),
         owner: None,
-        exclusive: node.config().datapath_mode.is_exclusive() || e.tag(EXCLUSIVE_TAG.0) == Some(EXCLUSIVE_TAG.1),
+        exclusive,
     };
     // an ENI given whole goes into its pod as it is: no host set-up
     if let (Some(dp), false) = (&node.datapath, record.exclusive) {
