@@ -104,6 +104,20 @@ async fn call(socket: &Path, request: Request) -> Reply {
         .unwrap()
 }
 
+/// A client of the emulator's API with its default keys: another party in the account.
+fn api_client(em: &Emulator) -> terway_cloud::CloudClient {
+    use terway_cloud::emulator::{DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET, DEFAULT_REGION};
+    terway_cloud::install_crypto_provider();
+    terway_cloud::CloudClient::new(
+        terway_cloud::ClientOptions::for_region(DEFAULT_REGION, false).with_endpoint(&em.url()),
+        Arc::new(terway_cloud::CredentialProvider::static_keys(
+            DEFAULT_ACCESS_KEY_ID,
+            terway_config::Secret::new(DEFAULT_ACCESS_KEY_SECRET),
+        )),
+    )
+    .unwrap()
+}
+
 /// Addresses the cloud shows on the instance's attached secondary ENIs.
 fn cloud_ips(em: &Emulator) -> BTreeSet<String> {
     terway_tests::cloud_addresses(&em.dump(), "InUse").0
@@ -836,10 +850,7 @@ async fn security_groups_apply_to_the_next_eni_without_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_ignoring_filters_makes_the_sweep_delete_nothing_but_ours() {
     use terway_cloud::api::CreateNetworkInterface;
-    use terway_cloud::emulator::{
-        Faults, DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET, DEFAULT_INSTANCE_ID, DEFAULT_REGION,
-        DEFAULT_SECURITY_GROUP,
-    };
+    use terway_cloud::emulator::{Faults, DEFAULT_INSTANCE_ID, DEFAULT_REGION, DEFAULT_SECURITY_GROUP};
     let em = Emulator::start(Scenario::default()).await.unwrap();
     let cfg = config(
         &em,
@@ -853,15 +864,7 @@ async fn a_gateway_ignoring_filters_makes_the_sweep_delete_nothing_but_ours() {
     ));
     let dir = running.stop().await;
 
-    terway_cloud::install_crypto_provider();
-    let client = terway_cloud::CloudClient::new(
-        terway_cloud::ClientOptions::for_region(DEFAULT_REGION, false).with_endpoint(&em.url()),
-        Arc::new(terway_cloud::CredentialProvider::static_keys(
-            DEFAULT_ACCESS_KEY_ID,
-            terway_config::Secret::new(DEFAULT_ACCESS_KEY_SECRET),
-        )),
-    )
-    .unwrap();
+    let client = api_client(&em);
     let create = |tags: Vec<(String, String)>| {
         let client = &client;
         async move {
@@ -1005,7 +1008,7 @@ async fn host_stack_cidrs_are_refused_in_ipvlan_mode() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn own_changes_are_confirmed_from_metadata_and_a_disagreement_reads_the_cloud() {
     use terway_cloud::api::AssignPrivateIpAddresses;
-    use terway_cloud::emulator::{DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET, DEFAULT_REGION};
+    use terway_cloud::emulator::DEFAULT_REGION;
     let em = Emulator::start(Scenario::default()).await.unwrap();
     // a sync period longer than the test: every read here has another cause
     let text = terway_tests::eni_conf(
@@ -1065,15 +1068,7 @@ async fn own_changes_are_confirmed_from_metadata_and_a_disagreement_reads_the_cl
     // the metadata service disagreeing, and the cloud read adopts it
     let s = running.node.ledger.snapshot();
     let eni = s.enis.values().find(|e| !e.exclusive).unwrap().id.clone();
-    terway_cloud::install_crypto_provider();
-    let client = terway_cloud::CloudClient::new(
-        terway_cloud::ClientOptions::for_region(DEFAULT_REGION, false).with_endpoint(&em.url()),
-        Arc::new(terway_cloud::CredentialProvider::static_keys(
-            DEFAULT_ACCESS_KEY_ID,
-            terway_config::Secret::new(DEFAULT_ACCESS_KEY_SECRET),
-        )),
-    )
-    .unwrap();
+    let client = api_client(&em);
     let foreign = client
         .call(&AssignPrivateIpAddresses {
             region_id: DEFAULT_REGION.into(),

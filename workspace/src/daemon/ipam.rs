@@ -65,7 +65,6 @@ pub async fn allocate(node: &Node, request: &BindRequest, pool: Pool, deadline: 
         terway_config::EniSelectionPolicy::MostIps => EniPreference::MostUsed,
         terway_config::EniSelectionPolicy::LeastIps => EniPreference::LeastUsed,
     };
-    let mut waiting: Option<Waiting<'_>> = None;
     loop {
         let notified = node.pool_changed.notified();
         tokio::pin!(notified);
@@ -96,11 +95,11 @@ pub async fn allocate(node: &Node, request: &BindRequest, pool: Pool, deadline: 
             Err(LedgerError::NoIdleEni) => 0,
             Err(e) => return Err(AllocError::Ledger(e)),
         };
-        if waiting.is_none() {
-            let counter = pool.waiting(node);
-            counter.fetch_add(1, Ordering::Relaxed);
-            waiting = Some(Waiting(counter));
-        }
+        // counted while asleep only: a request that has just taken a resource
+        // (and waits for the ledger's sync) must not make the reconciler add another
+        let counter = pool.waiting(node);
+        counter.fetch_add(1, Ordering::Relaxed);
+        let _waiting = Waiting(counter);
         node.wake.notify_one();
         let left = deadline.saturating_duration_since(Instant::now());
         // woken by a change to the pool, or when the next cooling address is due
