@@ -14,9 +14,9 @@
 //! a power cut, which `fdatasync` per commit would cover at about twice the cost.
 //!
 //! Each record carries a sequence number; the sled transaction applying a
-//! batch stores the last one (`meta/wal_applied`), so recovery applies only what sled lacks: sled may
-//! be ahead of the log's synced end (its own flush), never applied twice out
-//! of order. A record torn by a crash ends the log; every record before it
+//! batch stores the last one (`meta/wal_applied`), so recovery applies only
+//! what sled lacks: sled may be ahead of the log's synced end (its own
+//! flush), never applied twice out of order. A record torn by a crash ends the log; every record before it
 //! is whole (length and CRC checked).
 //!
 //! Record: `len u32 | crc32 u32 | seq u64 | count u32 | count × op`, op:
