@@ -1101,4 +1101,22 @@ async fn own_changes_are_confirmed_from_metadata_and_a_disagreement_reads_the_cl
         .map(ToString::to_string)
         .collect();
     assert_eq!(ledger_ips, cloud_ips(&em), "foreign address {foreign}");
+
+    // a metadata service that fails cannot confirm: the cloud is read instead
+    let reads = count("DescribeNetworkInterfaces");
+    em.set_faults(terway_cloud::emulator::Faults {
+        metadata_unavailable: true,
+        ..Default::default()
+    });
+    for i in 20..22 {
+        assert!(matches!(call(&socket, Request::Add(pod(i))).await, Reply::Ok { .. }));
+    }
+    for i in 20..22 {
+        assert_eq!(call(&socket, Request::Del(pod(i))).await, Reply::Ok { network: None });
+    }
+    settle().await;
+    assert!(
+        count("DescribeNetworkInterfaces") > reads,
+        "our own changes were taken as confirmed without the metadata service"
+    );
 }
