@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use terway_cloud::emulator::{Delays, Emulator, Faults, InstanceTypeSpec, Scenario};
+use terway_cloud::emulator::{Emulator, Faults, InstanceTypeSpec, Scenario};
 use terway_node::cni::exchange;
 use terway_node::cni::protocol::{PodRequest, Reply, Request};
 
@@ -78,19 +78,7 @@ enum Known {
 
 #[test]
 fn sigkill_during_bursts_keeps_the_invariants() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let mut scenario = Scenario {
-        delays: Delays {
-            attach_ms: 50,
-            detach_ms: 50,
-            ..Delays::default()
-        },
-        ..Scenario::default()
-    };
+    let (rt, mut scenario) = terway_tests::quick_attach_scenario();
     // small ENIs (3 secondary addresses each), so bursts make and retire ENIs often
     scenario.instance_types.push(InstanceTypeSpec {
         id: "ecs.crash.small".into(),

@@ -1039,6 +1039,18 @@ async fn own_changes_are_confirmed_from_metadata_and_a_disagreement_reads_the_cl
         }
         panic!("the node did not settle: {:?}", running.node.ledger.snapshot().ips);
     };
+    // pods that come and go: each of our own changes after them wants confirming
+    let add_and_delete = |pods: std::ops::Range<usize>| {
+        let socket = socket.clone();
+        async move {
+            for i in pods.clone() {
+                assert!(matches!(call(&socket, Request::Add(pod(i))).await, Reply::Ok { .. }));
+            }
+            for i in pods {
+                assert_eq!(call(&socket, Request::Del(pod(i))).await, Reply::Ok { network: None });
+            }
+        }
+    };
     for i in 0..4 {
         assert!(
             matches!(call(&socket, Request::Add(pod(i))).await, Reply::Ok { .. }),
@@ -1079,12 +1091,7 @@ async fn own_changes_are_confirmed_from_metadata_and_a_disagreement_reads_the_cl
         .await
         .unwrap()
         .addresses()[0];
-    for i in 10..12 {
-        assert!(matches!(call(&socket, Request::Add(pod(i))).await, Reply::Ok { .. }));
-    }
-    for i in 10..12 {
-        assert_eq!(call(&socket, Request::Del(pod(i))).await, Reply::Ok { network: None });
-    }
+    add_and_delete(10..12).await;
     settle().await;
     assert!(
         count("DescribeNetworkInterfaces") > reads,
@@ -1108,12 +1115,7 @@ async fn own_changes_are_confirmed_from_metadata_and_a_disagreement_reads_the_cl
         metadata_unavailable: true,
         ..Default::default()
     });
-    for i in 20..22 {
-        assert!(matches!(call(&socket, Request::Add(pod(i))).await, Reply::Ok { .. }));
-    }
-    for i in 20..22 {
-        assert_eq!(call(&socket, Request::Del(pod(i))).await, Reply::Ok { network: None });
-    }
+    add_and_delete(20..22).await;
     settle().await;
     assert!(
         count("DescribeNetworkInterfaces") > reads,

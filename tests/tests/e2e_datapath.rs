@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use terway_cloud::emulator::{Delays, Emulator, Scenario};
+use terway_cloud::emulator::Emulator;
 use terway_datapath::{Datapath, NetNs};
 use terway_node::bridge::{ClusterBridge, StaticPods};
 use terway_node::daemon::NodeOptions;
@@ -126,19 +126,7 @@ impl Drop for PodNamespaces {
 fn simulated_cloud(tag: &str, instance_type: &str) -> (Arc<SimulatedNode>, tokio::runtime::Runtime, Emulator) {
     let sim = Arc::new(SimulatedNode::new(tag).unwrap());
     sim.add_vpc_address(&format!("{VPC_ADDR}/32")).unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let mut scenario = Scenario {
-        delays: Delays {
-            attach_ms: 50,
-            detach_ms: 50,
-            ..Delays::default()
-        },
-        ..Scenario::default()
-    };
+    let (rt, mut scenario) = terway_tests::quick_attach_scenario();
     scenario.instances[0].instance_type = instance_type.into();
     let em = rt.block_on(Emulator::start(scenario)).unwrap();
     em.add_hotplug_hook(sim.clone());
