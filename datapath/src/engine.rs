@@ -196,6 +196,40 @@ impl Datapath {
         Ok(left)
     }
 
+    /// Pods wired on this host through veths named `prefix…`: each host
+    /// route in the main table to one address (/32 or /128) through such a
+    /// link, as (address, link name). How a node that upstream Terway (or an
+    /// earlier terway-rs) set up shows which addresses its pods hold. Links
+    /// of released pods, waiting for their deletion, are left out.
+    pub async fn host_routes_via(&self, prefix: &str) -> Result<Vec<(std::net::IpAddr, String)>, DatapathError> {
+        let names: std::collections::HashMap<u32, String> = self
+            .nl
+            .links()
+            .await?
+            .iter()
+            .filter(|l| link_group(l) != Some(RELEASED_GROUP))
+            .filter_map(|l| {
+                link_name(l)
+                    .filter(|n| n.starts_with(prefix))
+                    .map(|n| (link_index(l), n))
+            })
+            .collect();
+        let mut out = Vec::new();
+        for v4 in [true, false] {
+            for r in self.nl.routes(MAIN_TABLE, v4).await? {
+                let (Some(dst), Some(oif)) = (route_destination(&r), route_oif(&r)) else {
+                    continue;
+                };
+                if dst.prefix_len() == dst.max_prefix_len() {
+                    if let Some(name) = names.get(&oif) {
+                        out.push((dst.addr(), name.clone()));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Waits until every released link queued so far is deleted.
     pub async fn released_links_deleted(&self) {
         loop {

@@ -1089,6 +1089,64 @@ impl Ledger {
         Ok(fresh)
     }
 
+    /// Records addresses on `eni_id` that pods wired by someone else hold
+    /// (a node taken over from upstream Terway) as bound to `holders`: new
+    /// ones, and idle or cooling ones, which the pool must not hand out.
+    /// Addresses already bound keep their pod. Returns those now held.
+    pub fn hold_for_pods(
+        &self,
+        eni_id: &str,
+        holders: &[(IpAddr, BindRequest)],
+        durability: Durability,
+    ) -> Result<Vec<IpAddr>, LedgerError> {
+        let mut inner = self.lock();
+        let s = &inner.state;
+        if !s.enis.contains_key(eni_id) {
+            return Err(LedgerError::UnknownEni { eni_id: eni_id.into() });
+        }
+        let mut held = Vec::new();
+        let mut changes = Vec::new();
+        for (ip, req) in holders {
+            match s.ips.get(ip) {
+                Some(r) if r.eni_id != eni_id => {
+                    return Err(LedgerError::Conflict {
+                        what: format!("{ip} is on {} in the ledger, not {eni_id}", r.eni_id),
+                    });
+                }
+                Some(IpRecord {
+                    state: IpState::Bound(_) | IpState::Releasing,
+                    ..
+                }) => continue,
+                _ if s.pods.contains_key(&req.pod.key()) => continue,
+                _ => {}
+            }
+            let binding = Binding {
+                pod: req.pod.clone(),
+                container_id: req.container_id.clone(),
+                netns: req.netns.clone(),
+                ifname: req.ifname.clone(),
+            };
+            changes.push(Change::PutIp(IpRecord {
+                ip: *ip,
+                eni_id: eni_id.into(),
+                state: IpState::Bound(binding),
+            }));
+            changes.push(Change::PutPod(PodRecord {
+                pod: req.pod.clone(),
+                container_id: req.container_id.clone(),
+                netns: req.netns.clone(),
+                ifname: req.ifname.clone(),
+                ips: vec![*ip],
+                eni_id: None,
+                settings: req.settings.clone(),
+                bound_at: now_millis(),
+            }));
+            held.push(*ip);
+        }
+        self.commit(&mut inner, changes, durability)?;
+        Ok(held)
+    }
+
     /// Idle addresses among `ips` become Releasing (others are left alone); returns those.
     pub fn mark_releasing(&self, ips: &[IpAddr], durability: Durability) -> Result<Vec<IpAddr>, LedgerError> {
         let mut inner = self.lock();

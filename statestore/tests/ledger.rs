@@ -466,3 +466,66 @@ fn a_log_of_many_commits_is_retired_and_nothing_is_lost() {
     assert_eq!(l.snapshot().ips, before.ips);
     assert!(l.check().is_empty(), "{:?}", l.check());
 }
+
+#[test]
+fn addresses_other_pods_hold_are_never_handed_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let l = ledger_with_pool(dir.path());
+    let ours = l
+        .bind(&req("ours", "c1"), EniPreference::MostUsed, Durability::Flush)
+        .unwrap();
+    let upstream = |veth: &str| BindRequest {
+        pod: PodRef::new("_upstream", veth, ""),
+        container_id: String::new(),
+        netns: String::new(),
+        ifname: "eth0".into(),
+        settings: PodNetworkSettings::default(),
+    };
+    let idle: Vec<IpAddr> = ["10.0.1.2", "10.0.1.3", "10.0.1.4"]
+        .into_iter()
+        .map(ip)
+        .filter(|a| *a != ours.ip)
+        .collect();
+    // one idle address, one the ledger does not know yet, and our own pod's
+    let holders = vec![
+        (idle[0], upstream("cali00000000001")),
+        (ip("10.0.1.9"), upstream("cali00000000002")),
+        (ours.ip, upstream("cali00000000003")),
+    ];
+    let held = l.hold_for_pods("eni-a", &holders, Durability::Flush).unwrap();
+    assert_eq!(held, [idle[0], ip("10.0.1.9")], "our own pod keeps its address");
+    assert!(
+        l.hold_for_pods("eni-a", &holders, Durability::Flush)
+            .unwrap()
+            .is_empty(),
+        "idempotent"
+    );
+    assert!(l.check().is_empty(), "{:?}", l.check());
+    // only the one address nobody holds is handed out
+    let next = l
+        .bind(&req("next", "c2"), EniPreference::MostUsed, Durability::Flush)
+        .unwrap();
+    assert_eq!(next.ip, idle[1]);
+    assert!(matches!(
+        l.bind(&req("more", "c3"), EniPreference::MostUsed, Durability::Flush),
+        Err(LedgerError::NoIdleIp { .. })
+    ));
+    // the holder's release gives the address back
+    let released = l
+        .release(
+            &upstream("cali00000000002").pod,
+            Some(""),
+            Duration::ZERO,
+            Durability::Flush,
+        )
+        .unwrap();
+    assert_eq!(released.ips, [ip("10.0.1.9")]);
+    assert_eq!(
+        l.bind(&req("more", "c3"), EniPreference::MostUsed, Durability::Flush)
+            .unwrap()
+            .ip,
+        ip("10.0.1.9")
+    );
+    let e = l.hold_for_pods("eni-x", &holders, Durability::Flush).unwrap_err();
+    assert!(matches!(e, LedgerError::UnknownEni { .. }), "{e}");
+}

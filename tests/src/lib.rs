@@ -53,6 +53,24 @@ pub fn binary(name: &str) -> PathBuf {
             if profile != "debug" {
                 build.args(["--profile", &profile]);
             }
+            // what cargo set for this test process: a build script that reads
+            // one (ring reads CARGO_MANIFEST_DIR) would otherwise be rebuilt,
+            // with all that depends on it, by every test process and `cargo test`
+            for (key, _) in std::env::vars_os() {
+                let key = key.to_string_lossy();
+                if key.starts_with("CARGO_PKG_")
+                    || [
+                        "CARGO_MANIFEST_DIR",
+                        "CARGO_MANIFEST_PATH",
+                        "CARGO_CRATE_NAME",
+                        "CARGO_PRIMARY_PACKAGE",
+                        "CARGO_TARGET_TMPDIR",
+                    ]
+                    .contains(&key.as_ref())
+                {
+                    build.env_remove(key.as_ref());
+                }
+            }
             let status = build.status().expect("running cargo build for terway-node's binaries");
             assert!(
                 status.success(),

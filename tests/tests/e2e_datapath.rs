@@ -160,6 +160,18 @@ impl Lab {
         bridge: Option<Arc<dyn ClusterBridge>>,
     ) -> Self {
         let (sim, rt, em) = simulated_cloud(tag, instance_type);
+        Self::start_on(sim, rt, em, pool, add_deadline, bridge)
+    }
+
+    /// … on a simulated node and cloud made (and perhaps set up) already.
+    fn start_on(
+        sim: Arc<SimulatedNode>,
+        rt: tokio::runtime::Runtime,
+        em: Emulator,
+        pool: &str,
+        add_deadline: Duration,
+        bridge: Option<Arc<dyn ClusterBridge>>,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let conf_path = dir.path().join("eni_conf");
         let own = format!(r#", "service_cidr": "172.21.0.0/20", "ip_cooldown": "1s", {pool}"#);
@@ -1083,4 +1095,388 @@ fn kills_inside_the_background_link_deletion_leave_no_link_behind() {
     drop(rt);
     drop(sim);
     assert_eq!(before, root_state(), "the root namespace changed");
+}
+
+/// A pod wired as upstream Terway wires it (policy-routing mode): a `cali`
+/// veth named from its namespace and name, its address /32 in the pod with
+/// a default route through 169.254.1.1, the host route to the veth, and
+/// the rules `to <ip> lookup main` (512) and `from <ip> lookup <table>` (2048).
+fn wire_as_upstream(node_ns: &str, pod_ns: &str, pod: &str, ip: &str, table: u32) {
+    let veth = terway_datapath::names::host_veth_name("e2e", pod, "eth0");
+    run(&["ip", "netns", "add", pod_ns]);
+    run(&[
+        "ip", "-n", node_ns, "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", pod_ns,
+    ]);
+    run(&["ip", "-n", node_ns, "link", "set", &veth, "up"]);
+    let mac = Command::new("ip")
+        .args(["-n", node_ns, "-o", "link", "show", &veth])
+        .output()
+        .unwrap();
+    let mac = String::from_utf8_lossy(&mac.stdout)
+        .split("link/ether ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_owned();
+    run(&["ip", "-n", pod_ns, "link", "set", "lo", "up"]);
+    run(&["ip", "-n", pod_ns, "link", "set", "eth0", "up"]);
+    run(&["ip", "-n", pod_ns, "addr", "add", &format!("{ip}/32"), "dev", "eth0"]);
+    run(&[
+        "ip",
+        "-n",
+        pod_ns,
+        "route",
+        "add",
+        "169.254.1.1",
+        "dev",
+        "eth0",
+        "scope",
+        "link",
+    ]);
+    run(&[
+        "ip",
+        "-n",
+        pod_ns,
+        "route",
+        "add",
+        "default",
+        "via",
+        "169.254.1.1",
+        "dev",
+        "eth0",
+        "onlink",
+    ]);
+    run(&[
+        "ip",
+        "-n",
+        pod_ns,
+        "neigh",
+        "add",
+        "169.254.1.1",
+        "dev",
+        "eth0",
+        "lladdr",
+        &mac,
+        "nud",
+        "permanent",
+    ]);
+    run(&[
+        "ip",
+        "-n",
+        node_ns,
+        "route",
+        "add",
+        &format!("{ip}/32"),
+        "dev",
+        &veth,
+        "scope",
+        "link",
+    ]);
+    run(&[
+        "ip", "-n", node_ns, "rule", "add", "to", ip, "lookup", "main", "pref", "512",
+    ]);
+    let table = table.to_string();
+    run(&[
+        "ip", "-n", node_ns, "rule", "add", "from", ip, "lookup", &table, "pref", "2048",
+    ]);
+}
+
+/// What the node namespace's rules say of `ip`.
+fn rules_of(node_ns: &str, ip: &str) -> Vec<String> {
+    let out = Command::new("ip").args(["-n", node_ns, "rule"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.split_whitespace().any(|w| w == ip))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A node as upstream Terway leaves it — an ENI it made, set up with its
+/// table (1000 + link index), and two pods wired on two of its addresses —
+/// taken over by terwayd with an empty ledger: the two addresses are never
+/// handed out, the old pods' traffic keeps flowing, one pod's DEL (through
+/// the terway binary) and the other's vanished sandbox give their addresses
+/// back, and new pods get the free ones.
+#[test]
+fn a_node_upstream_wired_is_taken_over_in_place() {
+    if let Some(why) = skip_reason() {
+        println!("SKIPPED a_node_upstream_wired_is_taken_over_in_place: {why}");
+        return;
+    }
+    use terway_cloud::api::{AttachNetworkInterface, CreateNetworkInterface, DescribeNetworkInterfaces};
+    use terway_cloud::emulator::{
+        DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET, DEFAULT_INSTANCE_ID, DEFAULT_REGION, DEFAULT_SECURITY_GROUP,
+    };
+    let before = root_state();
+    let tag = format!("u{}", std::process::id() % 100_000);
+    // one secondary ENI of 6 addresses: the one upstream made
+    let (sim, rt, em) = simulated_cloud(&tag, "ecs.g6.large");
+    terway_cloud::install_crypto_provider();
+    let cloud = terway_cloud::CloudClient::new(
+        terway_cloud::ClientOptions::for_region(DEFAULT_REGION, false).with_endpoint(&em.url()),
+        Arc::new(terway_cloud::CredentialProvider::static_keys(
+            DEFAULT_ACCESS_KEY_ID,
+            terway_config::Secret::new(DEFAULT_ACCESS_KEY_SECRET),
+        )),
+    )
+    .unwrap();
+    let md = terway_cloud::MetadataClient::new(&em.url(), Duration::from_secs(2)).unwrap();
+    let (eni, node_ip, gateway) = rt.block_on(async {
+        let made = cloud
+            .call(&CreateNetworkInterface {
+                region_id: DEFAULT_REGION.into(),
+                vswitch_id: "vsw-large0000000001".into(),
+                security_group_ids: vec![DEFAULT_SECURITY_GROUP.into()],
+                secondary_private_ip_address_count: Some(5),
+                tags: vec![("creator".into(), "terway".into())],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let id = made.eni.network_interface_id.clone();
+        cloud
+            .call(&AttachNetworkInterface {
+                region_id: DEFAULT_REGION.into(),
+                instance_id: DEFAULT_INSTANCE_ID.into(),
+                network_interface_id: id.clone(),
+            })
+            .await
+            .unwrap();
+        let eni = loop {
+            let all = cloud
+                .describe_network_interfaces_all(DescribeNetworkInterfaces {
+                    region_id: DEFAULT_REGION.into(),
+                    network_interface_ids: vec![id.clone()],
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            if let Some(e) = all.into_iter().find(|e| e.status == "InUse") {
+                break e;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let node_ip = md.get("private-ipv4").await.unwrap();
+        let gateway = md.eni(&eni.mac_address).await.unwrap().gateway;
+        (eni, node_ip, gateway)
+    });
+    // the ENI on the host as upstream sets it up
+    let links = Command::new("ip")
+        .args(["-n", &sim.node_ns, "-o", "link"])
+        .output()
+        .unwrap();
+    let links = String::from_utf8_lossy(&links.stdout);
+    let line = links.lines().find(|l| l.contains(&eni.mac_address)).unwrap();
+    let index: u32 = line.split(':').next().unwrap().trim().parse().unwrap();
+    let link = line
+        .split(':')
+        .nth(1)
+        .unwrap()
+        .trim()
+        .split('@')
+        .next()
+        .unwrap()
+        .to_owned();
+    let table = 1000 + index;
+    let node_ns = sim.node_ns.clone();
+    run(&["ip", "-n", &node_ns, "link", "set", &link, "up"]);
+    run(&[
+        "ip",
+        "-n",
+        &node_ns,
+        "addr",
+        "add",
+        &format!("{node_ip}/32"),
+        "dev",
+        &link,
+    ]);
+    run(&[
+        "ip",
+        "-n",
+        &node_ns,
+        "route",
+        "add",
+        "default",
+        "via",
+        &gateway.to_string(),
+        "dev",
+        &link,
+        "onlink",
+        "table",
+        &table.to_string(),
+    ]);
+    run(&[
+        "ip",
+        "netns",
+        "exec",
+        &node_ns,
+        "sysctl",
+        "-qw",
+        "net.ipv4.ip_forward=1",
+    ]);
+    let addresses: Vec<String> = eni.ipv4_addresses().iter().map(ToString::to_string).collect();
+    let old = [addresses[1].clone(), addresses[2].clone()];
+    let mut namespaces = PodNamespaces(vec![format!("trw{tag}old0"), format!("trw{tag}old1")]);
+    for (i, ip) in old.iter().enumerate() {
+        wire_as_upstream(&node_ns, &namespaces.0[i], &format!("old-{i}"), ip, table);
+        sim.route_to_pod(ip, &eni.mac_address).unwrap();
+    }
+    let old_ns = |i: usize| PathBuf::from(format!("/var/run/netns/trw{tag}old{i}"));
+    assert!(
+        tcp_reaches(old_ns(0), sim_vpc(&sim), VPC_ADDR, 7950),
+        "old-0 reaches the VPC before the take-over"
+    );
+
+    // terwayd takes the node over with an empty ledger
+    let pool = r#""max_pool_size": 10, "min_pool_size": 0, "datapath_check_period": "1s""#;
+    let lab = Lab::start_on(sim.clone(), rt, em, pool, Duration::from_secs(3), None);
+    let node = lab.running.node.clone();
+    let placeholders = |s: &terway_statestore::State| -> Vec<String> {
+        let mut v: Vec<String> = s
+            .ips
+            .values()
+            .filter_map(|r| match &r.state {
+                IpState::Bound(b) if b.pod.namespace == "_upstream" => Some(r.ip.to_string()),
+                _ => None,
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let mut sorted_old = old.to_vec();
+    sorted_old.sort();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while placeholders(&node.ledger.snapshot()) != sorted_old {
+        assert!(
+            Instant::now() < deadline,
+            "the old pods' addresses were not held: {:?}",
+            node.ledger.export().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let s = node.ledger.snapshot();
+    assert_eq!(
+        s.enis[&eni.network_interface_id].route_table, table,
+        "upstream's table is kept"
+    );
+    for i in 0..2 {
+        assert!(
+            tcp_reaches(old_ns(i), lab.vpc_ns(), VPC_ADDR, 7951 + i as u16),
+            "old-{i} reaches the VPC after the take-over"
+        );
+    }
+
+    // new pods get every free address and never an old pod's; then the pool is out
+    let free = s.ips.values().filter(|r| r.state == IpState::Idle).count();
+    assert_eq!(free, addresses.len() - 2, "{:?}", s.ips);
+    let mut new_ips = Vec::new();
+    for i in 0..=free {
+        let ns = format!("trw{tag}n{i}");
+        run(&["ip", "netns", "add", &ns]);
+        namespaces.0.push(ns.clone());
+        let (ok, result) = plugin(
+            "ADD",
+            &format!("n{i:03}"),
+            &format!("/var/run/netns/{ns}"),
+            &format!("new-{i}"),
+            &lab.conf,
+        );
+        if i == free {
+            assert!(!ok, "a pod beyond the free addresses got {result}");
+            break;
+        }
+        assert!(ok, "ADD new-{i}: {result}");
+        new_ips.push(
+            result["ips"][0]["address"]
+                .as_str()
+                .unwrap()
+                .trim_end_matches("/32")
+                .to_owned(),
+        );
+    }
+    assert!(
+        new_ips.iter().all(|ip| !old.contains(ip)),
+        "{new_ips:?} includes an old pod's address {old:?}"
+    );
+    lab.sim.route_to_pod(&new_ips[0], &eni.mac_address).unwrap();
+    let new0 = PathBuf::from(format!("/var/run/netns/trw{tag}n0"));
+    assert!(tcp_reaches(new0, lab.vpc_ns(), VPC_ADDR, 7953), "new-0 reaches the VPC");
+    assert!(
+        tcp_reaches(old_ns(1), lab.vpc_ns(), VPC_ADDR, 7954),
+        "old-1 still reaches the VPC"
+    );
+
+    // old-0's DEL, through the binary, releases its address and removes its wiring
+    let (ok, result) = plugin(
+        "DEL",
+        "whatever-upstream-ran",
+        &old_ns(0).display().to_string(),
+        "old-0",
+        &lab.conf,
+    );
+    assert!(ok, "DEL old-0: {result}");
+    let veth0 = terway_datapath::names::host_veth_name("e2e", "old-0", "eth0");
+    let s = node.ledger.snapshot();
+    assert!(
+        !matches!(s.ips[&old[0].parse().unwrap()].state, IpState::Bound(_)),
+        "{:?}",
+        s.ips
+    );
+    assert!(
+        rules_of(&node_ns, &old[0]).is_empty(),
+        "{:?}",
+        rules_of(&node_ns, &old[0])
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Command::new("ip")
+        .args(["-n", &node_ns, "link", "show", &veth0])
+        .output()
+        .unwrap()
+        .status
+        .success()
+    {
+        assert!(Instant::now() < deadline, "old-0's veth is still there");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // old-1's sandbox goes without a DEL reaching terwayd: the agent releases it
+    run(&["ip", "netns", "del", &namespaces.0[1]]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !placeholders(&node.ledger.snapshot()).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "old-1's address was not released after its sandbox went"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        rules_of(&node_ns, &old[1]).is_empty(),
+        "{:?}",
+        rules_of(&node_ns, &old[1])
+    );
+    // after the cooldown both go to new pods
+    std::thread::sleep(Duration::from_millis(1200));
+    for i in 0..2 {
+        let ns = format!("trw{tag}m{i}");
+        run(&["ip", "netns", "add", &ns]);
+        namespaces.0.push(ns.clone());
+        let (ok, result) = plugin(
+            "ADD",
+            &format!("m{i:03}"),
+            &format!("/var/run/netns/{ns}"),
+            &format!("more-{i}"),
+            &lab.conf,
+        );
+        assert!(ok, "ADD more-{i}: {result}");
+    }
+    assert!(node.ledger.check().is_empty(), "{:?}", node.ledger.check());
+    namespaces.0.remove(1); // gone already
+    drop(namespaces);
+    lab.stop();
+    assert_eq!(before, root_state(), "the root namespace changed");
+}
+
+fn sim_vpc(sim: &SimulatedNode) -> PathBuf {
+    PathBuf::from(format!("/var/run/netns/{}", sim.vpc_ns))
 }

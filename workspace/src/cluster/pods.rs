@@ -111,6 +111,7 @@ pub async fn collect(node: &Node, cluster: &Cluster) -> usize {
         .into_values()
         // attachments made without Kubernetes are not the API server's to judge
         .filter(|r| r.pod.namespace != crate::cni::protocol::RUNTIME_NAMESPACE)
+        .filter(|r| r.pod.namespace != crate::daemon::upstream::UPSTREAM_NAMESPACE)
         .filter(|r| {
             cluster
                 .cached_pod(&r.pod.namespace, &r.pod.name)

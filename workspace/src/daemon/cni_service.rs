@@ -3,7 +3,7 @@
 
 use super::ipam::{self, AllocError, Pool};
 use super::pod_network::{self, PodPlace};
-use super::Node;
+use super::{upstream, Node};
 use crate::bridge::Notice;
 use crate::cni::plugin::code;
 use crate::cni::protocol::{decode_request, PodNetworkReply, PodRequest, Reply, Request, MAX_REQUEST_BYTES};
@@ -376,6 +376,17 @@ async fn admit_to_policy(
 
 async fn del(node: &Node, p: &PodRequest) -> Reply {
     let Some(record) = attachment(node, p) else {
+        if let Some(placeholder) = upstream::placeholder_of(node, p) {
+            // a pod wired before terwayd took the node over
+            let wired = upstream::as_pod(&placeholder, p);
+            return match ipam::release_wired_as(node, &placeholder, &wired, Some(&p.netns)).await {
+                Ok(r) => {
+                    tracing::info!(pod = %pod_key(p), ips = ?r.ips, "DEL of a pod wired before terwayd served");
+                    Reply::Ok { network: None }
+                }
+                Err(e) => fail(code::IO_FAILURE, e),
+            };
+        }
         return Reply::Ok { network: None }; // an unknown pod: nothing to undo
     };
     if record.container_id != p.container_id {
@@ -398,6 +409,8 @@ async fn gc(node: &Node, valid: &[crate::cni::protocol::Attachment]) -> Reply {
         .snapshot()
         .pods
         .into_values()
+        // placeholders of pods wired before terwayd: the runtime's list cannot name them
+        .filter(|p| !upstream::is_placeholder(p))
         .filter(|p| {
             !valid
                 .iter()

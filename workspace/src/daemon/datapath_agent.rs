@@ -5,9 +5,10 @@
 //! Level-triggered: it needs no memory of what it did before. It also deletes
 //! host links of released pods that a crash left before their background
 //! deletion ([`Datapath::remove_released_links`]), at start and each round.
+//! Pods wired before terwayd are not repaired (their set-up is not ours);
+//! their address is released once their host veth is gone.
 
-use super::pod_network;
-use super::Node;
+use super::{ipam, pod_network, upstream, Node};
 use std::sync::Arc;
 use terway_datapath::{Datapath, Drift};
 use terway_statestore::EniStatus;
@@ -87,6 +88,10 @@ pub async fn check_all(node: &Node, dp: &Datapath) -> CheckReport {
         let Some(record) = node.ledger.pod(&state.pods[key].pod) else {
             continue; // released meanwhile
         };
+        if upstream::is_placeholder(&record) {
+            release_if_gone(node, dp, &record).await;
+            continue;
+        }
         if !std::path::Path::new(&record.netns).exists() {
             continue; // the runtime removed the sandbox; its DEL or GC gives the address back
         }
@@ -114,4 +119,21 @@ pub async fn check_all(node: &Node, dp: &Datapath) -> CheckReport {
     node.sync_masquerade(true);
     node.metrics.observe_datapath_check(report.failed.len());
     report
+}
+
+/// A pod wired before terwayd whose host veth is gone went with its
+/// sandbox without a DEL reaching terwayd: its address (and rules) go.
+async fn release_if_gone(node: &Node, dp: &Datapath, placeholder: &terway_statestore::PodRecord) {
+    match dp.netlink().link_by_name(&placeholder.pod.name).await {
+        Ok(Some(_)) => {}
+        Ok(None) => match ipam::release(node, placeholder, None).await {
+            Ok(r) => {
+                tracing::info!(veth = %placeholder.pod.name, ips = ?r.ips, "the host veth of a pod wired before terwayd is gone; its address is released")
+            }
+            Err(e) => {
+                tracing::warn!(veth = %placeholder.pod.name, error = %e, "could not release the address of a pod wired before terwayd")
+            }
+        },
+        Err(e) => tracing::warn!(veth = %placeholder.pod.name, error = %e, "could not look for a host veth"),
+    }
 }

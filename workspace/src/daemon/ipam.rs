@@ -131,8 +131,19 @@ fn exhausted(node: &Node, pool: Pool, cooling: usize) -> AllocError {
 /// down, then its address or ENI goes back to its pool (cooling first).
 /// A newer sandbox of the same pod is left alone.
 pub async fn release(node: &Node, record: &PodRecord, netns: Option<&str>) -> Result<Released, String> {
+    release_wired_as(node, record, record, netns).await
+}
+
+/// [`release`] of `record` whose datapath is that of `wired` (a placeholder
+/// of a pod wired before terwayd, see [`super::upstream`]).
+pub(crate) async fn release_wired_as(
+    node: &Node,
+    record: &PodRecord,
+    wired: &PodRecord,
+    netns: Option<&str>,
+) -> Result<Released, String> {
     let mut exclusive = false;
-    if let (Some(dp), Some(spec)) = (&node.datapath, pod_network::spec_of_record(node, record, netns)) {
+    if let (Some(dp), Some(spec)) = (&node.datapath, pod_network::spec_of_record(node, wired, netns)) {
         dp.teardown(&spec)
             .await
             .map_err(|e| format!("tearing down the pod network: {e}"))?;

@@ -9,6 +9,7 @@ pub mod masquerade;
 pub mod measurements;
 pub(crate) mod pod_network;
 pub mod reconciler;
+pub(crate) mod upstream;
 pub mod vswitch;
 
 use anyhow::Context;
@@ -243,6 +244,9 @@ pub struct Node {
     pub policy: Arc<crate::policy::PolicyAgent>,
     /// Exclusive-ENI pods' host-path traffic masqueraded (with the datapath only).
     pub masquerade: Option<masquerade::Masquerade>,
+    /// Addresses pods wired before terwayd use, found on the host at start
+    /// and not yet in the ledger: held when the reconciler adopts them.
+    pub(crate) upstream_pods: Mutex<std::collections::BTreeMap<std::net::IpAddr, String>>,
     pod_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -362,10 +366,16 @@ impl Node {
             bridge,
             policy,
             masquerade,
+            upstream_pods: Mutex::default(),
             pod_locks: Mutex::new(HashMap::new()),
         });
+        // before anything is served: addresses pods on the host hold stay theirs
+        upstream::scan(&node).await;
         // the pods this node wired before a restart: policy knows them before any watch answers
         for record in node.ledger.snapshot().pods.values() {
+            if upstream::is_placeholder(record) {
+                continue; // not ours to police: wired before terwayd
+            }
             if let Some((key, local, unpoliced)) = pod_network::policy_local(&node, record) {
                 node.policy.update(|e| e.add_local(key, local, None, unpoliced));
             }

@@ -894,6 +894,7 @@ async fn adopt(node: &Node, cloud: &[NetworkInterfaceSet]) -> anyhow::Result<usi
     }
     for (eni_id, ips) in &d.adopt {
         if node.ledger.snapshot().enis.contains_key(eni_id) {
+            super::upstream::hold_adopted(node, eni_id, ips)?;
             adopted += node.ledger.adopt_ips(eni_id, ips, Durability::Flush)?.len();
         }
     }
