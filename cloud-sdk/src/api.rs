@@ -90,6 +90,14 @@ wrapped_list!(InstanceNetworkInterfaces, "NetworkInterface", InstanceNetworkInte
 wrapped_list!(IpAddressList, "IpAddress", String);
 wrapped_list!(VSwitchList, "VSwitch", VSwitch);
 wrapped_list!(VpcTags, "Tag", VpcTag);
+wrapped_list!(Ipv6Sets, "Ipv6Set", Ipv6Set);
+wrapped_list!(Ipv6AddressList, "Ipv6Address", String);
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct Ipv6Set {
+    pub ipv6_address: String,
+}
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
@@ -142,6 +150,7 @@ pub struct NetworkInterfaceSet {
     pub description: String,
     pub security_group_ids: SecurityGroupIds,
     pub private_ip_sets: PrivateIpSets,
+    pub ipv6_sets: Ipv6Sets,
     pub tags: EcsTags,
     pub attachment: Attachment,
 }
@@ -157,6 +166,15 @@ impl NetworkInterfaceSet {
             .collect();
         ips.sort();
         ips.into_iter().map(|(_, ip)| ip).collect()
+    }
+
+    /// Every IPv6 on the ENI.
+    pub fn ipv6_addresses(&self) -> Vec<std::net::Ipv6Addr> {
+        self.ipv6_sets
+            .items
+            .iter()
+            .filter_map(|s| s.ipv6_address.parse().ok())
+            .collect()
     }
 
     pub fn tag(&self, key: &str) -> Option<&str> {
@@ -176,6 +194,8 @@ pub struct CreateNetworkInterface {
     pub vswitch_id: String,
     pub security_group_ids: Vec<String>,
     pub secondary_private_ip_address_count: Option<u32>,
+    /// IPv6 addresses the ENI comes with (dual stack).
+    pub ipv6_address_count: Option<u32>,
     pub tags: Vec<(String, String)>,
     pub resource_group_id: Option<String>,
     pub network_interface_name: Option<String>,
@@ -209,6 +229,7 @@ impl Action for CreateNetworkInterface {
             "SecondaryPrivateIpAddressCount",
             self.secondary_private_ip_address_count,
         );
+        put_opt(p, "Ipv6AddressCount", self.ipv6_address_count);
         put_tags(p, &self.tags);
         put_opt(p, "ResourceGroupId", self.resource_group_id.as_ref());
         put_opt(p, "NetworkInterfaceName", self.network_interface_name.as_ref());
@@ -356,6 +377,63 @@ impl Action for UnassignPrivateIpAddresses {
         put(p, "RegionId", &self.region_id);
         put(p, "NetworkInterfaceId", &self.network_interface_id);
         put_list(p, "PrivateIpAddress", &self.private_ip_addresses);
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AssignIpv6Addresses {
+    pub region_id: String,
+    pub network_interface_id: String,
+    pub ipv6_address_count: u32,
+    pub client_token: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct AssignIpv6AddressesResponse {
+    pub request_id: String,
+    pub network_interface_id: String,
+    pub ipv6_sets: Ipv6AddressList,
+}
+
+impl AssignIpv6AddressesResponse {
+    pub fn addresses(&self) -> Vec<std::net::Ipv6Addr> {
+        self.ipv6_sets.items.iter().filter_map(|ip| ip.parse().ok()).collect()
+    }
+}
+
+impl Action for AssignIpv6Addresses {
+    const NAME: &'static str = "AssignIpv6Addresses";
+    const PRODUCT: Product = Product::Ecs;
+    const POST: bool = true;
+    const TAKES_CLIENT_TOKEN: bool = true;
+    type Response = AssignIpv6AddressesResponse;
+    fn params(&self, p: &mut Params) {
+        put(p, "RegionId", &self.region_id);
+        put(p, "NetworkInterfaceId", &self.network_interface_id);
+        put(p, "Ipv6AddressCount", self.ipv6_address_count);
+    }
+    fn client_token(&self) -> Option<&str> {
+        self.client_token.as_deref()
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct UnassignIpv6Addresses {
+    pub region_id: String,
+    pub network_interface_id: String,
+    pub ipv6_addresses: Vec<std::net::Ipv6Addr>,
+}
+
+impl Action for UnassignIpv6Addresses {
+    const NAME: &'static str = "UnassignIpv6Addresses";
+    const PRODUCT: Product = Product::Ecs;
+    const POST: bool = true;
+    type Response = RequestIdOnly;
+    fn params(&self, p: &mut Params) {
+        put(p, "RegionId", &self.region_id);
+        put(p, "NetworkInterfaceId", &self.network_interface_id);
+        put_list(p, "Ipv6Address", &self.ipv6_addresses);
     }
 }
 

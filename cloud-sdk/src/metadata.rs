@@ -223,6 +223,34 @@ impl MetadataClient {
         })
     }
 
+    /// The IPv6 gateway and CIDR of the vSwitch of the ENI with `mac`;
+    /// `None` when the vSwitch has no IPv6 (the service answers 404).
+    pub async fn eni_ipv6(&self, mac: &str) -> Result<Option<(std::net::Ipv6Addr, String)>, CloudError> {
+        let p = |leaf: &str| format!("network/interfaces/macs/{mac}/{leaf}");
+        let gateway = match self.get_parsed(&p("ipv6-gateway")).await {
+            Ok(g) => g,
+            Err(CloudError::Metadata { status: Some(404), .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        Ok(Some((gateway, self.get(&p("vswitch-ipv6-cidr-block")).await?)))
+    }
+
+    /// Every IPv6 address of the ENI with `mac` (none on a vSwitch without IPv6).
+    pub async fn eni_ipv6_addresses(&self, mac: &str) -> Result<Vec<std::net::Ipv6Addr>, CloudError> {
+        let path = format!("network/interfaces/macs/{mac}/ipv6s");
+        let text = match self.get(&path).await {
+            Ok(t) => t,
+            Err(CloudError::Metadata { status: Some(404), .. }) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let ips = serde_json::from_str::<Vec<String>>(&text).map_err(|e| CloudError::Metadata {
+            path: path.clone(),
+            status: Some(200),
+            message: e.to_string(),
+        })?;
+        Ok(ips.iter().filter_map(|s| s.parse().ok()).collect())
+    }
+
     /// The RAM role attached to the instance.
     pub async fn ram_role(&self) -> Result<String, CloudError> {
         let text = self.get("ram/security-credentials/").await?;

@@ -698,3 +698,93 @@ async fn a_damaged_credential_file_falls_through_to_the_next_source_with_a_logge
     );
     assert!(text.contains("trying the next"), "{text}");
 }
+
+/// IPv6 on a vSwitch that has it: addresses come with the ENI and by
+/// AssignIpv6Addresses (within the instance type's per-ENI quota), are
+/// described and in the metadata, and go back by UnassignIpv6Addresses; a
+/// vSwitch without IPv6 refuses, and its metadata answers 404.
+#[tokio::test]
+async fn ipv6_addresses_round_trip() {
+    let em = Emulator::start(Scenario::default()).await.unwrap();
+    let c = client(&em);
+    let made = c
+        .call(&CreateNetworkInterface {
+            ipv6_address_count: Some(2),
+            ..create(LARGE)
+        })
+        .await
+        .unwrap();
+    let id = made.eni.network_interface_id.clone();
+    assert_eq!(made.eni.ipv6_addresses().len(), 2);
+    c.call(&attach(&id)).await.unwrap();
+    wait_status(&c, &id, "InUse").await;
+    let assigned = c
+        .call(&AssignIpv6Addresses {
+            region_id: REGION.into(),
+            network_interface_id: id.clone(),
+            ipv6_address_count: 3,
+            client_token: Some("v6-token".into()),
+        })
+        .await
+        .unwrap();
+    let added = assigned.addresses();
+    assert_eq!(added.len(), 3);
+    assert!(
+        added
+            .iter()
+            .all(|ip| ip.segments()[..4] == [0x2408, 0x4005, 0x3de, 0x10]),
+        "{added:?}"
+    );
+    let eni = describe_eni(&c, &id).await;
+    assert_eq!(eni.ipv6_addresses().len(), 5);
+    // ecs.g6.2xlarge: 10 IPv6 per ENI
+    let e = c
+        .call(&AssignIpv6Addresses {
+            region_id: REGION.into(),
+            network_interface_id: id.clone(),
+            ipv6_address_count: 6,
+            client_token: None,
+        })
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("Ipv6CountExceeded"), "{e}");
+    let md = MetadataClient::new(&em.url(), Duration::from_secs(2)).unwrap();
+    let (gateway, cidr) = md.eni_ipv6(&eni.mac_address).await.unwrap().unwrap();
+    assert_eq!(cidr, "2408:4005:3de:10::/64");
+    assert!(cidr.parse::<ipnet::Ipv6Net>().unwrap().contains(&gateway));
+    let mut listed = md.eni_ipv6_addresses(&eni.mac_address).await.unwrap();
+    listed.sort();
+    let mut described = eni.ipv6_addresses();
+    described.sort();
+    assert_eq!(listed, described);
+    c.call(&UnassignIpv6Addresses {
+        region_id: REGION.into(),
+        network_interface_id: id.clone(),
+        ipv6_addresses: added.clone(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(describe_eni(&c, &id).await.ipv6_addresses().len(), 2);
+    // the primary ENI's vSwitch has no IPv6
+    let primary = c
+        .describe_network_interfaces_all(DescribeNetworkInterfaces {
+            region_id: REGION.into(),
+            kind: Some("Primary".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(md.eni_ipv6(&primary.mac_address).await.unwrap(), None);
+    assert!(md.eni_ipv6_addresses(&primary.mac_address).await.unwrap().is_empty());
+    let e = c
+        .call(&AssignIpv6Addresses {
+            region_id: REGION.into(),
+            network_interface_id: primary.network_interface_id.clone(),
+            ipv6_address_count: 1,
+            client_token: None,
+        })
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("Ipv6NotTurnOn"), "{e}");
+}

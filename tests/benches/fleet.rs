@@ -145,6 +145,7 @@ fn main() {
         id: "vsw-fleet0000000001".into(),
         zone_id: DEFAULT_ZONE.into(),
         cidr: "192.168.128.0/17".into(),
+        ipv6_cidr: None,
     });
     let template = scenario.instances[0].clone();
     scenario.instances = (0..nodes)

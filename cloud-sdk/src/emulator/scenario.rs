@@ -43,6 +43,9 @@ pub struct VSwitchSpec {
     pub id: String,
     pub zone_id: String,
     pub cidr: String,
+    /// The vSwitch's IPv6 CIDR (a /64), when IPv6 is enabled on it.
+    #[serde(default)]
+    pub ipv6_cidr: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -150,6 +153,7 @@ impl Default for Scenario {
             id: id.into(),
             zone_id: DEFAULT_ZONE.into(),
             cidr: cidr.into(),
+            ipv6_cidr: None,
         };
         Self {
             region_id: DEFAULT_REGION.into(),
@@ -160,7 +164,10 @@ impl Default for Scenario {
                 vsw("vsw-node00000000001", "192.168.0.0/24"),
                 // a small vSwitch that runs out after 12 addresses
                 vsw("vsw-small0000000001", "192.168.1.0/28"),
-                vsw("vsw-large0000000001", "192.168.16.0/20"),
+                VSwitchSpec {
+                    ipv6_cidr: Some("2408:4005:3de:10::/64".into()),
+                    ..vsw("vsw-large0000000001", "192.168.16.0/20")
+                },
             ],
             security_groups: vec![DEFAULT_SECURITY_GROUP.into()],
             // ecs.g6.2xlarge: 8 vCPU, 4 ENIs of 10 IPv4 addresses each

@@ -577,6 +577,14 @@ fn metadata_value(s: &Shared, instance: &str, path: &str) -> Option<String> {
                 "vpc-cidr-block",
                 "private-ipv4s",
             ]
+            .iter()
+            .chain(if v.net6.is_some() {
+                &["ipv6s", "ipv6-gateway", "vswitch-ipv6-cidr-block"][..]
+            } else {
+                &[]
+            })
+            .copied()
+            .collect::<Vec<_>>()
             .join("\n"),
         ),
         "network-interface-id" => Some(eni.id.clone()),
@@ -594,6 +602,13 @@ fn metadata_value(s: &Shared, instance: &str, path: &str) -> Option<String> {
                 .collect();
             serde_json::to_string(&ips).ok()
         }
+        // 404 on a vSwitch without IPv6, as the real service answers
+        "ipv6s" if v.net6.is_some() => {
+            let ips: Vec<String> = eni.ipv6s.iter().map(ToString::to_string).collect();
+            serde_json::to_string(&ips).ok()
+        }
+        "ipv6-gateway" => v.gateway6().map(|g| g.to_string()),
+        "vswitch-ipv6-cidr-block" => v.net6.map(|n| n.to_string()),
         _ => None,
     }
 }

@@ -4,11 +4,11 @@
 
 use super::scenario::{Delays, InstanceTypeSpec, Scenario};
 use crate::signature::Params;
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -82,6 +82,7 @@ pub struct Eni {
     pub device_index: Option<u32>,
     pub primary_ip: Ipv4Addr,
     pub secondary_ips: Vec<Ipv4Addr>,
+    pub ipv6s: Vec<Ipv6Addr>,
     pub security_groups: Vec<String>,
     pub tags: Vec<(String, String)>,
     pub creation_time: String,
@@ -101,6 +102,8 @@ pub enum AttachmentEvent {
         instance_id: String,
         gateway: Ipv4Addr,
         vswitch_cidr: String,
+        /// The vSwitch's IPv6 gateway and CIDR, when it has IPv6.
+        ipv6: Option<(Ipv6Addr, String)>,
     },
     Detached {
         eni_id: String,
@@ -116,6 +119,8 @@ pub(crate) struct VSwitchState {
     pub net: Ipv4Net,
     used: BTreeSet<u32>,
     cursor: u32,
+    pub net6: Option<Ipv6Net>,
+    used6: BTreeSet<u128>,
 }
 
 impl VSwitchState {
@@ -131,7 +136,54 @@ impl VSwitchState {
             net: net.trunc(),
             used: BTreeSet::new(),
             cursor: first,
+            net6: None,
+            used6: BTreeSet::new(),
         })
+    }
+
+    /// Enables IPv6 with `cidr` (a /64 as the cloud gives, or smaller for tests).
+    fn with_ipv6(mut self, cidr: &str) -> std::result::Result<Self, String> {
+        let net: Ipv6Net = cidr
+            .parse()
+            .map_err(|_| format!("vSwitch {}: bad IPv6 CIDR {cidr:?}", self.id))?;
+        if net.prefix_len() > 120 {
+            return Err(format!("vSwitch {}: {cidr} is smaller than a /120", self.id));
+        }
+        self.net6 = Some(net.trunc());
+        Ok(self)
+    }
+
+    /// The cloud keeps the first IPv6 address and the last nine.
+    fn usable6(&self) -> Option<(u128, u128)> {
+        let n = self.net6?;
+        Some((u128::from(n.network()) + 1, u128::from(n.broadcast()) - 9))
+    }
+
+    /// The IPv6 gateway: one of the reserved addresses at the top.
+    pub fn gateway6(&self) -> Option<Ipv6Addr> {
+        self.net6.map(|n| Ipv6Addr::from(u128::from(n.broadcast()) - 2))
+    }
+
+    /// `n` free IPv6 addresses, lowest first, or none at all.
+    fn allocate6(&mut self, n: usize) -> Option<Vec<Ipv6Addr>> {
+        let (first, last) = self.usable6()?;
+        let mut out = Vec::with_capacity(n);
+        let mut ip = first;
+        while out.len() < n && ip <= last {
+            if !self.used6.contains(&ip) {
+                out.push(ip);
+            }
+            ip += 1;
+        }
+        if out.len() < n {
+            return None;
+        }
+        self.used6.extend(out.iter().copied());
+        Some(out.into_iter().map(Ipv6Addr::from).collect())
+    }
+
+    fn release6(&mut self, ip: Ipv6Addr) {
+        self.used6.remove(&u128::from(ip));
     }
 
     /// The cloud keeps the first address and the last three of every vSwitch.
@@ -255,6 +307,10 @@ impl World {
         };
         for v in &s.vswitches {
             w.add_vswitch(&v.id, &v.zone_id, &v.cidr)?;
+            if let Some(cidr) = &v.ipv6_cidr {
+                let with = w.vswitches[&v.id].clone().with_ipv6(cidr)?;
+                w.vswitches.insert(v.id.clone(), with);
+            }
         }
         for i in &s.instances {
             if !w.instance_types.contains_key(&i.instance_type) {
@@ -379,6 +435,7 @@ impl World {
             device_index: None,
             primary_ip: ips[0],
             secondary_ips: ips[1..].to_vec(),
+            ipv6s: Vec::new(),
             security_groups,
             tags,
             creation_time: crate::utc::now(),
@@ -414,6 +471,7 @@ impl World {
                             instance_id,
                             gateway: v.gateway(),
                             vswitch_cidr: v.net.to_string(),
+                            ipv6: v.gateway6().zip(v.net6.map(|n| n.to_string())),
                         });
                     }
                 }
@@ -520,6 +578,8 @@ impl World {
             "DeleteNetworkInterface" => self.delete(p, now),
             "AssignPrivateIpAddresses" => self.assign(p),
             "UnassignPrivateIpAddresses" => self.unassign(p),
+            "AssignIpv6Addresses" => self.assign_ipv6(p),
+            "UnassignIpv6Addresses" => self.unassign_ipv6(p),
             "DescribeNetworkInterfaces" => self.describe_network_interfaces(p, now),
             "DescribeInstanceTypes" => self.describe_instance_types(p),
             "DescribeInstances" => self.describe_instances(p),
@@ -586,6 +646,21 @@ impl World {
             p.get("Description").cloned().unwrap_or_default(),
             p.get("ResourceGroupId").cloned().unwrap_or_default(),
         )?;
+        let mut eni = eni;
+        if let Some(n) = optional_u32(p, "Ipv6AddressCount", 1, 50)? {
+            let vsw = self
+                .vswitches
+                .get_mut(&vswitch_id)
+                .ok_or_else(|| ApiError::new(500, "InternalError", "vSwitch missing"))?;
+            let Some(v6) = vsw.allocate6(n as usize) else {
+                // what was taken for the ENI goes back
+                for ip in std::iter::once(eni.primary_ip).chain(eni.secondary_ips.iter().copied()) {
+                    vsw.release(ip);
+                }
+                return Err(ipv6_unavailable(&vswitch_id, vsw.net6.is_some()));
+            };
+            eni.ipv6s = v6;
+        }
         let id = eni.id.clone();
         let delay = self.delays.create_ms;
         self.enis.insert(id.clone(), eni);
@@ -703,10 +778,14 @@ impl World {
         let ips: Vec<Ipv4Addr> = std::iter::once(eni.primary_ip)
             .chain(eni.secondary_ips.iter().copied())
             .collect();
+        let ipv6s = eni.ipv6s.clone();
         let vswitch_id = eni.vswitch_id.clone();
         if let Some(v) = self.vswitches.get_mut(&vswitch_id) {
             for ip in ips {
                 v.release(ip);
+            }
+            for ip in ipv6s {
+                v.release6(ip);
             }
         }
         if delay == 0 {
@@ -843,6 +922,89 @@ impl World {
         if let Some(v) = self.vswitches.get_mut(&vswitch_id) {
             for ip in ips {
                 v.release(ip);
+            }
+        }
+        Ok(json!({}))
+    }
+
+    fn ipv6_quota(&self, eni: &Eni) -> u32 {
+        eni.instance_id
+            .as_ref()
+            .and_then(|i| self.instances.get(i))
+            .and_then(|i| self.instance_types.get(&i.instance_type))
+            .map_or(50, |t| t.ipv6_per_eni)
+    }
+
+    fn assign_ipv6(&mut self, p: &Params) -> Result<Value> {
+        self.check_region(p)?;
+        let eni_id = required(p, "NetworkInterfaceId")?;
+        if !list(p, "Ipv6Address")?.is_empty() {
+            return Err(ApiError::invalid(
+                "Ipv6Address",
+                "",
+                "the emulator assigns by Ipv6AddressCount only",
+            ));
+        }
+        let n =
+            optional_u32(p, "Ipv6AddressCount", 1, 50)?.ok_or_else(|| ApiError::missing("Ipv6AddressCount"))? as usize;
+        let eni = self.enis.get(&eni_id).ok_or_else(|| ApiError::eni_not_found(&eni_id))?;
+        if !matches!(eni.status, EniStatus::Available | EniStatus::InUse) {
+            return Err(ApiError::eni_state(&eni_id, eni.status, "AssignIpv6Addresses"));
+        }
+        let quota = self.ipv6_quota(eni) as usize;
+        let have = eni.ipv6s.len();
+        if have + n > quota {
+            return Err(ApiError::new(
+                403,
+                "InvalidOperation.Ipv6CountExceeded",
+                format!("The ENI {eni_id} has {have} IPv6 addresses; {n} more exceed its quota of {quota}."),
+            ));
+        }
+        let vswitch_id = eni.vswitch_id.clone();
+        let vsw = self
+            .vswitches
+            .get_mut(&vswitch_id)
+            .ok_or_else(|| ApiError::new(500, "InternalError", "vSwitch missing"))?;
+        let has_ipv6 = vsw.net6.is_some();
+        let ips = vsw
+            .allocate6(n)
+            .ok_or_else(|| ipv6_unavailable(&vswitch_id, has_ipv6))?;
+        self.eni_mut(&eni_id)?.ipv6s.extend(&ips);
+        Ok(json!({
+            "NetworkInterfaceId": eni_id,
+            "Ipv6Sets": {"Ipv6Address": ips.iter().map(ToString::to_string).collect::<Vec<_>>()},
+        }))
+    }
+
+    fn unassign_ipv6(&mut self, p: &Params) -> Result<Value> {
+        self.check_region(p)?;
+        let eni_id = required(p, "NetworkInterfaceId")?;
+        let ips: Vec<Ipv6Addr> = list(p, "Ipv6Address")?
+            .iter()
+            .map(|s| {
+                s.parse()
+                    .map_err(|_| ApiError::invalid("Ipv6Address", s, "not an IPv6 address"))
+            })
+            .collect::<Result<_>>()?;
+        if ips.is_empty() {
+            return Err(ApiError::missing("Ipv6Address.1"));
+        }
+        let eni = self.enis.get(&eni_id).ok_or_else(|| ApiError::eni_not_found(&eni_id))?;
+        if !matches!(eni.status, EniStatus::Available | EniStatus::InUse) {
+            return Err(ApiError::eni_state(&eni_id, eni.status, "UnassignIpv6Addresses"));
+        }
+        if let Some(ip) = ips.iter().find(|ip| !eni.ipv6s.contains(ip)) {
+            return Err(ApiError::new(
+                403,
+                "InvalidIp.IpUnassigned",
+                format!("The address {ip} is not assigned to {eni_id}."),
+            ));
+        }
+        let vswitch_id = eni.vswitch_id.clone();
+        self.eni_mut(&eni_id)?.ipv6s.retain(|ip| !ips.contains(ip));
+        if let Some(v) = self.vswitches.get_mut(&vswitch_id) {
+            for ip in ips {
+                v.release6(ip);
             }
         }
         Ok(json!({}))
@@ -1014,7 +1176,8 @@ impl World {
                 json!({
                     "VSwitchId": v.id, "VpcId": self.vpc_id, "ZoneId": v.zone_id, "CidrBlock": v.net.to_string(),
                     "AvailableIpAddressCount": v.available(), "Status": "Available", "VSwitchName": "", "Description": "",
-                    "IsDefault": false, "Ipv6CidrBlock": "", "EnabledIpv6": false,
+                    "IsDefault": false, "Ipv6CidrBlock": v.net6.map(|n| n.to_string()).unwrap_or_default(),
+                    "EnabledIpv6": v.net6.is_some(),
                     "RouteTable": {"RouteTableId": "vtb-emulated", "RouteTableType": "System"}, "Tags": {"Tag": []},
                 })
             })
@@ -1084,7 +1247,7 @@ fn eni_json(e: &Eni, w: &World) -> Value {
         "NetworkInterfaceTrafficMode": "Standard",
         "SecurityGroupIds": {"SecurityGroupId": e.security_groups},
         "PrivateIpSets": {"PrivateIpSet": ips},
-        "Ipv6Sets": {"Ipv6Set": []},
+        "Ipv6Sets": {"Ipv6Set": e.ipv6s.iter().map(|ip| json!({"Ipv6Address": ip.to_string()})).collect::<Vec<_>>()},
         "AssociatedPublicIp": {"PublicIpAddress": "", "AllocationId": ""},
         "Attachment": {"InstanceId": e.instance_id.clone().unwrap_or_default(), "DeviceIndex": e.device_index.unwrap_or(0),
                        "NetworkCardIndex": 0, "TrunkNetworkInterfaceId": ""},
@@ -1210,4 +1373,20 @@ fn tags(p: &Params) -> Result<Vec<(String, String)>> {
 /// The wall-clock expiry of credentials issued now with `ttl`.
 pub(crate) fn expiry(ttl: Duration) -> SystemTime {
     SystemTime::now() + ttl
+}
+
+fn ipv6_unavailable(vswitch_id: &str, enabled: bool) -> ApiError {
+    if enabled {
+        ApiError::new(
+            403,
+            "InvalidVSwitchId.Ipv6NotEnough",
+            format!("The specified VSwitch \"{vswitch_id}\" has not enough IPv6 addresses."),
+        )
+    } else {
+        ApiError::new(
+            403,
+            "InvalidVSwitchId.Ipv6NotTurnOn",
+            format!("The specified VSwitch \"{vswitch_id}\" has no IPv6 CIDR."),
+        )
+    }
 }
