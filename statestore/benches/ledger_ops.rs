@@ -35,6 +35,7 @@ fn request(n: usize) -> BindRequest {
         netns: format!("/var/run/netns/cni-{n}"),
         ifname: "eth0".into(),
         settings: PodNetworkSettings::default(),
+        ipv6: false,
     }
 }
 
@@ -62,6 +63,7 @@ fn filled(dir: &std::path::Path, pods: usize) -> Result<Ledger, LedgerError> {
                 created_by_us: true,
                 owner: None,
                 exclusive: false,
+                ipv6: None,
             },
             Durability::Lazy,
         )?;

@@ -123,6 +123,7 @@ mod tests {
                 created_by_us: true,
                 owner: None,
                 exclusive: false,
+                ipv6: None,
             },
         );
         for a in ["10.0.0.1", "10.0.0.2"] {
@@ -196,6 +197,7 @@ mod tests {
             IntentKind::AssignIps {
                 eni_id: "eni-a".into(),
                 count: 1,
+                ipv6: false,
             },
         );
         add(

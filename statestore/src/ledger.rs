@@ -137,11 +137,15 @@ pub struct BindRequest {
     pub netns: String,
     pub ifname: String,
     pub settings: PodNetworkSettings,
+    /// Dual stack: an IPv6 address too, from the same ENI as the IPv4 one.
+    pub ipv6: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bound {
     pub ip: IpAddr,
+    /// Dual stack: the pod's IPv6 address.
+    pub ipv6: Option<IpAddr>,
     pub eni: EniRecord,
     /// The pod had this address already (a repeated ADD, or a new sandbox of the same pod).
     pub existing: bool,
@@ -756,9 +760,11 @@ impl Ledger {
                     path: self.path.clone(),
                     what: format!("ips/{ip} is on unknown ENI {}", record.eni_id),
                 })?;
+            let ipv6 = existing.ips.iter().copied().find(IpAddr::is_ipv6);
             if existing.container_id == req.container_id && existing.pod.uid == req.pod.uid {
                 return Ok(Bound {
                     ip,
+                    ipv6,
                     eni,
                     existing: true,
                 });
@@ -793,6 +799,7 @@ impl Ledger {
             self.commit(&mut inner, changes, Durability::Lazy)?;
             return Ok(Bound {
                 ip,
+                ipv6,
                 eni,
                 existing: true,
             });
@@ -807,12 +814,12 @@ impl Ledger {
                     .is_some_and(|e| e.status == EniStatus::InUse && e.owner.is_none() && !e.exclusive)
             })
             .filter_map(|(id, a)| {
-                a.idle
-                    .iter()
-                    .find(|ip| !held.contains(ip))
-                    .map(|ip| (id.as_str(), a.bound, *ip))
+                let free = |v6: bool| a.idle.iter().find(|ip| ip.is_ipv6() == v6 && !held.contains(ip));
+                // dual stack: only an ENI with an idle address of each family
+                let v6 = if req.ipv6 { Some(*free(true)?) } else { None };
+                free(false).map(|ip| (id.as_str(), a.bound, *ip, v6))
             });
-        let Some((_, _, best_ip)) = usable.min_by_key(|(id, bound, ip)| {
+        let Some((_, _, best_ip, best_v6)) = usable.min_by_key(|(id, bound, ip, _)| {
             let order = match pref {
                 EniPreference::MostUsed => usize::MAX - bound,
                 EniPreference::LeastUsed => *bound,
@@ -835,25 +842,32 @@ impl Ledger {
             netns: req.netns.clone(),
             ifname: req.ifname.clone(),
         };
-        let changes = vec![
-            Change::PutIp(IpRecord {
+        let mut ips = vec![chosen.ip];
+        let mut changes = vec![Change::PutIp(IpRecord {
+            state: IpState::Bound(binding.clone()),
+            ..chosen.clone()
+        })];
+        if let Some(v6) = best_v6 {
+            ips.push(v6);
+            changes.push(Change::PutIp(IpRecord {
                 state: IpState::Bound(binding),
-                ..chosen.clone()
-            }),
-            Change::PutPod(PodRecord {
-                pod: req.pod.clone(),
-                container_id: req.container_id.clone(),
-                netns: req.netns.clone(),
-                ifname: req.ifname.clone(),
-                ips: vec![chosen.ip],
-                eni_id: None,
-                settings: req.settings.clone(),
-                bound_at: now_millis(),
-            }),
-        ];
+                ..s.ips[&v6].clone()
+            }));
+        }
+        changes.extend([Change::PutPod(PodRecord {
+            pod: req.pod.clone(),
+            container_id: req.container_id.clone(),
+            netns: req.netns.clone(),
+            ifname: req.ifname.clone(),
+            ips,
+            eni_id: None,
+            settings: req.settings.clone(),
+            bound_at: now_millis(),
+        })]);
         self.commit(&mut inner, changes, Durability::Lazy)?;
         Ok(Bound {
             ip: chosen.ip,
+            ipv6: best_v6,
             eni,
             existing: false,
         })
@@ -895,6 +909,7 @@ impl Ledger {
             self.commit(&mut inner, changes, Durability::Lazy)?;
             return Ok(Bound {
                 ip,
+                ipv6: None,
                 eni,
                 existing: true,
             });
@@ -935,6 +950,7 @@ impl Ledger {
         self.commit(&mut inner, changes, Durability::Lazy)?;
         Ok(Bound {
             ip: eni.primary_ip,
+            ipv6: None,
             eni,
             existing: false,
         })

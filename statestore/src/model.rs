@@ -76,6 +76,16 @@ pub struct EniRecord {
     /// its addresses never go to shared pods.
     #[serde(default)]
     pub exclusive: bool,
+    /// The vSwitch's IPv6 side, recorded on a dual-stack node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<EniIpv6>,
+}
+
+/// The IPv6 gateway and CIDR of an ENI's vSwitch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EniIpv6 {
+    pub gateway: std::net::Ipv6Addr,
+    pub cidr: String,
 }
 
 /// Where one container's interface lives.
@@ -157,12 +167,29 @@ pub struct PodRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum IntentKind {
-    AssignIps { eni_id: String, count: u32 },
-    UnassignIps { eni_id: String, ips: Vec<IpAddr> },
-    CreateEni { vswitch_id: String },
-    AttachEni { eni_id: String },
-    DetachEni { eni_id: String },
-    DeleteEni { eni_id: String },
+    AssignIps {
+        eni_id: String,
+        count: u32,
+        /// AssignIpv6Addresses rather than AssignPrivateIpAddresses.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        ipv6: bool,
+    },
+    UnassignIps {
+        eni_id: String,
+        ips: Vec<IpAddr>,
+    },
+    CreateEni {
+        vswitch_id: String,
+    },
+    AttachEni {
+        eni_id: String,
+    },
+    DetachEni {
+        eni_id: String,
+    },
+    DeleteEni {
+        eni_id: String,
+    },
 }
 
 impl IntentKind {

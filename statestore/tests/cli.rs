@@ -21,6 +21,7 @@ fn build(dir: &Path) {
         created_by_us: true,
         owner: None,
         exclusive: false,
+        ipv6: None,
     };
     l.adopt_eni(eni, Durability::Flush).unwrap();
     let ips: Vec<IpAddr> = (2..=5).map(|i| IpAddr::from([10, 1, 0, i])).collect();
@@ -32,6 +33,7 @@ fn build(dir: &Path) {
             netns: format!("/var/run/netns/{name}"),
             ifname: "eth0".into(),
             settings: PodNetworkSettings::default(),
+            ipv6: false,
         };
         l.bind(&req, EniPreference::MostUsed, Durability::Flush).unwrap();
     }
@@ -46,6 +48,7 @@ fn build(dir: &Path) {
         IntentKind::AssignIps {
             eni_id: "eni-cli".into(),
             count: 3,
+            ipv6: false,
         },
         Some("token-1".into()),
     )

@@ -99,6 +99,7 @@ fn work(ledger: &Ledger, p: u32, dice: u64, flush_point: &impl Fn()) {
                 netns: "/proc/self/ns/net".into(),
                 ifname: "eth0".into(),
                 settings: PodNetworkSettings::default(),
+                ipv6: false,
             };
             match ledger.bind(&req, EniPreference::MostUsed, Durability::Flush) {
                 Ok(b) => {

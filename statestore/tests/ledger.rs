@@ -19,6 +19,7 @@ fn req(name: &str, container: &str) -> BindRequest {
         netns: format!("/var/run/netns/{container}"),
         ifname: "eth0".into(),
         settings: PodNetworkSettings::default(),
+        ipv6: false,
     }
 }
 
@@ -480,6 +481,7 @@ fn addresses_other_pods_hold_are_never_handed_out() {
         netns: String::new(),
         ifname: "eth0".into(),
         settings: PodNetworkSettings::default(),
+        ipv6: false,
     };
     let idle: Vec<IpAddr> = ["10.0.1.2", "10.0.1.3", "10.0.1.4"]
         .into_iter()
@@ -528,4 +530,49 @@ fn addresses_other_pods_hold_are_never_handed_out() {
     );
     let e = l.hold_for_pods("eni-x", &holders, Durability::Flush).unwrap_err();
     assert!(matches!(e, LedgerError::UnknownEni { .. }), "{e}");
+}
+
+#[test]
+fn a_dual_stack_pod_gets_one_address_of_each_family_from_one_eni() {
+    let dir = tempfile::tempdir().unwrap();
+    let l = Ledger::open(dir.path()).unwrap();
+    l.adopt_eni(eni("eni-a", 1), Durability::Flush).unwrap();
+    l.adopt_eni(eni("eni-b", 2), Durability::Flush).unwrap();
+    // eni-a has IPv4 only yet; eni-b both
+    l.adopt_ips("eni-a", &[ip("10.0.1.2"), ip("10.0.1.3")], Durability::Flush)
+        .unwrap();
+    l.adopt_ips("eni-b", &[ip("10.0.2.2"), ip("fd00::b:2")], Durability::Flush)
+        .unwrap();
+    let dual = |name: &str| BindRequest {
+        ipv6: true,
+        ..req(name, name)
+    };
+    let a = l.bind(&dual("a"), EniPreference::MostUsed, Durability::Flush).unwrap();
+    assert_eq!(
+        (a.ip, a.ipv6, a.eni.id.as_str()),
+        (ip("10.0.2.2"), Some(ip("fd00::b:2")), "eni-b")
+    );
+    assert_eq!(l.pod(&dual("a").pod).unwrap().ips, [ip("10.0.2.2"), ip("fd00::b:2")]);
+    // a repeated ADD gets both again
+    assert_eq!(
+        l.bind(&dual("a"), EniPreference::MostUsed, Durability::Flush)
+            .unwrap()
+            .ipv6,
+        Some(ip("fd00::b:2"))
+    );
+    // IPv4 addresses without an IPv6 beside them do not serve a dual-stack pod
+    assert!(matches!(
+        l.bind(&dual("b"), EniPreference::MostUsed, Durability::Flush),
+        Err(LedgerError::NoIdleIp { .. })
+    ));
+    // an IPv4-only pod never takes an IPv6 address
+    let v4 = l
+        .bind(&req("c", "c"), EniPreference::MostUsed, Durability::Flush)
+        .unwrap();
+    assert!(v4.ip.is_ipv4() && v4.ipv6.is_none());
+    let released = l
+        .release(&dual("a").pod, Some("a"), Duration::ZERO, Durability::Flush)
+        .unwrap();
+    assert_eq!(released.ips.len(), 2);
+    assert!(l.check().is_empty(), "{:?}", l.check());
 }

@@ -130,6 +130,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     netns: "/proc/1/ns/net".into(),
                     ifname: "eth0".into(),
                     settings: PodNetworkSettings::default(),
+                    ipv6: false,
                 };
                 let pref = if spread {
                     EniPreference::LeastUsed

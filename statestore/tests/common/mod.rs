@@ -18,6 +18,7 @@ pub fn eni(id: &str, n: u8) -> EniRecord {
         created_by_us: true,
         owner: None,
         exclusive: false,
+        ipv6: None,
     }
 }
 

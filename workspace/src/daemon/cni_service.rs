@@ -247,6 +247,7 @@ async fn add(node: &Node, p: &PodRequest) -> Reply {
             exclusive_eni: exclusive,
             host_stack_cidrs: host_stack_cidrs.clone(),
         },
+        ipv6: node.dual_stack(),
     };
     let bound = match ipam::allocate(node, &request, pool, started + node.options.add_deadline).await {
         Ok(b) => b,

@@ -579,6 +579,11 @@ impl Node {
         }
     }
 
+    /// `ip_stack: "dual"`: shared pods get an IPv6 address too.
+    pub fn dual_stack(&self) -> bool {
+        self.config().ip_stack == terway_config::IpStack::Dual
+    }
+
     /// The IPv4 Service CIDR pods reach through the host: `service_cidr`
     /// from the configuration, else `networking.serviceSubnet` of the
     /// cluster's kube-system/kubeadm-config (as upstream reads it).

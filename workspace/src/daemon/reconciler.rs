@@ -953,6 +953,7 @@ async fn adopt_eni(node: &Node, e: &NetworkInterfaceSet) -> anyhow::Result<()> {
         created_by_us: e.tag(CREATOR_TAG.0) == Some(CREATOR_TAG.1),
         owner: None,
         exclusive,
+        ipv6: None,
     };
     // an ENI given whole goes into its pod as it is: no host set-up
     if let (Some(dp), false) = (&node.datapath, record.exclusive) {
@@ -987,6 +988,7 @@ async fn assign(node: &Node, eni_id: &str, n: u32) -> anyhow::Result<usize> {
         IntentKind::AssignIps {
             eni_id: eni_id.into(),
             count: n,
+            ipv6: false,
         },
         Some(token.clone()),
     )?;

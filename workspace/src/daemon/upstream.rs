@@ -32,6 +32,7 @@ pub(crate) fn holder(veth: &str) -> BindRequest {
         netns: String::new(),
         ifname: "eth0".into(),
         settings: PodNetworkSettings::default(),
+        ipv6: false,
     }
 }
 
