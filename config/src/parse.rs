@@ -17,9 +17,6 @@ enum KeyUse {
     Used,
     /// Accepted for compatibility with upstream configs; says why it has no effect.
     Ignored(&'static str),
-    /// Accepted; has no effect when the value is not the one terway-rs
-    /// already behaves as (the predicate says when to warn), with why.
-    IgnoredWhen(fn(&Value) -> bool, &'static str),
 }
 
 /// Reasons for keys read but not yet acted on, so a user who sets them is told.
@@ -53,13 +50,7 @@ const KNOWN_KEYS: &[(&str, KeyUse)] = &[
     ("idle_ip_reclaim_jitter_factor", KeyUse::Ignored(NOT_YET)),
     ("ip_pool_sync_period", KeyUse::Used),
     ("datapath_check_period", KeyUse::Used),
-    (
-        "ip_stack",
-        KeyUse::IgnoredWhen(
-            |v| v.as_str() != Some("ipv4"),
-            "pods get IPv4 addresses only; dual stack is not served yet",
-        ),
-    ),
+    ("ip_stack", KeyUse::Used),
     ("eni_selection_policy", KeyUse::Used),
     ("rate_limit", KeyUse::Used),
     (
@@ -126,14 +117,8 @@ const MAX_SANE_PERIOD: Duration = Duration::from_secs(7 * 24 * 3600);
 pub(crate) fn config_from_object(obj: &Map<String, Value>, findings: &mut Findings) -> Config {
     check_keys(obj, "", KNOWN_KEYS.iter().map(|(k, _)| *k), findings);
     for (key, value) in obj {
-        match KNOWN_KEYS.iter().find(|(k, _)| k == key) {
-            Some((_, KeyUse::Ignored(why))) => {
-                findings.warning(key.clone(), Some(value), format!("accepted but has no effect: {why}"));
-            }
-            Some((_, KeyUse::IgnoredWhen(ignored, why))) if ignored(value) => {
-                findings.warning(key.clone(), Some(value), format!("accepted but has no effect: {why}"));
-            }
-            _ => {}
+        if let Some((_, KeyUse::Ignored(why))) = KNOWN_KEYS.iter().find(|(k, _)| k == key) {
+            findings.warning(key.clone(), Some(value), format!("accepted but has no effect: {why}"));
         }
     }
     let mut r = Reader { obj, findings };
@@ -290,6 +275,13 @@ pub(crate) fn config_from_object(obj: &Map<String, Value>, findings: &mut Findin
             .unwrap_or(DatapathMode::Veth),
         mtu: r.int_in("mtu", 576, 9000).map_or(defaults::MTU, |v| v as u32),
     };
+    if config.ip_stack == IpStack::Dual && config.datapath_mode == DatapathMode::ExclusiveEni {
+        r.findings.error(
+            "ip_stack",
+            Some(&Value::from("dual")),
+            "dual stack is not served for pods given a whole ENI (datapath_mode \"exclusive_eni\"); use \"ipv4\" or a shared mode",
+        );
+    }
     if config.access_key.is_some() != config.access_secret.is_some() {
         let missing = if config.access_key.is_some() {
             "access_secret"

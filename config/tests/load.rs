@@ -111,7 +111,7 @@ fn every_field_loads() {
         "use_public_endpoint": true,
         "ip_cooldown": "10s",
         "vswitch_cooldown": "5m",
-        "datapath_mode": "exclusive_eni",
+        "datapath_mode": "ipvlan",
         "mtu": 9000
     })
     .to_string();
@@ -129,7 +129,6 @@ fn every_field_loads() {
             "idle_ip_reclaim_batch_size",
             "idle_ip_reclaim_interval",
             "idle_ip_reclaim_jitter_factor",
-            "ip_stack",
             "ip_warm_up_size",
         ],
         "{:?}",
@@ -173,7 +172,7 @@ fn every_field_loads() {
     assert!(c.endpoints.public);
     assert_eq!(c.ip_cooldown, Duration::from_secs(10));
     assert_eq!(c.vswitch_cooldown, Duration::from_secs(300));
-    assert_eq!(c.datapath_mode, DatapathMode::ExclusiveEni);
+    assert_eq!(c.datapath_mode, DatapathMode::Ipvlan);
     assert_eq!(c.mtu, 9000);
 
     let shown = format!("{c:?}\n{}", c.to_redacted_json());
@@ -328,9 +327,13 @@ fn unknown_keys_warn_and_typos_fail() {
     let quiet = Config::parse(r#"{"ip_stack": "ipv4", "disable_network_policy": "true"}"#, None).unwrap();
     assert!(quiet.warnings.is_empty(), "{:?}", quiet.warnings);
     let loud = Config::parse(r#"{"ip_stack": "dual", "disable_network_policy": false}"#, None).unwrap();
-    let warned: Vec<&str> = loud.warnings.iter().map(|w| w.path.as_str()).collect();
-    assert_eq!(warned, ["ip_stack"]);
-    assert!(loud.warnings[0].message.contains("no effect"));
+    assert!(loud.warnings.is_empty(), "{:?}", loud.warnings);
+    // dual stack is served, except for pods given a whole ENI
+    assert_one_error(
+        r#"{"ip_stack": "dual", "datapath_mode": "exclusive_eni"}"#,
+        "ip_stack",
+        "dual",
+    );
 }
 
 #[test]

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 use std::io::Write;
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -76,12 +76,20 @@ fn plugin_env(conf: &str, vars: &[(&str, &str)]) -> (bool, serde_json::Value) {
     )
 }
 
-fn tcp_reaches(from: PathBuf, at: PathBuf, to: Ipv4Addr, port: u16) -> bool {
+fn tcp_reaches(from: PathBuf, at: PathBuf, to: impl Into<IpAddr>, port: u16) -> bool {
+    let to = to.into();
     tcp_reaches_listener(from, at, to, to, port)
 }
 
 /// … with the listener on `listen` (`to` may be an address NAT turns into it).
-fn tcp_reaches_listener(from: PathBuf, at: PathBuf, listen: Ipv4Addr, to: Ipv4Addr, port: u16) -> bool {
+fn tcp_reaches_listener(
+    from: PathBuf,
+    at: PathBuf,
+    listen: impl Into<IpAddr>,
+    to: impl Into<IpAddr>,
+    port: u16,
+) -> bool {
+    let (listen, to) = (listen.into(), to.into());
     let (tx, rx) = std::sync::mpsc::channel();
     let server = std::thread::spawn(move || {
         NetNs::open(&at)
@@ -1479,4 +1487,120 @@ fn a_node_upstream_wired_is_taken_over_in_place() {
 
 fn sim_vpc(sim: &SimulatedNode) -> PathBuf {
     PathBuf::from(format!("/var/run/netns/{}", sim.vpc_ns))
+}
+
+/// `ip_stack: "dual"` on a vSwitch with IPv6: each pod gets an IPv4 and an
+/// IPv6 address from one ENI (both in the CNI result), reaches the VPC and
+/// another pod over IPv6, and at rest every ENI holds as many IPv6 addresses
+/// as IPv4 ones, with the pool within its bounds.
+#[test]
+fn dual_stack_pods_talk_over_ipv6() {
+    if let Some(why) = skip_reason() {
+        println!("SKIPPED dual_stack_pods_talk_over_ipv6: {why}");
+        return;
+    }
+    let before = root_state();
+    let tag = format!("d{}", std::process::id() % 100_000);
+    let pool = r#""max_pool_size": 6, "min_pool_size": 2, "ip_stack": "dual""#;
+    let lab = Lab::start(&tag, "ecs.g6.2xlarge", pool, Duration::from_secs(30));
+    let (node, sim) = (lab.running.node.clone(), lab.sim.clone());
+    const VPC_V6: Ipv6Addr = Ipv6Addr::new(0x2408, 0x4005, 0x3de, 0x99, 0, 0, 0, 1);
+    sim.add_vpc_address(&format!("{VPC_V6}/128")).unwrap();
+    let namespaces = PodNamespaces((0..2).map(|i| format!("trw{tag}p{i}")).collect());
+    let mut pods = Vec::new();
+    for (i, ns) in namespaces.0.iter().enumerate() {
+        run(&["ip", "netns", "add", ns]);
+        let netns = format!("/var/run/netns/{ns}");
+        let (ok, result) = plugin("ADD", &format!("d{i:04}"), &netns, &format!("dual-{i}"), &lab.conf);
+        assert!(ok, "ADD dual-{i}: {result}");
+        let ips = result["ips"].as_array().unwrap();
+        assert_eq!(ips.len(), 2, "{result}");
+        let v4: Ipv4Addr = ips[0]["address"]
+            .as_str()
+            .unwrap()
+            .trim_end_matches("/32")
+            .parse()
+            .unwrap();
+        let v6: Ipv6Addr = ips[1]["address"]
+            .as_str()
+            .unwrap()
+            .trim_end_matches("/128")
+            .parse()
+            .unwrap();
+        assert!(
+            result["routes"].as_array().unwrap().iter().any(|r| r["dst"] == "::/0"),
+            "{result}"
+        );
+        let s = node.ledger.snapshot();
+        let eni = &s.enis[&s.ips[&IpAddr::V4(v4)].eni_id];
+        assert_eq!(s.ips[&IpAddr::V6(v6)].eni_id, eni.id, "both families from one ENI");
+        let cidr = &eni.ipv6.as_ref().unwrap().cidr;
+        assert!(cidr.starts_with("2408:4005:3de:10::/"), "{cidr} {v6}");
+        assert_eq!(v6.segments()[..4], [0x2408, 0x4005, 0x3de, 0x10]);
+        sim.route_to_pod(&v6.to_string(), &eni.mac).unwrap();
+        sim.route_to_pod(&v4.to_string(), &eni.mac).unwrap();
+        pods.push((PathBuf::from(netns), v4, v6));
+    }
+    let (a, b) = (&pods[0], &pods[1]);
+    assert!(
+        tcp_reaches(a.0.clone(), lab.vpc_ns(), VPC_V6, 7960),
+        "dual-0 reaches the VPC over IPv6"
+    );
+    assert!(
+        tcp_reaches(b.0.clone(), lab.vpc_ns(), VPC_ADDR, 7961),
+        "dual-1 reaches the VPC over IPv4"
+    );
+    assert!(
+        tcp_reaches(a.0.clone(), b.0.clone(), b.2, 7962),
+        "dual-0 reaches dual-1 over IPv6"
+    );
+    let (ok, result) = plugin("CHECK", "d0000", &a.0.display().to_string(), "dual-0", &lab.conf);
+    assert!(ok, "CHECK dual-0: {result}");
+    for (i, p) in pods.iter().enumerate() {
+        let (ok, result) = plugin(
+            "DEL",
+            &format!("d{i:04}"),
+            &p.0.display().to_string(),
+            &format!("dual-{i}"),
+            &lab.conf,
+        );
+        assert!(ok, "DEL dual-{i}: {result}");
+    }
+    // at rest: an IPv6 beside every IPv4, and the pool within its bounds
+    let mut settled = String::new();
+    let ok = lab.rt.block_on(async {
+        for _ in 0..100 {
+            node.reconcile_soon();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let s = node.ledger.snapshot();
+            let idle4 = s
+                .ips
+                .values()
+                .filter(|r| r.ip.is_ipv4() && r.state == IpState::Idle)
+                .count();
+            let per_eni: Vec<(usize, usize)> = s
+                .enis
+                .keys()
+                .map(|e| {
+                    let on = s.ips.values().filter(|r| &r.eni_id == e);
+                    let v4 = on.clone().filter(|r| r.ip.is_ipv4()).count();
+                    (v4, on.count() - v4)
+                })
+                .collect();
+            settled = format!(
+                "{idle4} idle IPv4, (IPv4, IPv6) per ENI {per_eni:?}, {} intents",
+                s.intents.len()
+            );
+            if (2..=6).contains(&idle4) && per_eni.iter().all(|(v4, v6)| v4 == v6) && s.intents.is_empty() {
+                return true;
+            }
+        }
+        false
+    });
+    assert!(ok, "the dual-stack pool did not settle: {settled}");
+    println!("at rest: {settled}");
+    drop(namespaces);
+    drop(sim);
+    lab.stop();
+    assert_eq!(before, root_state(), "the root namespace changed");
 }

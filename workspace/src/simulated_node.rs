@@ -72,12 +72,13 @@ impl SimulatedNode {
             .gateway_link_of(mac)
             .ok_or_else(|| format!("no gateway link for ENI {mac}"))?;
         // several ENIs may share a vSwitch: deliver to this one, as the SDN does
+        let host_prefix = if pod_ip.contains(':') { 128 } else { 32 };
         ip(&[
             "-n",
             &self.vpc_ns,
             "route",
             "replace",
-            &format!("{pod_ip}/32"),
+            &format!("{pod_ip}/{host_prefix}"),
             "dev",
             &gw,
         ])?;
@@ -117,7 +118,13 @@ impl SimulatedNode {
         Some(format!("g{}", mac.replace(':', "").get(4..)?))
     }
 
-    fn attach(&self, mac: &str, gateway: &str, cidr: &str) -> Result<(), String> {
+    fn attach(
+        &self,
+        mac: &str,
+        gateway: &str,
+        cidr: &str,
+        ipv6: Option<&(std::net::Ipv6Addr, String)>,
+    ) -> Result<(), String> {
         let n = self.links.fetch_add(1, Ordering::Relaxed);
         let eni = format!("eth{}", n + 1);
         let gw = self.gateway_link_of(mac).ok_or("bad MAC")?;
@@ -148,6 +155,20 @@ impl SimulatedNode {
             "dev",
             &gw,
         ]);
+        if let Some((gateway6, cidr6)) = ipv6 {
+            let prefix6 = cidr6.split('/').nth(1).unwrap_or("64");
+            // no duplicate detection: the gateway answers at once
+            let _ = ip(&[
+                "-n",
+                &self.vpc_ns,
+                "addr",
+                "add",
+                &format!("{gateway6}/{prefix6}"),
+                "dev",
+                &gw,
+                "nodad",
+            ]);
+        }
         ip(&["-n", &self.vpc_ns, "link", "set", &gw, "up"])
     }
 
@@ -164,8 +185,9 @@ impl HotPlug for SimulatedNode {
                 mac,
                 gateway,
                 vswitch_cidr,
+                ipv6,
                 ..
-            } => self.attach(mac, &gateway.to_string(), vswitch_cidr),
+            } => self.attach(mac, &gateway.to_string(), vswitch_cidr, ipv6.as_ref()),
             AttachmentEvent::Detached { mac, .. } => self.detach(mac),
         };
         if let Err(e) = result {

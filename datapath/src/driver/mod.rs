@@ -29,7 +29,7 @@ pub(crate) fn desired(pod: &PodSpec, mode: Mode) -> Desired {
 /// and no reverse-path filter.
 pub(crate) fn eni_on_host(eni: &EniLink, node_ip: Ipv4Addr) -> Vec<Item> {
     let dev = LinkRef::Mac(eni.mac);
-    vec![
+    let mut items = vec![
         Item::Link(LinkPlan::EniOnHost {
             mac: eni.mac,
             mtu: eni.mtu,
@@ -56,7 +56,31 @@ pub(crate) fn eni_on_host(eni: &EniLink, node_ip: Ipv4Addr) -> Vec<Item> {
             template: "net/ipv4/conf/{}/rp_filter",
             value: "0",
         },
-    ]
+    ];
+    let dev = LinkRef::Mac(eni.mac);
+    if let Some(gateway) = eni.gateway_v6 {
+        // dual stack: the ENI's IPv6 default route in its table, through the
+        // vSwitch's IPv6 gateway (found by neighbour discovery from the
+        // ENI's link-local address); router advertisements are not ours to follow
+        items.push(Item::LinkSysctl {
+            side: Side::Host,
+            link: dev.clone(),
+            template: "net/ipv6/conf/{}/accept_ra",
+            value: "0",
+        });
+        items.push(Item::Route {
+            side: Side::Host,
+            route: Route {
+                destination: default_v6(),
+                gateway: Some(IpAddr::V6(gateway)),
+                dev,
+                table: eni.route_table,
+                scope_link: false,
+                onlink: true,
+            },
+        });
+    }
+    items
 }
 
 /// Forwarding on, reverse-path filtering off for the host links pods use.

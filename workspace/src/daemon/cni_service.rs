@@ -232,6 +232,15 @@ async fn add(node: &Node, p: &PodRequest) -> Reply {
         annotations.get(crate::bridge::POD_ENI_ANNOTATION).map(String::as_str) == Some("true"),
     );
     let exclusive = pool != Pool::SharedAddress;
+    if exclusive && node.dual_stack() {
+        return fail(
+            code::INVALID_NETWORK_CONFIG,
+            format!(
+                "pod {} asks for a whole ENI, which is not served with ip_stack \"dual\" (it would get IPv4 only)",
+                pod_key(p)
+            ),
+        );
+    }
     let host_stack_cidrs = match host_stack_cidrs(node, p, exclusive) {
         Ok(cidrs) => cidrs,
         Err(why) => return fail(code::INVALID_NETWORK_CONFIG, why),
@@ -272,7 +281,16 @@ async fn add(node: &Node, p: &PodRequest) -> Reply {
         return fail(code::IO_FAILURE, "an IPv6 address was bound as the pod's IPv4");
     };
     let pod = PodPlace::of(p);
-    let spec = match pod_network::spec(node, &pod, &bound.eni, ip, bandwidth, exclusive, &host_stack_cidrs) {
+    let spec = match pod_network::spec(
+        node,
+        &pod,
+        &bound.eni,
+        ip,
+        bound.ipv6,
+        bandwidth,
+        exclusive,
+        &host_stack_cidrs,
+    ) {
         Ok(s) => s,
         Err(e) => return fail(code::IO_FAILURE, e.to_string()),
     };

@@ -124,7 +124,17 @@ async fn read_capacity(
     identity: &InstanceIdentity,
 ) -> anyhow::Result<((u32, u32), Vec<String>)> {
     let itype = cloud.instance_type(&identity.instance_type).await?;
-    let limits = (itype.eni_quantity, itype.eni_private_ip_address_quantity);
+    let mut limits = (itype.eni_quantity, itype.eni_private_ip_address_quantity);
+    if config.ip_stack == terway_config::IpStack::Dual {
+        // every pod takes one address of each family from one ENI
+        if itype.eni_ipv6_address_quantity == 0 {
+            anyhow::bail!(
+                "ip_stack is \"dual\" but instance type {} takes no IPv6 address on an ENI (EniIpv6AddressQuantity 0)",
+                identity.instance_type
+            );
+        }
+        limits.1 = limits.1.min(itype.eni_ipv6_address_quantity);
+    }
     if !config.security_groups.is_empty() {
         return Ok((limits, config.security_groups.clone()));
     }

@@ -40,11 +40,13 @@ pub(crate) fn mode(node: &Node, exclusive_eni: bool) -> Mode {
     }
 }
 
+#[allow(clippy::too_many_arguments)] // each is one fact of the pod; a struct would only rename them
 pub(crate) fn spec(
     node: &Node,
     pod: &PodPlace,
     eni: &EniRecord,
     ip: Ipv4Addr,
+    ipv6: Option<IpAddr>,
     bandwidth: Bandwidth,
     exclusive_eni: bool,
     host_stack_cidrs: &[ipnet::IpNet],
@@ -55,7 +57,10 @@ pub(crate) fn spec(
         netns: pod.netns.clone().into(),
         ifname: pod.ifname.clone(),
         ipv4: ip,
-        ipv6: None,
+        ipv6: match ipv6 {
+            Some(IpAddr::V6(v6)) => Some(v6),
+            _ => None,
+        },
         eni: eni_link(node, eni)?,
         node_ip: node.node_ip,
         mode: mode(node, exclusive_eni || eni.owner.is_some()),
@@ -98,6 +103,7 @@ pub(crate) fn spec_of_record(node: &Node, record: &PodRecord, netns: Option<&str
         &place,
         &eni,
         ip,
+        record.ips.iter().copied().find(IpAddr::is_ipv6),
         bandwidth,
         record.eni_id.is_some(),
         &record.settings.host_stack_cidrs,
@@ -116,8 +122,8 @@ pub(crate) fn eni_link(node: &Node, e: &EniRecord) -> anyhow::Result<EniLink> {
         route_table: e.route_table,
         gateway,
         cidr: e.cidr.parse()?,
-        gateway_v6: None,
-        cidr_v6: None,
+        gateway_v6: e.ipv6.as_ref().map(|v6| v6.gateway),
+        cidr_v6: e.ipv6.as_ref().map(|v6| v6.cidr.parse()).transpose()?,
         mtu: node.config().mtu,
     })
 }

@@ -90,6 +90,8 @@ enum StepEnd {
 struct InFlight {
     /// ENI → addresses an AssignPrivateIpAddresses under way adds to it.
     assigning: HashMap<String, u32>,
+    /// ENIs an AssignIpv6Addresses is under way on (dual stack).
+    assigning_ipv6: std::collections::HashSet<String>,
     /// Addresses (primary included) of each ENI being created and attached.
     creating: Vec<u32>,
     /// ENIs being created to be given whole to one pod each.
@@ -282,9 +284,11 @@ async fn pass(
     let held = s.ips_held_by_intents();
     // the shared pool: addresses of ENIs no pod holds whole
     let shared = |r: &&terway_statestore::IpRecord| s.enis.get(&r.eni_id).is_some_and(|e| !e.exclusive);
+    // the pool counts IPv4 addresses; a dual-stack ENI keeps an IPv6 beside each
     let count = |name: &str| {
         s.ips
             .values()
+            .filter(|r| r.ip.is_ipv4())
             .filter(shared)
             .filter(|r| r.state.name() == name && !held.contains(&r.ip))
             .count() as u32
@@ -318,7 +322,8 @@ async fn pass(
                     let assigning = flight.assigning.get(&e.id).copied();
                     EniRoom {
                         eni_id: e.id.clone(),
-                        ips: s.ips.values().filter(|r| r.eni_id == e.id).count() as u32 + assigning.unwrap_or(0),
+                        ips: s.ips.values().filter(|r| r.eni_id == e.id && r.ip.is_ipv4()).count() as u32
+                            + assigning.unwrap_or(0),
                         // one AssignPrivateIpAddresses per ENI at a time
                         can_grow: assigning.is_none()
                             && e.status == EniStatus::InUse
@@ -401,6 +406,9 @@ async fn pass(
         });
         report.started += 1;
     }
+    if node.dual_stack() {
+        report.started += ipv6_top_up(node, &s, in_flight, steps);
+    }
     for secondaries in plan.new_enis {
         in_flight
             .lock()
@@ -459,7 +467,119 @@ async fn pass(
         report.progressed = report.released > 0;
         view.unconfirmed |= report.released > 0;
     }
+    if node.dual_stack() && report.released == 0 && steps.is_empty() && view.fresh() {
+        report.released += release_ipv6_surplus(node).await?;
+        view.unconfirmed |= report.released > 0;
+    }
     Ok(report)
+}
+
+/// An ENI's addresses by family: (IPv4, IPv6).
+fn families(s: &terway_statestore::State, eni_id: &str) -> (u32, u32) {
+    s.ips.values().filter(|r| r.eni_id == eni_id).fold(
+        (0, 0),
+        |(v4, v6), r| if r.ip.is_ipv4() { (v4 + 1, v6) } else { (v4, v6 + 1) },
+    )
+}
+
+/// Dual stack: every shared ENI holds an IPv6 address beside each IPv4 one
+/// (a pod takes one of each from one ENI), topped up by AssignIpv6Addresses,
+/// one call per ENI at a time. Returns the steps started.
+fn ipv6_top_up(
+    node: &Arc<Node>,
+    s: &terway_statestore::State,
+    in_flight: &Arc<Mutex<InFlight>>,
+    steps: &mut JoinSet<StepEnd>,
+) -> usize {
+    let mut started = 0;
+    for e in s
+        .enis
+        .values()
+        .filter(|e| e.status == EniStatus::InUse && e.owner.is_none() && !e.exclusive)
+    {
+        let (v4, v6) = families(s, &e.id);
+        let mut flight = in_flight.lock().unwrap_or_else(PoisonError::into_inner);
+        let coming = flight.assigning.get(&e.id).copied().unwrap_or(0);
+        // the per-ENI quota is the smaller of the two families' (see read_capacity)
+        let want = (v4 + coming)
+            .min(node.limits.ipv4_per_eni)
+            .saturating_sub(v6)
+            .min(terway_config::defaults::ASSIGN_BATCH_SIZE);
+        let kind = format!("assign IPv6 {}", e.id);
+        if want == 0 || !flight.may_start(&kind) || !flight.assigning_ipv6.insert(e.id.clone()) {
+            continue;
+        }
+        drop(flight);
+        let (node, in_flight, eni_id) = (node.clone(), in_flight.clone(), e.id.clone());
+        steps.spawn(async move {
+            let result = assign_ipv6(&node, &eni_id, want).await;
+            let mut flight = in_flight.lock().unwrap_or_else(PoisonError::into_inner);
+            flight.assigning_ipv6.remove(&eni_id);
+            flight.ended(&kind, matches!(result, Ok(n) if n > 0));
+            drop(flight);
+            step_done(&node, "assign IPv6", result.map(|added| added > 0))
+        });
+        started += 1;
+    }
+    started
+}
+
+/// AssignIpv6Addresses on `eni_id`, behind an intent.
+async fn assign_ipv6(node: &Node, eni_id: &str, n: u32) -> anyhow::Result<usize> {
+    let token = new_client_token();
+    let intent = node.ledger.record_intent(
+        IntentKind::AssignIps {
+            eni_id: eni_id.into(),
+            count: n,
+            ipv6: true,
+        },
+        Some(token.clone()),
+    )?;
+    let req = AssignIpv6Addresses {
+        region_id: node.identity.region_id.clone(),
+        network_interface_id: eni_id.into(),
+        ipv6_address_count: n,
+        client_token: Some(token),
+    };
+    match node.cloud.call(&req).await {
+        Ok(resp) => {
+            let ips: Vec<IpAddr> = resp.addresses().into_iter().map(IpAddr::V6).collect();
+            let fresh = node.ledger.adopt_ips(eni_id, &ips, Durability::Flush)?;
+            node.ledger.complete_intent(intent.id, Durability::Flush)?;
+            tracing::info!(eni = eni_id, count = fresh.len(), request_id = %resp.request_id, "IPv6 addresses assigned");
+            Ok(fresh.len())
+        }
+        Err(e) => {
+            tracing::warn!(eni = eni_id, error = %e, request_id = e.request_id().unwrap_or(""), "IPv6 assign failed");
+            note_failure(node, &e);
+            settle_failed(node, intent.id, &e)?;
+            Ok(0)
+        }
+    }
+}
+
+/// Dual stack: idle IPv6 addresses an ENI holds beyond its IPv4 ones (its
+/// IPv4 surplus went back) are given back, one ENI per pass.
+async fn release_ipv6_surplus(node: &Node) -> anyhow::Result<usize> {
+    let s = node.ledger.snapshot();
+    let held = s.ips_held_by_intents();
+    for e in s.enis.values().filter(|e| e.owner.is_none() && !e.exclusive) {
+        let (v4, v6) = families(&s, &e.id);
+        if v6 <= v4 {
+            continue;
+        }
+        let idle: Vec<IpAddr> = s
+            .ips
+            .values()
+            .filter(|r| r.eni_id == e.id && r.ip.is_ipv6() && r.state == IpState::Idle && !held.contains(&r.ip))
+            .map(|r| r.ip)
+            .take((v6 - v4) as usize)
+            .collect();
+        if !idle.is_empty() {
+            return unassign(node, &e.id, &idle).await;
+        }
+    }
+    Ok(0)
 }
 
 /// Our own mutations landed: checks them against the metadata service —
@@ -506,12 +626,27 @@ async fn local_disagreement(node: &Node) -> anyhow::Result<Option<String>> {
         if !attached.contains(&e.mac.to_ascii_lowercase()) {
             continue;
         }
-        let ips = node.metadata.eni_addresses(&e.mac).await?;
+        let mut ips: Vec<IpAddr> = node
+            .metadata
+            .eni_addresses(&e.mac)
+            .await?
+            .into_iter()
+            .map(IpAddr::V4)
+            .collect();
+        if node.dual_stack() {
+            ips.extend(
+                node.metadata
+                    .eni_ipv6_addresses(&e.mac)
+                    .await?
+                    .into_iter()
+                    .map(IpAddr::V6),
+            );
+        }
         local.push(CloudEni {
             id: e.id.clone(),
             vswitch_id: e.vswitch_id.clone(),
             attached: true,
-            ips: ips.into_iter().map(IpAddr::V4).collect(),
+            ips,
         });
     }
     let d = diff::diff(&s, &local);
@@ -881,7 +1016,12 @@ async fn adopt(node: &Node, cloud: &[NetworkInterfaceSet]) -> anyhow::Result<usi
             id: e.network_interface_id.clone(),
             vswitch_id: e.vswitch_id.clone(),
             attached: e.status == "InUse",
-            ips: e.ipv4_addresses().into_iter().map(IpAddr::V4).collect(),
+            ips: e
+                .ipv4_addresses()
+                .into_iter()
+                .map(IpAddr::V4)
+                .chain(e.ipv6_addresses().into_iter().map(IpAddr::V6))
+                .collect(),
         })
         .collect();
     let d = diff::diff(&snapshot, &view);
@@ -941,6 +1081,14 @@ async fn adopt_eni(node: &Node, e: &NetworkInterfaceSet) -> anyhow::Result<()> {
         }
         _ => ROUTE_TABLE_BASE + e.attachment.device_index,
     };
+    let ipv6 = if node.dual_stack() {
+        node.metadata
+            .eni_ipv6(&e.mac_address)
+            .await?
+            .map(|(gateway, cidr)| terway_statestore::EniIpv6 { gateway, cidr })
+    } else {
+        None
+    };
     let record = EniRecord {
         id: e.network_interface_id.clone(),
         mac: e.mac_address.clone(),
@@ -953,7 +1101,7 @@ async fn adopt_eni(node: &Node, e: &NetworkInterfaceSet) -> anyhow::Result<()> {
         created_by_us: e.tag(CREATOR_TAG.0) == Some(CREATOR_TAG.1),
         owner: None,
         exclusive,
-        ipv6: None,
+        ipv6,
     };
     // an ENI given whole goes into its pod as it is: no host set-up
     if let (Some(dp), false) = (&node.datapath, record.exclusive) {
@@ -1075,6 +1223,8 @@ async fn create_eni(node: &Node, secondaries: u32, exclusive: bool) -> anyhow::R
             vswitch_id: vswitch.clone(),
             security_group_ids: node.eni_security_groups(),
             secondary_private_ip_address_count: (secondaries > 0).then_some(secondaries),
+            // dual stack: an IPv6 beside each IPv4 (not for an ENI given whole)
+            ipv6_address_count: (node.dual_stack() && !exclusive).then_some(secondaries + 1),
             tags: tags.clone(),
             resource_group_id: node.config().resource_group_id.clone(),
             description: Some(format!("terway-rs ENI of {}", node.identity.instance_id)),
@@ -1192,7 +1342,7 @@ async fn release(node: &Node, n: usize) -> anyhow::Result<usize> {
     let mut idle: Vec<(usize, &str, IpAddr)> = s
         .ips
         .values()
-        .filter(|r| matches!(r.state, IpState::Idle | IpState::Releasing) && !held.contains(&r.ip))
+        .filter(|r| r.ip.is_ipv4() && matches!(r.state, IpState::Idle | IpState::Releasing) && !held.contains(&r.ip))
         .filter(|r| {
             s.enis
                 .get(&r.eni_id)
@@ -1216,7 +1366,14 @@ async fn release(node: &Node, n: usize) -> anyhow::Result<usize> {
         .take(n.min(10))
         .map(|(_, _, ip)| *ip)
         .collect();
-    let mut marked = node.ledger.mark_releasing(&chosen, Durability::Flush)?;
+    unassign(node, eni_id, &chosen).await
+}
+
+/// Gives `chosen` (idle, or Releasing after a crash; one family) of
+/// `eni_id` back to the cloud, behind an intent. Returns how many went.
+async fn unassign(node: &Node, eni_id: &str, chosen: &[IpAddr]) -> anyhow::Result<usize> {
+    let s = node.ledger.snapshot();
+    let mut marked = node.ledger.mark_releasing(chosen, Durability::Flush)?;
     marked.extend(
         chosen
             .iter()
@@ -1236,14 +1393,28 @@ async fn release(node: &Node, n: usize) -> anyhow::Result<usize> {
         .iter()
         .filter_map(|ip| if let IpAddr::V4(v) = ip { Some(*v) } else { None })
         .collect();
-    let result = node
-        .cloud
-        .call(&UnassignPrivateIpAddresses {
-            region_id: node.identity.region_id.clone(),
-            network_interface_id: eni_id.into(),
-            private_ip_addresses: v4,
-        })
-        .await;
+    let v6: Vec<std::net::Ipv6Addr> = marked
+        .iter()
+        .filter_map(|ip| if let IpAddr::V6(v) = ip { Some(*v) } else { None })
+        .collect();
+    let (region_id, network_interface_id) = (node.identity.region_id.clone(), eni_id.to_owned());
+    let result = if v6.is_empty() {
+        node.cloud
+            .call(&UnassignPrivateIpAddresses {
+                region_id,
+                network_interface_id,
+                private_ip_addresses: v4,
+            })
+            .await
+    } else {
+        node.cloud
+            .call(&UnassignIpv6Addresses {
+                region_id,
+                network_interface_id,
+                ipv6_addresses: v6,
+            })
+            .await
+    };
     match result {
         Ok(_) => {}
         Err(e) if e.class() == ErrorClass::AlreadyDone => {}
