@@ -112,6 +112,14 @@ pub enum Item {
         template: &'static str,
         value: &'static str,
     },
+    /// Packets to `cidr` leaving `link` go to the ingress of `to` instead
+    /// (a clsact egress filter; on the host). Shared by every pod of `link`:
+    /// never removed with one pod.
+    EgressRedirect {
+        link: LinkRef,
+        cidr: ipnet::Ipv4Net,
+        to: LinkRef,
+    },
 }
 
 impl std::fmt::Display for Item {
@@ -163,6 +171,7 @@ impl std::fmt::Display for Item {
                 template.replace("{}", &link.to_string()),
                 side_name(*side)
             ),
+            Item::EgressRedirect { link, cidr, to } => write!(f, "redirect of {cidr} leaving {link} to {to} (host)"),
         }
     }
 }

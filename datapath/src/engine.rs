@@ -611,6 +611,14 @@ impl Datapath {
                     None => Err(DatapathError::NotFound(format!("link {link}"))),
                 }
             }
+            Item::EgressRedirect { link, cidr, to } => {
+                let (index, target) = (sides.index(Side::Host, link).await?, sides.index(Side::Host, to).await?);
+                self.nl.ensure_clsact(index).await?;
+                if self.nl.egress_redirects(index).await?.contains(&(*cidr, target)) {
+                    return Ok(());
+                }
+                self.nl.add_egress_redirect(index, *cidr, target).await
+            }
         }
     }
 
@@ -878,6 +886,20 @@ impl Datapath {
                     let key = template.replace("{}", &name);
                     if sides.ns(*side)?.read_sysctl(&key).ok().as_deref() != Some(*value) {
                         drift.push(Drift::new(DriftKind::Sysctl, format!("{item} is not set")));
+                    }
+                }
+                Item::EgressRedirect { link, cidr, to } => {
+                    if on_missing(Side::Host, link) || on_missing(Side::Host, to) {
+                        continue;
+                    }
+                    let (Some(from), Some(target)) =
+                        (sides.link(Side::Host, link).await?, sides.link(Side::Host, to).await?)
+                    else {
+                        continue;
+                    };
+                    let present = self.nl.egress_redirects(link_index(&from)).await?;
+                    if !present.contains(&(*cidr, link_index(&target))) {
+                        drift.push(Drift::new(DriftKind::Qdisc, format!("{item} is missing")));
                     }
                 }
             }

@@ -17,6 +17,11 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 const EEXIST: i32 = 17;
+/// Where an IPv4 header holds its destination.
+const IPV4_DST_OFFSET: i32 = 16;
+const ETH_P_IP: u16 = 0x0800;
+/// The priority of terway-rs's egress redirect filters.
+const REDIRECT_PRIORITY: u16 = 0x2000;
 const ENOENT: i32 = 2;
 const ESRCH: i32 = 3;
 const ENODEV: i32 = 19;
@@ -676,28 +681,153 @@ impl Netlink {
 
     /// Puts a TBF at the root of `index`, replacing whatever is there.
     pub async fn replace_root_tbf(&self, index: u32, tbf: &crate::tbf::Tbf) -> Result<(), DatapathError> {
-        use rtnetlink::packet_core::{
-            NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST,
-        };
+        use rtnetlink::packet_core::{NLM_F_CREATE, NLM_F_REPLACE};
         use rtnetlink::packet_route::tc::TcHandle;
-        use rtnetlink::packet_route::RouteNetlinkMessage;
         let mut m = TcMessage::with_index(index as i32);
         m.header.parent = TcHandle::ROOT;
         m.header.handle = TcHandle { major: 1, minor: 0 };
         m.attributes.push(TcAttribute::Kind("tbf".into()));
         m.attributes.push(TcAttribute::Options(tbf.options()));
+        self.new_qdisc(m, NLM_F_CREATE | NLM_F_REPLACE)
+            .await
+            .map_err(|e| self.err(format!("tbf on link {index}"), e))
+    }
+
+    /// A clsact qdisc on `index` (the hook for egress filters); one there already is fine.
+    pub async fn ensure_clsact(&self, index: u32) -> Result<(), DatapathError> {
+        use rtnetlink::packet_core::{NLM_F_CREATE, NLM_F_EXCL};
+        use rtnetlink::packet_route::tc::TcHandle;
+        let mut m = TcMessage::with_index(index as i32);
+        m.header.parent = TcHandle::CLSACT;
+        m.header.handle = TcHandle {
+            major: 0xffff,
+            minor: 0,
+        };
+        m.attributes.push(TcAttribute::Kind("clsact".into()));
+        match self.new_qdisc(m, NLM_F_CREATE | NLM_F_EXCL).await {
+            Err(e) if e.errno() == Some(EEXIST) => Ok(()),
+            r => r.map_err(|e| self.err(format!("clsact qdisc on link {index}"), e)),
+        }
+    }
+
+    /// Sends a new-qdisc request (rtnetlink's builder has no tbf or clsact).
+    async fn new_qdisc(&self, m: TcMessage, flags: u16) -> Result<(), rtnetlink::packet_core::ErrorMessage> {
+        use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_REQUEST};
+        use rtnetlink::packet_route::RouteNetlinkMessage;
         let mut req = NetlinkMessage::from(RouteNetlinkMessage::NewQueueDiscipline(m));
-        req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE;
+        req.header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
         let mut handle = self.handle.clone();
-        let mut response = handle
-            .request(req)
-            .map_err(|e| self.err(format!("tbf on link {index}"), e))?;
+        let Ok(mut response) = handle.request(req) else {
+            let mut e = rtnetlink::packet_core::ErrorMessage::default();
+            e.code = std::num::NonZeroI32::new(-5); // EIO: the connection is gone
+            return Err(e);
+        };
         while let Some(msg) = futures::StreamExt::next(&mut response).await {
             if let NetlinkPayload::Error(e) = msg.payload {
-                return Err(self.err(format!("tbf on link {index}"), e));
+                if e.code.is_some() {
+                    return Err(e);
+                }
             }
         }
         Ok(())
+    }
+
+    /// The IPv4 destinations whose packets leaving `index` are redirected
+    /// to another link's ingress: (CIDR, target link index), from its
+    /// clsact egress u32 filters.
+    pub async fn egress_redirects(&self, index: u32) -> Result<Vec<(ipnet::Ipv4Net, u32)>, DatapathError> {
+        use rtnetlink::packet_route::tc::{
+            TcActionAttribute, TcActionMirrorOption, TcActionOption, TcFilterU32Option, TcMirrorActionType,
+        };
+        let filters: Vec<TcMessage> = self
+            .dump("list egress filters", || {
+                let mut h = self.handle.traffic_filter(index as i32);
+                h.get().egress().execute().try_collect()
+            })
+            .await?;
+        let mut out = Vec::new();
+        for f in filters.iter().filter(|f| f.header.index == index as i32) {
+            let opts = f.attributes.iter().filter_map(|a| match a {
+                TcAttribute::Options(o) => Some(o),
+                _ => None,
+            });
+            let (mut cidr, mut target) = (None, None);
+            for o in opts.flatten() {
+                match o {
+                    TcOption::U32(TcFilterU32Option::Selector(sel)) => {
+                        if let [key] = sel.keys.as_slice() {
+                            if key.off == IPV4_DST_OFFSET {
+                                let prefix = key.mask.leading_ones() as u8;
+                                cidr = ipnet::Ipv4Net::new(std::net::Ipv4Addr::from(key.val), prefix).ok();
+                            }
+                        }
+                    }
+                    TcOption::U32(TcFilterU32Option::Action(actions)) => {
+                        for a in actions {
+                            for attr in &a.attributes {
+                                if let TcActionAttribute::Options(ao) = attr {
+                                    for x in ao {
+                                        if let TcActionOption::Mirror(TcActionMirrorOption::Parms(m)) = x {
+                                            if m.eaction == TcMirrorActionType::IngressRedir {
+                                                target = Some(m.ifindex);
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if let (Some(c), Some(t)) = (cidr, target) {
+                out.push((c, t));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Redirects IPv4 packets to `cidr` leaving `index` (after its clsact
+    /// qdisc is there) to the ingress of `to`: `tc filter add dev <index>
+    /// egress protocol ip u32 match ip dst <cidr> action mirred ingress redirect dev <to>`.
+    pub async fn add_egress_redirect(&self, index: u32, cidr: ipnet::Ipv4Net, to: u32) -> Result<(), DatapathError> {
+        use rtnetlink::packet_route::tc::{
+            TcAction, TcActionAttribute, TcActionGeneric, TcActionMirrorOption, TcActionOption, TcActionType,
+            TcFilterU32Option, TcMirror, TcMirrorActionType, TcU32Key, TcU32Selector, TcU32SelectorFlags,
+        };
+        let mut mirror = TcMirror::default();
+        mirror.generic = TcActionGeneric::default();
+        mirror.generic.action = TcActionType::Stolen;
+        mirror.eaction = TcMirrorActionType::IngressRedir;
+        mirror.ifindex = to;
+        let mut action = TcAction::default();
+        action.attributes = vec![
+            TcActionAttribute::Kind("mirred".into()),
+            TcActionAttribute::Options(vec![TcActionOption::Mirror(TcActionMirrorOption::Parms(mirror))]),
+        ];
+        let mut selector = TcU32Selector::default();
+        selector.flags = TcU32SelectorFlags::Terminal;
+        selector.nkeys = 1;
+        let mut key = TcU32Key::default();
+        key.mask = u32::from(cidr.netmask());
+        key.val = u32::from(cidr.network());
+        key.off = IPV4_DST_OFFSET;
+        selector.keys = vec![key];
+        let req = self
+            .handle
+            .traffic_filter(index as i32)
+            .add()
+            .egress()
+            .priority(REDIRECT_PRIORITY)
+            .protocol(ETH_P_IP.to_be())
+            .u32(&[
+                TcFilterU32Option::Selector(selector),
+                TcFilterU32Option::Action(vec![action]),
+            ])
+            .map_err(|e| self.err(format!("redirect of {cidr} on link {index}"), e))?;
+        req.execute()
+            .await
+            .map_err(|e| self.err(format!("redirect of {cidr} on link {index}"), e))
     }
 
     /// Removes the root qdisc (back to the default); none there is fine.

@@ -43,6 +43,7 @@ fn datapath_in_namespaces() {
         idempotent_setup_teardown_and_repair().await;
         exclusive_eni().await;
         ipvlan_or_fallback().await;
+        egress_redirect_into_a_host_link().await;
         bandwidth_is_shaped().await;
         dual_stack_pods().await;
         waits_for_hot_plug().await;
@@ -349,6 +350,121 @@ async fn ipvlan_or_fallback() {
     assert_eq!(dp.setup(&v2).await.unwrap().mode, r.mode);
     dp.teardown(&v).await.unwrap();
     dp.teardown(&v2).await.unwrap();
+}
+
+/// What an ipvlan node does with a pod's Service traffic, tried on a veth
+/// (this kernel may have no ipvlan): a clsact egress filter on the ENI turns
+/// packets to the Service CIDR into the ingress of a host link (the ipvlan
+/// host slave there); other traffic leaves by the ENI as before.
+async fn egress_redirect_into_a_host_link() {
+    let lab = Lab::new();
+    lab.add_eni(6);
+    let dp = Datapath::new(lab.node.handle()).unwrap();
+    let nl = dp.netlink();
+    lab.node
+        .ip(&["link", "add", "hs0", "type", "veth", "peer", "name", "hs1"]);
+    for l in ["eni6", "hs0", "hs1"] {
+        lab.node.ip(&["link", "set", l, "up"]);
+    }
+    let index = |name: &str| -> u32 {
+        let out = lab.node.ip(&["-o", "link", "show", name]);
+        out.split(':').next().unwrap().trim().parse().unwrap()
+    };
+    let (eni, host) = (index("eni6"), index("hs0"));
+    let services: ipnet::Ipv4Net = "172.21.0.0/20".parse().unwrap();
+    nl.ensure_clsact(eni).await.unwrap();
+    nl.ensure_clsact(eni).await.unwrap(); // there already: fine
+    assert!(nl.egress_redirects(eni).await.unwrap().is_empty());
+    nl.add_egress_redirect(eni, services, host).await.unwrap();
+    assert_eq!(nl.egress_redirects(eni).await.unwrap(), [(services, host)]);
+    // traffic to a Service address and to the VPC, both routed out of the ENI
+    lab.node.ip(&["route", "add", "172.21.0.0/20", "dev", "eni6"]);
+    lab.node.ip(&["route", "add", "192.168.6.0/24", "dev", "eni6"]);
+    // the VPC side's MAC, so what leaves by the ENI is taken in there
+    let gw_link = lab.vpc.ip(&["-o", "link", "show", "gw6"]);
+    let gw_mac = gw_link
+        .split("link/ether ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_owned();
+    for ip in ["172.21.0.5", "192.168.6.7"] {
+        lab.node.ip(&[
+            "neigh",
+            "replace",
+            ip,
+            "lladdr",
+            &gw_mac,
+            "dev",
+            "eni6",
+            "nud",
+            "permanent",
+        ]);
+    }
+    // a packet counter per (namespace, destination): the host link's
+    // ingress in the node, the gateway's in the VPC
+    let counters = |ns: &str, iif: &str| {
+        let script = format!(
+            "table inet redirect_test {{\n chain pre {{\n type filter hook prerouting priority 0;\n \
+             iifname \"{iif}\" ip daddr 172.21.0.5 counter\n iifname \"{iif}\" ip daddr 192.168.6.7 counter\n }}\n}}\n"
+        );
+        let mut nft = std::process::Command::new("ip")
+            .args(["netns", "exec", ns, "nft", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut nft.stdin.take().unwrap(), script.as_bytes()).unwrap();
+        assert!(nft.wait().unwrap().success(), "nft refused the counters");
+    };
+    let counted = |ns: &str, to: &str| -> u64 {
+        let out = sh(&[
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "nft",
+            "list",
+            "table",
+            "inet",
+            "redirect_test",
+        ]);
+        out.lines()
+            .find(|l| l.contains(&format!("daddr {to} ")))
+            .and_then(|l| l.split("packets ").nth(1))
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    if std::process::Command::new("nft").arg("--version").output().is_ok() {
+        counters(&lab.node.name, "hs0");
+        counters(&lab.vpc.name, "gw6");
+        in_ns(lab.node.path(), || {
+            let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+            for to in ["172.21.0.5:53", "192.168.6.7:53"] {
+                s.send_to(b"x", to).unwrap();
+            }
+        })
+        .join()
+        .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let (node, vpc) = (&lab.node.name, &lab.vpc.name);
+        assert_eq!(
+            counted(node, "172.21.0.5"),
+            1,
+            "the Service packet arrived at the host link"
+        );
+        assert_eq!(
+            counted(vpc, "172.21.0.5"),
+            0,
+            "the Service packet did not leave by the ENI"
+        );
+        assert_eq!(counted(vpc, "192.168.6.7"), 1, "the VPC packet left by the ENI");
+        assert_eq!(counted(node, "192.168.6.7"), 0);
+    } else {
+        println!("SKIPPED the traffic part of egress_redirect_into_a_host_link: nft is not installed");
+    }
 }
 
 async fn bandwidth_is_shaped() {

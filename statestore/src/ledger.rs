@@ -1122,6 +1122,9 @@ impl Ledger {
         }
         let mut held = Vec::new();
         let mut changes = Vec::new();
+        // a holder's addresses (one per family) join one pod record, also
+        // when one was held earlier
+        let mut pods: BTreeMap<String, PodRecord> = BTreeMap::new();
         for (ip, req) in holders {
             match s.ips.get(ip) {
                 Some(r) if r.eni_id != eni_id => {
@@ -1133,32 +1136,38 @@ impl Ledger {
                     state: IpState::Bound(_) | IpState::Releasing,
                     ..
                 }) => continue,
-                _ if s.pods.contains_key(&req.pod.key()) => continue,
                 _ => {}
             }
-            let binding = Binding {
-                pod: req.pod.clone(),
-                container_id: req.container_id.clone(),
-                netns: req.netns.clone(),
-                ifname: req.ifname.clone(),
-            };
+            let record = pods.entry(req.pod.key()).or_insert_with(|| {
+                s.pods.get(&req.pod.key()).cloned().unwrap_or_else(|| PodRecord {
+                    pod: req.pod.clone(),
+                    container_id: req.container_id.clone(),
+                    netns: req.netns.clone(),
+                    ifname: req.ifname.clone(),
+                    ips: Vec::new(),
+                    eni_id: None,
+                    settings: req.settings.clone(),
+                    bound_at: now_millis(),
+                })
+            });
+            if record.container_id != req.container_id {
+                continue; // the key is another attachment's
+            }
+            record.ips.push(*ip);
+            record.ips.sort(); // IPv4 first, as every pod record
             changes.push(Change::PutIp(IpRecord {
                 ip: *ip,
                 eni_id: eni_id.into(),
-                state: IpState::Bound(binding),
-            }));
-            changes.push(Change::PutPod(PodRecord {
-                pod: req.pod.clone(),
-                container_id: req.container_id.clone(),
-                netns: req.netns.clone(),
-                ifname: req.ifname.clone(),
-                ips: vec![*ip],
-                eni_id: None,
-                settings: req.settings.clone(),
-                bound_at: now_millis(),
+                state: IpState::Bound(Binding {
+                    pod: record.pod.clone(),
+                    container_id: record.container_id.clone(),
+                    netns: record.netns.clone(),
+                    ifname: record.ifname.clone(),
+                }),
             }));
             held.push(*ip);
         }
+        changes.extend(pods.into_values().filter(|p| !p.ips.is_empty()).map(Change::PutPod));
         self.commit(&mut inner, changes, durability)?;
         Ok(held)
     }

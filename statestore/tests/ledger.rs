@@ -530,6 +530,12 @@ fn addresses_other_pods_hold_are_never_handed_out() {
     );
     let e = l.hold_for_pods("eni-x", &holders, Durability::Flush).unwrap_err();
     assert!(matches!(e, LedgerError::UnknownEni { .. }), "{e}");
+    // a dual-stack holder's IPv6 address, found later, joins its record
+    let v6 = ip("fd00::a:1");
+    l.hold_for_pods("eni-a", &[(v6, upstream("cali00000000001"))], Durability::Flush)
+        .unwrap();
+    assert_eq!(l.pod(&upstream("cali00000000001").pod).unwrap().ips, [idle[0], v6]);
+    assert!(l.check().is_empty(), "{:?}", l.check());
 }
 
 #[test]

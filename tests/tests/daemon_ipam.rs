@@ -978,26 +978,37 @@ async fn the_ack_credential_file_signs_every_cloud_call() {
     assert_eq!(refused, 0, "{calls}");
 }
 
-/// `host_stack_cidrs` cannot be honoured for an ipvlan pod (no redirect into
-/// the host stack): refused with a message naming them, nothing bound.
+/// An ipvlan pod's `host_stack_cidrs` are kept with its record (the datapath
+/// redirects them from the ENI into the host slave, as upstream's tc filter
+/// does); one that is not a CIDR is refused, naming it, with nothing bound.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn host_stack_cidrs_are_refused_in_ipvlan_mode() {
+async fn host_stack_cidrs_of_ipvlan_pods_are_kept_and_bad_ones_refused() {
     let em = Emulator::start(Scenario::default()).await.unwrap();
     let cfg = config(&em, &["vsw-large0000000001"], r#", "datapath_mode": "ipvlan""#);
     let running = start(cfg, Duration::from_secs(5)).await;
-    let mut p = pod(0);
-    p.host_stack_cidrs = vec!["169.254.20.10/32".into()];
-    let Reply::Error { code, msg, .. } = call(&running.node.socket_path(), Request::Add(p)).await else {
-        panic!("an ipvlan pod was wired without its host_stack_cidrs")
+    let mut bad = pod(0);
+    bad.host_stack_cidrs = vec!["169.254.20.10/33".into()];
+    let Reply::Error { code, msg, .. } = call(&running.node.socket_path(), Request::Add(bad)).await else {
+        panic!("a pod with a bad host_stack_cidrs entry was wired")
     };
     assert_eq!(code, 7);
-    assert!(msg.contains("169.254.20.10/32") && msg.contains("ipvlan"), "{msg}");
+    assert!(msg.contains("169.254.20.10/33"), "{msg}");
     assert!(running.node.ledger.snapshot().pods.is_empty(), "nothing bound");
-    // and a pod without them is served
+    let mut p = pod(1);
+    p.host_stack_cidrs = vec!["169.254.20.10/32".into()];
+    let key = terway_statestore::PodRef::new(&p.pod_namespace, &p.pod_name, "");
     assert!(matches!(
-        call(&running.node.socket_path(), Request::Add(pod(1))).await,
+        call(&running.node.socket_path(), Request::Add(p)).await,
         Reply::Ok { .. }
     ));
+    let record = running.node.ledger.pod(&key).unwrap();
+    let kept: Vec<String> = record
+        .settings
+        .host_stack_cidrs
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(kept, ["169.254.20.10/32"]);
 }
 
 /// Our own mutations that landed are confirmed from the metadata service

@@ -76,6 +76,18 @@ pub(super) fn desired(pod: &PodSpec) -> Desired {
     for ip in pod.ips() {
         items.push(host_route_to_pod(ip, &slave));
     }
+    // Services and host_stack_cidrs (NodeLocal DNSCache) are served by the
+    // host: the pod's packets to them, which ipvlan would send out of the
+    // ENI to the VPC, are turned into the host slave's ingress (upstream: a
+    // clsact egress filter on the ENI); the replies reach the pod through
+    // the slave like any host traffic to it
+    for cidr in pod.service_cidr.iter().chain(&pod.host_stack_cidrs) {
+        items.push(Item::EgressRedirect {
+            link: LinkRef::Mac(pod.eni.mac),
+            cidr: *cidr,
+            to: name(&slave),
+        });
+    }
     items.push(tbf(Side::Pod, ifname, pod.bandwidth.egress_bps, mtu));
     Desired {
         eni: eni_on_host(&pod.eni, pod.node_ip),

@@ -275,6 +275,24 @@ mod tests {
             .collect();
         assert_eq!(made.len(), 2, "the host-side child and the pod's");
         assert!(made.iter().all(|n| n.len() <= 15), "{made:?}");
+        // Services and host_stack_cidrs are turned from the ENI into the host slave
+        let p = PodSpec {
+            service_cidr: Some("172.21.0.0/20".parse().unwrap()),
+            ..pod(Mode::Ipvlan)
+        };
+        let redirected: Vec<String> = desired(&p, Mode::Ipvlan)
+            .pod
+            .iter()
+            .filter_map(|i| match i {
+                Item::EgressRedirect {
+                    link: LinkRef::Mac(mac),
+                    cidr,
+                    to: LinkRef::Name(to),
+                } if *mac == p.eni.mac && *to == ipvlan::host_slave_name(&p.eni.mac) => Some(cidr.to_string()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(redirected, ["172.21.0.0/20", "169.254.20.10/32"]);
     }
 
     #[test]

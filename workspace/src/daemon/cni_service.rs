@@ -183,9 +183,8 @@ fn warn_pod(node: &Node, p: &PodRequest, reason: &'static str, message: String) 
 /// through its host peer, a veth pod through the host anyway; an ipvlan pod
 /// would need a redirect into the host stack that terway-rs does not set
 /// up, so it is refused rather than wired without the routes asked for.
-fn host_stack_cidrs(node: &Node, p: &PodRequest, exclusive: bool) -> Result<Vec<ipnet::IpNet>, String> {
-    let cidrs = p
-        .host_stack_cidrs
+fn host_stack_cidrs(p: &PodRequest) -> Result<Vec<ipnet::IpNet>, String> {
+    p.host_stack_cidrs
         .iter()
         .map(|c| {
             c.parse::<ipnet::IpNet>()
@@ -193,15 +192,7 @@ fn host_stack_cidrs(node: &Node, p: &PodRequest, exclusive: bool) -> Result<Vec<
                 .filter(|n| n.trunc() == *n)
                 .ok_or_else(|| format!("host_stack_cidrs: {c:?} is not a CIDR such as 169.254.20.10/32"))
         })
-        .collect::<Result<Vec<_>, _>>()?;
-    if !cidrs.is_empty() && !exclusive && pod_network::mode(node, false) == terway_datapath::Mode::Ipvlan {
-        return Err(format!(
-            "host_stack_cidrs ({}) are not supported in ipvlan mode: terway-rs does not redirect them into the host stack; \
-             remove them from the network configuration or use veth mode",
-            p.host_stack_cidrs.join(", ")
-        ));
-    }
-    Ok(cidrs)
+        .collect()
 }
 
 async fn add(node: &Node, p: &PodRequest) -> Reply {
@@ -241,7 +232,7 @@ async fn add(node: &Node, p: &PodRequest) -> Reply {
             ),
         );
     }
-    let host_stack_cidrs = match host_stack_cidrs(node, p, exclusive) {
+    let host_stack_cidrs = match host_stack_cidrs(p) {
         Ok(cidrs) => cidrs,
         Err(why) => return fail(code::INVALID_NETWORK_CONFIG, why),
     };
