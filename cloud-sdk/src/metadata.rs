@@ -200,13 +200,7 @@ impl MetadataClient {
     /// Every IPv4 address of the ENI with `mac`, its primary included.
     pub async fn eni_addresses(&self, mac: &str) -> Result<Vec<Ipv4Addr>, CloudError> {
         let path = format!("network/interfaces/macs/{mac}/private-ipv4s");
-        let text = self.get(&path).await?;
-        let ips = serde_json::from_str::<Vec<String>>(&text).map_err(|e| CloudError::Metadata {
-            path: path.clone(),
-            status: Some(200),
-            message: e.to_string(),
-        })?;
-        Ok(ips.iter().filter_map(|s| s.parse().ok()).collect())
+        address_list(&path, &self.get(&path).await?)
     }
 
     pub async fn eni(&self, mac: &str) -> Result<EniMetadata, CloudError> {
@@ -238,17 +232,11 @@ impl MetadataClient {
     /// Every IPv6 address of the ENI with `mac` (none on a vSwitch without IPv6).
     pub async fn eni_ipv6_addresses(&self, mac: &str) -> Result<Vec<std::net::Ipv6Addr>, CloudError> {
         let path = format!("network/interfaces/macs/{mac}/ipv6s");
-        let text = match self.get(&path).await {
-            Ok(t) => t,
-            Err(CloudError::Metadata { status: Some(404), .. }) => return Ok(Vec::new()),
-            Err(e) => return Err(e),
-        };
-        let ips = serde_json::from_str::<Vec<String>>(&text).map_err(|e| CloudError::Metadata {
-            path: path.clone(),
-            status: Some(200),
-            message: e.to_string(),
-        })?;
-        Ok(ips.iter().filter_map(|s| s.parse().ok()).collect())
+        match self.get(&path).await {
+            Ok(text) => address_list(&path, &text),
+            Err(CloudError::Metadata { status: Some(404), .. }) => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
     }
 
     /// The RAM role attached to the instance.
@@ -265,4 +253,13 @@ impl MetadataClient {
     pub async fn ram_credentials(&self, role: &str) -> Result<String, CloudError> {
         self.get(&format!("ram/security-credentials/{role}")).await
     }
+}
+/// A JSON array of addresses, as `private-ipv4s` and `ipv6s` answer.
+fn address_list<T: std::str::FromStr>(path: &str, text: &str) -> Result<Vec<T>, CloudError> {
+    let ips = serde_json::from_str::<Vec<String>>(text).map_err(|e| CloudError::Metadata {
+        path: path.to_owned(),
+        status: Some(200),
+        message: e.to_string(),
+    })?;
+    Ok(ips.iter().filter_map(|s| s.parse().ok()).collect())
 }

@@ -397,7 +397,7 @@ async fn pass(
             .insert(eni_id.clone(), n);
         let (node, in_flight) = (node.clone(), in_flight.clone());
         steps.spawn(async move {
-            let result = assign(&node, &eni_id, n).await;
+            let result = assign(&node, &eni_id, n, false).await;
             let mut flight = in_flight.lock().unwrap_or_else(PoisonError::into_inner);
             flight.assigning.remove(&eni_id);
             flight.ended(&format!("assign {eni_id}"), matches!(result, Ok(n) if n > 0));
@@ -512,7 +512,7 @@ fn ipv6_top_up(
         drop(flight);
         let (node, in_flight, eni_id) = (node.clone(), in_flight.clone(), e.id.clone());
         steps.spawn(async move {
-            let result = assign_ipv6(&node, &eni_id, want).await;
+            let result = assign(&node, &eni_id, want, true).await;
             let mut flight = in_flight.lock().unwrap_or_else(PoisonError::into_inner);
             flight.assigning_ipv6.remove(&eni_id);
             flight.ended(&kind, matches!(result, Ok(n) if n > 0));
@@ -522,40 +522,6 @@ fn ipv6_top_up(
         started += 1;
     }
     started
-}
-
-/// AssignIpv6Addresses on `eni_id`, behind an intent.
-async fn assign_ipv6(node: &Node, eni_id: &str, n: u32) -> anyhow::Result<usize> {
-    let token = new_client_token();
-    let intent = node.ledger.record_intent(
-        IntentKind::AssignIps {
-            eni_id: eni_id.into(),
-            count: n,
-            ipv6: true,
-        },
-        Some(token.clone()),
-    )?;
-    let req = AssignIpv6Addresses {
-        region_id: node.identity.region_id.clone(),
-        network_interface_id: eni_id.into(),
-        ipv6_address_count: n,
-        client_token: Some(token),
-    };
-    match node.cloud.call(&req).await {
-        Ok(resp) => {
-            let ips: Vec<IpAddr> = resp.addresses().into_iter().map(IpAddr::V6).collect();
-            let fresh = node.ledger.adopt_ips(eni_id, &ips, Durability::Flush)?;
-            node.ledger.complete_intent(intent.id, Durability::Flush)?;
-            tracing::info!(eni = eni_id, count = fresh.len(), request_id = %resp.request_id, "IPv6 addresses assigned");
-            Ok(fresh.len())
-        }
-        Err(e) => {
-            tracing::warn!(eni = eni_id, error = %e, request_id = e.request_id().unwrap_or(""), "IPv6 assign failed");
-            note_failure(node, &e);
-            settle_failed(node, intent.id, &e)?;
-            Ok(0)
-        }
-    }
 }
 
 /// Dual stack: idle IPv6 addresses an ENI holds beyond its IPv4 ones (its
@@ -1129,30 +1095,41 @@ fn note_failure(node: &Node, e: &CloudError) {
     }
 }
 
-/// AssignPrivateIpAddresses on `eni_id`, behind an intent.
-async fn assign(node: &Node, eni_id: &str, n: u32) -> anyhow::Result<usize> {
+/// AssignPrivateIpAddresses (or, `ipv6`, AssignIpv6Addresses) on `eni_id`, behind an intent.
+async fn assign(node: &Node, eni_id: &str, n: u32, ipv6: bool) -> anyhow::Result<usize> {
     let token = new_client_token();
     let intent = node.ledger.record_intent(
         IntentKind::AssignIps {
             eni_id: eni_id.into(),
             count: n,
-            ipv6: false,
+            ipv6,
         },
         Some(token.clone()),
     )?;
-    let req = AssignPrivateIpAddresses {
-        region_id: node.identity.region_id.clone(),
-        network_interface_id: eni_id.into(),
-        secondary_private_ip_address_count: Some(n),
-        client_token: Some(token),
-        ..Default::default()
+    let (region_id, network_interface_id) = (node.identity.region_id.clone(), eni_id.to_owned());
+    let answer: Result<(Vec<IpAddr>, String), CloudError> = if ipv6 {
+        let req = AssignIpv6Addresses {
+            region_id,
+            network_interface_id,
+            ipv6_address_count: n,
+            client_token: Some(token),
+        };
+        (node.cloud.call(&req).await).map(|r| (r.addresses().into_iter().map(IpAddr::V6).collect(), r.request_id))
+    } else {
+        let req = AssignPrivateIpAddresses {
+            region_id,
+            network_interface_id,
+            secondary_private_ip_address_count: Some(n),
+            client_token: Some(token),
+            ..Default::default()
+        };
+        (node.cloud.call(&req).await).map(|r| (r.addresses().into_iter().map(IpAddr::V4).collect(), r.request_id))
     };
-    match node.cloud.call(&req).await {
-        Ok(resp) => {
-            let ips: Vec<IpAddr> = resp.addresses().into_iter().map(IpAddr::V4).collect();
+    match answer {
+        Ok((ips, request_id)) => {
             let fresh = node.ledger.adopt_ips(eni_id, &ips, Durability::Flush)?;
             node.ledger.complete_intent(intent.id, Durability::Flush)?;
-            tracing::info!(eni = eni_id, count = fresh.len(), request_id = %resp.request_id, "addresses assigned");
+            tracing::info!(eni = eni_id, count = fresh.len(), ipv6, request_id = %request_id, "addresses assigned");
             node.set_last_error(None);
             Ok(fresh.len())
         }
@@ -1164,7 +1141,7 @@ async fn assign(node: &Node, eni_id: &str, n: u32) -> anyhow::Result<usize> {
                 .get(eni_id)
                 .map(|r| r.vswitch_id.clone())
                 .unwrap_or_default();
-            tracing::warn!(eni = eni_id, vswitch = %vswitch, error = %e, request_id = e.request_id().unwrap_or(""), "assign failed");
+            tracing::warn!(eni = eni_id, vswitch = %vswitch, ipv6, error = %e, request_id = e.request_id().unwrap_or(""), "assign failed");
             note_failure(node, &e);
             if e.class() == ErrorClass::VSwitchExhausted {
                 node.set_vswitch_aside(&vswitch, &e.to_string());
