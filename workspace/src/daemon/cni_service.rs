@@ -180,9 +180,8 @@ fn warn_pod(node: &Node, p: &PodRequest, reason: &'static str, message: String) 
 }
 
 /// The request's `host_stack_cidrs`. An exclusive-ENI pod reaches them
-/// through its host peer, a veth pod through the host anyway; an ipvlan pod
-/// would need a redirect into the host stack that terway-rs does not set
-/// up, so it is refused rather than wired without the routes asked for.
+/// through its host peer, a veth pod through the host anyway, an ipvlan
+/// pod through the redirect from its ENI into the host slave.
 fn host_stack_cidrs(p: &PodRequest) -> Result<Vec<ipnet::IpNet>, String> {
     p.host_stack_cidrs
         .iter()
