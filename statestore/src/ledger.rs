@@ -1167,7 +1167,12 @@ impl Ledger {
             }));
             held.push(*ip);
         }
-        changes.extend(pods.into_values().filter(|p| !p.ips.is_empty()).map(Change::PutPod));
+        // only records that gained an address are written
+        changes.extend(
+            pods.into_values()
+                .filter(|p| !p.ips.is_empty() && s.pods.get(&p.pod.key()) != Some(p))
+                .map(Change::PutPod),
+        );
         self.commit(&mut inner, changes, durability)?;
         Ok(held)
     }

@@ -159,27 +159,31 @@ pub fn idle_addresses(ledger: &terway_statestore::Ledger) -> usize {
 }
 
 /// The emulator's default world with ENIs attaching and detaching in 50 ms
-/// (tests that make and retire many ENIs), and a runtime to run it on.
-///
-/// # Panics
-/// When the runtime cannot be built.
-#[allow(clippy::unwrap_used, clippy::missing_panics_doc)]
-pub fn quick_attach_scenario() -> (tokio::runtime::Runtime, terway_cloud::emulator::Scenario) {
+/// (tests that make and retire many ENIs).
+pub fn quick_attach() -> terway_cloud::emulator::Scenario {
     use terway_cloud::emulator::{Delays, Scenario};
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let scenario = Scenario {
+    Scenario {
         delays: Delays {
             attach_ms: 50,
             detach_ms: 50,
             ..Delays::default()
         },
         ..Scenario::default()
-    };
-    (rt, scenario)
+    }
+}
+
+/// [`quick_attach`], and a runtime to run it on.
+///
+/// # Panics
+/// When the runtime cannot be built.
+#[allow(clippy::unwrap_used, clippy::missing_panics_doc)]
+pub fn quick_attach_scenario() -> (tokio::runtime::Runtime, terway_cloud::emulator::Scenario) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    (rt, quick_attach())
 }
 
 /// An `eni_conf` for a node on the emulator at `url`: its credentials and

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
-use terway_cloud::emulator::{Delays, Emulator, Faults, Scenario};
+use terway_cloud::emulator::{Emulator, Faults};
 use terway_node::cni::exchange;
 use terway_node::cni::protocol::{PodRequest, Reply, Request};
 use terway_node::daemon::NodeOptions;
@@ -57,15 +57,7 @@ struct Cell {
 
 impl Cell {
     async fn new(fault: Fault, at_start: bool) -> Self {
-        let scenario = Scenario {
-            delays: Delays {
-                attach_ms: 50,
-                detach_ms: 50,
-                ..Delays::default()
-            },
-            ..Scenario::default()
-        };
-        let em = Emulator::start(scenario).await.unwrap();
+        let em = Emulator::start(terway_tests::quick_attach()).await.unwrap();
         let cloud = FaultProxy::start(em.addr()).await;
         let metadata = FaultProxy::start(em.addr()).await;
         let dir = tempfile::tempdir().unwrap();
