@@ -70,12 +70,17 @@ const RETRYABLE: &[&str] = &[
     "OperationConflict",
     "LastTokenProcessing",
 ];
-const VSWITCH_EXHAUSTED: &[&str] = &["InvalidVSwitchId.IpNotEnough", "QuotaExceeded.PrivateIpAddress"];
+const VSWITCH_EXHAUSTED: &[&str] = &[
+    "InvalidVSwitchId.IpNotEnough",
+    "InvalidVSwitchId.Ipv6NotEnough",
+    "QuotaExceeded.PrivateIpAddress",
+];
 const INSTANCE_QUOTA: &[&str] = &[
     "EniPerInstanceLimitExceeded",
     "MaxEniCountExceeded",
     "MaxEniPrivateIpsCountExceeded",
     "InvalidOperation.Ipv4CountExceeded",
+    "InvalidOperation.Ipv6CountExceeded",
 ];
 const GONE: &[&str] = &[
     "InvalidEniId.NotFound",
@@ -189,10 +194,15 @@ mod tests {
             classify("AssignPrivateIpAddresses", 403, "QuotaExceeded.PrivateIpAddress"),
             ErrorClass::VSwitchExhausted
         );
+        assert_eq!(
+            classify("AssignIpv6Addresses", 403, "InvalidVSwitchId.Ipv6NotEnough"),
+            ErrorClass::VSwitchExhausted
+        );
         for code in [
             "EniPerInstanceLimitExceeded",
             "MaxEniPrivateIpsCountExceeded",
             "InvalidOperation.Ipv4CountExceeded",
+            "InvalidOperation.Ipv6CountExceeded",
         ] {
             assert_eq!(
                 classify("AttachNetworkInterface", 403, code),

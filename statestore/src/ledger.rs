@@ -809,9 +809,10 @@ impl Ledger {
             .by_eni
             .iter()
             .filter(|(id, _)| {
-                s.enis
-                    .get(*id)
-                    .is_some_and(|e| e.status == EniStatus::InUse && e.owner.is_none() && !e.exclusive)
+                s.enis.get(*id).is_some_and(|e| {
+                    // dual stack: the pod's IPv6 route needs the ENI's IPv6 gateway
+                    e.status == EniStatus::InUse && e.owner.is_none() && !e.exclusive && (!req.ipv6 || e.ipv6.is_some())
+                })
             })
             .filter_map(|(id, a)| {
                 let free = |v6: bool| a.idle.iter().find(|ip| ip.is_ipv6() == v6 && !held.contains(ip));

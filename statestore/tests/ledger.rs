@@ -542,12 +542,23 @@ fn addresses_other_pods_hold_are_never_handed_out() {
 fn a_dual_stack_pod_gets_one_address_of_each_family_from_one_eni() {
     let dir = tempfile::tempdir().unwrap();
     let l = Ledger::open(dir.path()).unwrap();
-    l.adopt_eni(eni("eni-a", 1), Durability::Flush).unwrap();
-    l.adopt_eni(eni("eni-b", 2), Durability::Flush).unwrap();
+    let with_ipv6 = |record: EniRecord| EniRecord {
+        ipv6: Some(terway_statestore::EniIpv6 {
+            gateway: "fd00::1".parse().unwrap(),
+            cidr: "fd00::/64".into(),
+        }),
+        ..record
+    };
+    l.adopt_eni(with_ipv6(eni("eni-a", 1)), Durability::Flush).unwrap();
+    l.adopt_eni(with_ipv6(eni("eni-b", 2)), Durability::Flush).unwrap();
+    // recorded without its IPv6 gateway: its IPv6 address serves no pod
+    l.adopt_eni(eni("eni-c", 3), Durability::Flush).unwrap();
     // eni-a has IPv4 only yet; eni-b both
     l.adopt_ips("eni-a", &[ip("10.0.1.2"), ip("10.0.1.3")], Durability::Flush)
         .unwrap();
     l.adopt_ips("eni-b", &[ip("10.0.2.2"), ip("fd00::b:2")], Durability::Flush)
+        .unwrap();
+    l.adopt_ips("eni-c", &[ip("10.0.3.2"), ip("fd00::c:2")], Durability::Flush)
         .unwrap();
     let dual = |name: &str| BindRequest {
         ipv6: true,

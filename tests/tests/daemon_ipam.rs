@@ -58,7 +58,16 @@ async fn start(config: Arc<terway_config::Config>, add_deadline: Duration) -> Ru
 }
 
 async fn start_in(config: Arc<terway_config::Config>, add_deadline: Duration, dir: tempfile::TempDir) -> Running {
-    let options = NodeOptions {
+    start_with(config, add_deadline, dir, |_| {}).await
+}
+
+async fn start_with(
+    config: Arc<terway_config::Config>,
+    add_deadline: Duration,
+    dir: tempfile::TempDir,
+    tweak: impl FnOnce(&mut NodeOptions),
+) -> Running {
+    let mut options = NodeOptions {
         datapath: None,
         add_deadline,
         socket_path: Some(dir.path().join("eni.socket")),
@@ -66,6 +75,7 @@ async fn start_in(config: Arc<terway_config::Config>, add_deadline: Duration, di
         metrics_address: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
         ..Default::default()
     };
+    tweak(&mut options);
     let node = Node::start(config, options).await.unwrap();
     let server = tokio::spawn({
         let node = node.clone();
@@ -1131,5 +1141,108 @@ async fn own_changes_are_confirmed_from_metadata_and_a_disagreement_reads_the_cl
     assert!(
         count("DescribeNetworkInterfaces") > reads,
         "our own changes were taken as confirmed without the metadata service"
+    );
+}
+
+/// A dual-stack node takes addresses only from ENIs with IPv6: an ENI an
+/// IPv4 run left on a vSwitch without IPv6 is no part of the pool, never
+/// grows, keeps its old pod, and goes back to the cloud once that pod is
+/// gone; new ENIs come only from a vSwitch with an IPv6 CIDR; a node whose
+/// vSwitches have none says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dual_stack_node_uses_only_vswitches_and_enis_with_ipv6() {
+    const SMALL: &str = "vsw-small0000000001";
+    const LARGE: &str = "vsw-large0000000001";
+    let em = Emulator::start(Scenario::default()).await.unwrap();
+    let pool = r#", "max_pool_size": 3, "min_pool_size": 1, "ip_cooldown": "1s""#;
+    let v4 = start(config(&em, &[SMALL], pool), Duration::from_secs(10)).await;
+    let reply = call(&v4.node.socket_path(), Request::Add(pod(0))).await;
+    assert!(matches!(reply, Reply::Ok { network: Some(_) }), "{reply:?}");
+    let old_eni = v4.node.ledger.snapshot().enis.into_values().next().unwrap();
+    assert_eq!(old_eni.vswitch_id, SMALL);
+    let dir = v4.stop().await;
+
+    let dual = format!(r#"{pool}, "ip_stack": "dual""#);
+    let running = start_in(config(&em, &[SMALL, LARGE], &dual), Duration::from_secs(20), dir).await;
+    let socket = running.node.socket_path();
+    let Reply::Ok { network: Some(net) } = call(&socket, Request::Add(pod(1))).await else {
+        panic!("a dual-stack pod was not served")
+    };
+    let s = running.node.ledger.snapshot();
+    let ip: std::net::IpAddr = net.ipv4.split('/').next().unwrap().parse().unwrap();
+    let ipv6: std::net::IpAddr = net
+        .ipv6
+        .as_deref()
+        .expect("an IPv6 address")
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let eni_of = |ip: &std::net::IpAddr| s.enis[&s.ips[ip].eni_id].clone();
+    assert_eq!(eni_of(&ip).vswitch_id, LARGE, "the pod's ENI has IPv6");
+    assert_eq!(eni_of(&ip).id, eni_of(&ipv6).id, "both families from one ENI");
+    // the old ENI serves its pod still, and takes no address of either family
+    let on_old = |s: &terway_statestore::State| s.ips.values().filter(|r| r.eni_id == old_eni.id).count();
+    let before = on_old(&s);
+    for _ in 0..10 {
+        running.node.reconcile_soon();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let s = running.node.ledger.snapshot();
+    assert!(s.enis.contains_key(&old_eni.id), "the old pod's ENI was kept");
+    assert_eq!(on_old(&s), before, "the ENI without IPv6 did not grow");
+    assert!(s
+        .ips
+        .values()
+        .any(|r| r.eni_id == old_eni.id && matches!(r.state, IpState::Bound(_))));
+
+    // the old pod goes: its ENI goes back to the cloud
+    assert_eq!(call(&socket, Request::Del(pod(0))).await, Reply::Ok { network: None });
+    let gone = |em: &Emulator| {
+        !em.dump()["enis"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["id"] == old_eni.id.as_str())
+    };
+    let mut retired = false;
+    for _ in 0..150 {
+        running.node.reconcile_soon();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if gone(&em) && !running.node.ledger.snapshot().enis.contains_key(&old_eni.id) {
+            retired = true;
+            break;
+        }
+    }
+    assert!(retired, "the idle ENI without IPv6 was not given back");
+    let s = running.node.ledger.snapshot();
+    assert!(
+        s.enis.values().all(|e| e.vswitch_id == LARGE && e.ipv6.is_some()),
+        "{:?}",
+        s.enis
+    );
+    assert!(
+        running.node.ledger.check().is_empty(),
+        "{:?}",
+        running.node.ledger.check()
+    );
+    running.stop().await;
+
+    // only vSwitches without IPv6: the ADD fails, naming them
+    let em = Emulator::start(Scenario::default()).await.unwrap();
+    let running = start(config(&em, &[SMALL], &dual), Duration::from_secs(3)).await;
+    let reply = call(&running.node.socket_path(), Request::Add(pod(2))).await;
+    let Reply::Error { details, .. } = &reply else {
+        panic!("{reply:?}")
+    };
+    assert!(details.contains("IPv6") && details.contains(SMALL), "{details}");
+    assert!(
+        em.dump()["enis"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["primary"] == true),
+        "no ENI was made on a vSwitch without IPv6"
     );
 }

@@ -96,6 +96,8 @@ struct InFlight {
     creating: Vec<u32>,
     /// ENIs being created to be given whole to one pod each.
     creating_whole: u32,
+    /// Dual stack: ENIs without IPv6 already reported (once each).
+    told_without_ipv6: std::collections::HashSet<String>,
     /// Steps that just failed or did nothing, by kind ("create", "assign <eni>"):
     /// not started again before the instant, which doubles per failure (1 s … 30 s).
     held_off: HashMap<String, (Instant, Duration)>,
@@ -282,8 +284,8 @@ async fn pass(
 
     let s = node.ledger.snapshot();
     let held = s.ips_held_by_intents();
-    // the shared pool: addresses of ENIs no pod holds whole
-    let shared = |r: &&terway_statestore::IpRecord| s.enis.get(&r.eni_id).is_some_and(|e| !e.exclusive);
+    // the shared pool: addresses of ENIs no pod holds whole (and, dual stack, with IPv6)
+    let shared = |r: &&terway_statestore::IpRecord| s.enis.get(&r.eni_id).is_some_and(|e| serves_pods(node, e));
     // the pool counts IPv4 addresses; a dual-stack ENI keeps an IPv6 beside each
     let count = |name: &str| {
         s.ips
@@ -328,7 +330,7 @@ async fn pass(
                         can_grow: assigning.is_none()
                             && e.status == EniStatus::InUse
                             && e.owner.is_none()
-                            && !e.exclusive
+                            && serves_pods(node, e)
                             && !selector.is_set_aside(&e.vswitch_id),
                     }
                 })
@@ -437,6 +439,12 @@ async fn pass(
         report.progressed = true;
         return Ok(report);
     }
+    if node.dual_stack() && steps.is_empty() && view.fresh() && retire_eni_without_ipv6(node, &s, in_flight).await? {
+        report.released += 1;
+        report.progressed = true;
+        view.unconfirmed = true;
+        return Ok(report);
+    }
     let no_whole_wanted = node.waiting_eni.load(Ordering::Relaxed) == 0;
     if no_whole_wanted && steps.is_empty() && view.fresh() {
         // an ENI given whole and returned is not kept: the shared pool may need its slot
@@ -474,6 +482,66 @@ async fn pass(
     Ok(report)
 }
 
+/// Whether pods share `e`'s addresses: not given whole to one pod and, on a
+/// dual-stack node, with IPv6 (a pod takes one address of each family from
+/// one ENI, so an ENI without IPv6 serves no pod and is no part of the pool).
+fn serves_pods(node: &Node, e: &EniRecord) -> bool {
+    !e.exclusive && (e.ipv6.is_some() || !node.dual_stack())
+}
+
+/// Dual stack: an ENI without IPv6 (on a vSwitch without an IPv6 CIDR, or
+/// from before the node was dual) serves no pod. One terway-rs created is
+/// given back once no pod holds its addresses; the others are said once.
+/// Returns whether one was given back.
+async fn retire_eni_without_ipv6(
+    node: &Node,
+    s: &terway_statestore::State,
+    in_flight: &Arc<Mutex<InFlight>>,
+) -> anyhow::Result<bool> {
+    let held = s.ips_held_by_intents();
+    for e in s
+        .enis
+        .values()
+        .filter(|e| e.status == EniStatus::InUse && e.owner.is_none() && !e.exclusive && e.ipv6.is_none())
+    {
+        let idle = s
+            .ips
+            .values()
+            .filter(|r| r.eni_id == e.id)
+            .all(|r| r.state == IpState::Idle && !held.contains(&r.ip));
+        if e.created_by_us && idle {
+            tracing::info!(eni = %e.id, vswitch = %e.vswitch_id, "ENI without IPv6 serves no pod of this dual-stack node; giving it back");
+            if retire_eni(node, &e.id).await? {
+                return Ok(true);
+            }
+            continue;
+        }
+        if in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .told_without_ipv6
+            .insert(e.id.clone())
+        {
+            let why = if e.created_by_us {
+                "given back once its pods are gone"
+            } else {
+                "not made by terway-rs, so kept"
+            };
+            let message = format!(
+                "ENI {} on vSwitch {} has no IPv6: it serves no pod of this dual-stack node ({why})",
+                e.id, e.vswitch_id
+            );
+            tracing::warn!("{message}");
+            node.tell(crate::bridge::Notice::NodeEvent {
+                warning: true,
+                reason: "EniWithoutIpv6",
+                message,
+            });
+        }
+    }
+    Ok(false)
+}
+
 /// An ENI's addresses by family: (IPv4, IPv6).
 fn families(s: &terway_statestore::State, eni_id: &str) -> (u32, u32) {
     s.ips.values().filter(|r| r.eni_id == eni_id).fold(
@@ -495,7 +563,7 @@ fn ipv6_top_up(
     for e in s
         .enis
         .values()
-        .filter(|e| e.status == EniStatus::InUse && e.owner.is_none() && !e.exclusive)
+        .filter(|e| e.status == EniStatus::InUse && e.owner.is_none() && serves_pods(node, e))
     {
         let (v4, v6) = families(s, &e.id);
         let mut flight = in_flight.lock().unwrap_or_else(PoisonError::into_inner);
@@ -893,7 +961,7 @@ async fn retire_eni(node: &Node, eni_id: &str) -> anyhow::Result<bool> {
     }
     node.ledger.remove_eni(eni_id, Durability::Flush)?;
     node.ledger.complete_intent(delete.id, Durability::Flush)?;
-    tracing::info!(eni = eni_id, "idle ENI above max_pool_size detached and deleted");
+    tracing::info!(eni = eni_id, "idle ENI detached and deleted");
     Ok(true)
 }
 
@@ -997,6 +1065,19 @@ async fn adopt(node: &Node, cloud: &[NetworkInterfaceSet]) -> anyhow::Result<usi
             continue;
         };
         adopt_eni(node, e).await?;
+    }
+    if node.dual_stack() {
+        // recorded without IPv6 while the cloud shows it IPv6 addresses (the
+        // metadata service lagged, or the node became dual): read it again
+        for e in cloud.iter().filter(|e| !e.ipv6_addresses().is_empty()) {
+            if snapshot
+                .enis
+                .get(&e.network_interface_id)
+                .is_some_and(|r| r.ipv6.is_none() && !r.exclusive)
+            {
+                adopt_eni(node, e).await?;
+            }
+        }
     }
     for (eni_id, ips) in &d.adopt {
         if node.ledger.snapshot().enis.contains_key(eni_id) {
@@ -1155,9 +1236,12 @@ async fn assign(node: &Node, eni_id: &str, n: u32, ipv6: bool) -> anyhow::Result
 /// Creates and attaches an ENI on the first vSwitch that has room;
 /// `exclusive`: to be given whole to one pod (tagged so).
 async fn create_eni(node: &Node, secondaries: u32, exclusive: bool) -> anyhow::Result<bool> {
-    let configured = node.configured_vswitches();
+    let mut configured = node.configured_vswitches();
+    // a pod on a dual-stack node takes an IPv6 address from the ENI too
+    let needs_ipv6 = node.dual_stack() && !exclusive;
     let mut free = HashMap::new();
-    if node.config().vswitch_selection_policy == terway_config::VSwitchSelectionPolicy::Ordered {
+    if node.config().vswitch_selection_policy == terway_config::VSwitchSelectionPolicy::Ordered || needs_ipv6 {
+        let mut without_ipv6 = Vec::new();
         for v in node
             .cloud
             .describe_vswitches_all(DescribeVSwitches {
@@ -1167,7 +1251,22 @@ async fn create_eni(node: &Node, secondaries: u32, exclusive: bool) -> anyhow::R
             })
             .await?
         {
+            if needs_ipv6 && v.ipv6_cidr_block.is_empty() {
+                without_ipv6.push(v.vswitch_id.clone());
+            }
             free.insert(v.vswitch_id, v.available_ip_address_count);
+        }
+        let (with, lacking): (Vec<String>, Vec<String>) =
+            configured.into_iter().partition(|v| !without_ipv6.contains(v));
+        configured = with;
+        if configured.is_empty() {
+            let message = format!(
+                "ip_stack is dual but no configured vSwitch of zone {} has an IPv6 CIDR ({} have none)",
+                node.identity.zone_id,
+                lacking.join(", ")
+            );
+            node.set_last_error(Some(message));
+            return Ok(false);
         }
     }
     let candidates = node
