@@ -3,6 +3,7 @@
 //!
 //! [`Ledger`] is the entry type. The binary `terway-ledger` inspects a ledger offline.
 
+pub mod bolt;
 mod check;
 pub mod diff;
 mod ledger;

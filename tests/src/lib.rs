@@ -1,6 +1,7 @@
 //! What the end-to-end tests and benchmarks share: the paths of the
 //! binaries under test, and a Kubernetes API server to run in a test.
 
+pub mod bolt_writer;
 pub mod fault_proxy;
 pub mod kube_api;
 pub mod netpol_lab;

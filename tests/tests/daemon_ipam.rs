@@ -1246,3 +1246,162 @@ async fn a_dual_stack_node_uses_only_vswitches_and_enis_with_ipv6() {
         "no ENI was made on a vSwitch without IPv6"
     );
 }
+
+/// Taking over from upstream Terway by its pod records (ResRelation.db, as
+/// its daemon writes them): an address a live pod holds there is never
+/// handed out, whatever the datapath (no host route is needed); records of
+/// pods whose sandbox is gone, or given a whole ENI, are left out; the DEL
+/// of the pod gives its address back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_pod_records_keep_their_addresses_until_the_pods_go() {
+    use terway_cloud::api::{AttachNetworkInterface, CreateNetworkInterface, DescribeNetworkInterfaces};
+    use terway_cloud::emulator::{DEFAULT_INSTANCE_ID, DEFAULT_REGION, DEFAULT_SECURITY_GROUP};
+    let em = Emulator::start(Scenario::default()).await.unwrap();
+    let client = api_client(&em);
+    // the ENI upstream made and attached, four addresses besides its primary
+    let eni = client
+        .call(&CreateNetworkInterface {
+            region_id: DEFAULT_REGION.into(),
+            vswitch_id: "vsw-large0000000001".into(),
+            security_group_ids: vec![DEFAULT_SECURITY_GROUP.into()],
+            secondary_private_ip_address_count: Some(4),
+            tags: vec![("creator".into(), "terway".into())],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .eni;
+    client
+        .call(&AttachNetworkInterface {
+            region_id: DEFAULT_REGION.into(),
+            instance_id: DEFAULT_INSTANCE_ID.into(),
+            network_interface_id: eni.network_interface_id.clone(),
+        })
+        .await
+        .unwrap();
+    let mut attached = None;
+    for _ in 0..100 {
+        let found = client
+            .describe_network_interfaces_all(DescribeNetworkInterfaces {
+                region_id: DEFAULT_REGION.into(),
+                network_interface_ids: vec![eni.network_interface_id.clone()],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        if let Some(e) = found.into_iter().find(|e| e.status == "InUse") {
+            attached = Some(e);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let eni = attached.expect("the ENI attached");
+    let secondaries: Vec<String> = eni.ipv4_addresses()[1..].iter().map(ToString::to_string).collect();
+    assert_eq!(secondaries.len(), 4);
+
+    // upstream's records: a live pod, a pod whose sandbox is gone, an
+    // exited one, and one given a whole ENI
+    let dir = tempfile::tempdir().unwrap();
+    let live_netns = dir.path().join("cni-live");
+    std::fs::write(&live_netns, b"").unwrap(); // stands for the namespace's bind mount
+    let record = |name: &str, ip: &str, netns: &std::path::Path, exited: bool, kind: &str| {
+        let value = serde_json::json!({
+            "Resources": [{"type": kind, "id": format!("{}.{ip}", eni.mac_address), "extra_eip_info": null,
+                "eni_id": eni.network_interface_id, "eni_mac": eni.mac_address, "ipv4": ip, "ipv6": ""}],
+            "PodInfo": {"Name": name, "Namespace": "default", "PodNetworkType": "ENIMultiIP",
+                "PodIPs": {"IPv4": ip, "IPv6": null}, "SandboxExited": exited, "PodUID": format!("uid-{name}")},
+            "NetNs": netns.display().to_string(),
+            "ContainerID": format!("sandbox-{name}"),
+            "NetConf": "[]",
+        });
+        (
+            format!("default/{name}").into_bytes(),
+            serde_json::to_vec(&value).unwrap(),
+        )
+    };
+    let db = dir.path().join("ResRelation.db");
+    terway_tests::bolt_writer::write(
+        &db,
+        b"relation",
+        &[
+            record("web-0", &secondaries[0], &live_netns, false, "eniIp"),
+            record("gone-0", &secondaries[1], &dir.path().join("cni-gone"), false, "eniIp"),
+            record("exited-0", &secondaries[2], &live_netns, true, "eniIp"),
+            record("whole-0", &secondaries[3], &live_netns, false, "eni"),
+        ],
+    )
+    .unwrap();
+
+    let cfg = config(
+        &em,
+        &["vsw-large0000000001"],
+        r#", "max_pool_size": 10, "min_pool_size": 0, "ip_cooldown": "1s""#,
+    );
+    let running = start_with(cfg, Duration::from_secs(10), tempfile::tempdir().unwrap(), |o| {
+        o.upstream_db = Some(db.clone());
+    })
+    .await;
+    let held: std::net::IpAddr = secondaries[0].parse().unwrap();
+    let placeholder = terway_datapath::names::host_veth_name("default", "web-0", "eth0");
+    let mut adopted = false;
+    for _ in 0..100 {
+        running.node.reconcile_soon();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if running
+            .node
+            .ledger
+            .snapshot()
+            .enis
+            .contains_key(&eni.network_interface_id)
+        {
+            adopted = true;
+            break;
+        }
+    }
+    assert!(adopted, "the upstream ENI was not adopted");
+    let s = running.node.ledger.snapshot();
+    let IpState::Bound(b) = &s.ips[&held].state else {
+        panic!("{held} is not held: {:?}", s.ips[&held])
+    };
+    assert_eq!(
+        (b.pod.namespace.as_str(), b.pod.name.as_str()),
+        ("_upstream", placeholder.as_str())
+    );
+    let record = running.node.ledger.pod(&b.pod).unwrap();
+    assert_eq!(record.container_id, "sandbox-web-0");
+    assert_eq!(record.netns, live_netns.display().to_string());
+    // the ENI's other addresses (its primary too, as upstream) are free:
+    // pods take them, and never the held one
+    let socket = running.node.socket_path();
+    let mut given = BTreeSet::new();
+    for i in 0..4 {
+        let Reply::Ok { network: Some(net) } = call(&socket, Request::Add(pod(i))).await else {
+            panic!("pod {i} not served")
+        };
+        given.insert(net.ipv4.split('/').next().unwrap().to_owned());
+    }
+    let free: BTreeSet<String> = eni
+        .ipv4_addresses()
+        .iter()
+        .map(ToString::to_string)
+        .filter(|ip| *ip != secondaries[0])
+        .collect();
+    assert_eq!(given, free, "the left-out records' addresses went to new pods first");
+    for i in 4..9 {
+        let Reply::Ok { network: Some(net) } = call(&socket, Request::Add(pod(i))).await else {
+            panic!("pod {i} not served")
+        };
+        assert_ne!(net.ipv4.split('/').next().unwrap(), secondaries[0]);
+    }
+    // the pod goes: its DEL gives the address back
+    let web = PodRequest::new("default", "web-0", "sandbox-web-0", &live_netns.display().to_string());
+    assert_eq!(call(&socket, Request::Del(web)).await, Reply::Ok { network: None });
+    let s = running.node.ledger.snapshot();
+    assert!(!matches!(s.ips[&held].state, IpState::Bound(_)), "{:?}", s.ips[&held]);
+    assert!(s.pods.values().all(|p| p.pod.namespace != "_upstream"));
+    assert!(
+        running.node.ledger.check().is_empty(),
+        "{:?}",
+        running.node.ledger.check()
+    );
+}

@@ -168,7 +168,7 @@ impl Lab {
         bridge: Option<Arc<dyn ClusterBridge>>,
     ) -> Self {
         let (sim, rt, em) = simulated_cloud(tag, instance_type);
-        Self::start_on(sim, rt, em, pool, add_deadline, bridge)
+        Self::start_on(sim, rt, em, pool, add_deadline, |o| o.bridge = bridge)
     }
 
     /// … on a simulated node and cloud made (and perhaps set up) already.
@@ -178,7 +178,7 @@ impl Lab {
         em: Emulator,
         pool: &str,
         add_deadline: Duration,
-        bridge: Option<Arc<dyn ClusterBridge>>,
+        tweak: impl FnOnce(&mut NodeOptions),
     ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let conf_path = dir.path().join("eni_conf");
@@ -192,15 +192,15 @@ impl Lab {
         let running = rt
             .block_on(async {
                 let dp = Arc::new(Datapath::new(NetNs::open(&sim.node_ns_path())?)?);
-                let options = NodeOptions {
+                let mut options = NodeOptions {
                     datapath: Some(dp),
                     add_deadline,
                     socket_path: Some(socket.clone()),
                     ledger_path: Some(dir.path().join("ledger")),
                     metrics_address: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
-                    bridge,
                     ..Default::default()
                 };
+                tweak(&mut options);
                 service::start(conf_path, None, options).await
             })
             .unwrap();
@@ -1325,13 +1325,33 @@ fn a_node_upstream_wired_is_taken_over_in_place() {
         "net.ipv4.ip_forward=1",
     ]);
     let addresses: Vec<String> = eni.ipv4_addresses().iter().map(ToString::to_string).collect();
-    let old = [addresses[1].clone(), addresses[2].clone()];
-    let mut namespaces = PodNamespaces(vec![format!("trw{tag}old0"), format!("trw{tag}old1")]);
-    for (i, ip) in old.iter().enumerate() {
+    let old = [addresses[1].clone(), addresses[2].clone(), addresses[3].clone()];
+    let mut namespaces = PodNamespaces((0..3).map(|i| format!("trw{tag}old{i}")).collect());
+    for (i, ip) in old.iter().enumerate().take(2) {
         wire_as_upstream(&node_ns, &namespaces.0[i], &format!("old-{i}"), ip, table);
         sim.route_to_pod(ip, &eni.mac_address).unwrap();
     }
+    // old-2 has no host veth (as an ipvlan pod, whose traffic goes through
+    // the slave all pods of the ENI share): only upstream's records tell of it
+    run(&["ip", "netns", "add", &namespaces.0[2]]);
     let old_ns = |i: usize| PathBuf::from(format!("/var/run/netns/trw{tag}old{i}"));
+    let records = tempfile::tempdir().unwrap();
+    let db = records.path().join("ResRelation.db");
+    let pairs: Vec<(Vec<u8>, Vec<u8>)> = old
+        .iter()
+        .enumerate()
+        .map(|(i, ip)| {
+            let value = serde_json::json!({
+                "Resources": [{"type": "eniIp", "id": format!("{}.{ip}", eni.mac_address),
+                    "eni_id": eni.network_interface_id, "eni_mac": eni.mac_address, "ipv4": ip, "ipv6": ""}],
+                "PodInfo": {"Name": format!("old-{i}"), "Namespace": "e2e", "SandboxExited": false},
+                "NetNs": old_ns(i).display().to_string(),
+                "ContainerID": format!("upstream-sandbox-{i}"),
+            });
+            (format!("e2e/old-{i}").into_bytes(), serde_json::to_vec(&value).unwrap())
+        })
+        .collect();
+    terway_tests::bolt_writer::write(&db, b"relation", &pairs).unwrap();
     assert!(
         tcp_reaches(old_ns(0), sim_vpc(&sim), VPC_ADDR, 7950),
         "old-0 reaches the VPC before the take-over"
@@ -1339,7 +1359,9 @@ fn a_node_upstream_wired_is_taken_over_in_place() {
 
     // terwayd takes the node over with an empty ledger
     let pool = r#""max_pool_size": 10, "min_pool_size": 0, "datapath_check_period": "1s""#;
-    let lab = Lab::start_on(sim.clone(), rt, em, pool, Duration::from_secs(3), None);
+    let lab = Lab::start_on(sim.clone(), rt, em, pool, Duration::from_secs(3), |o| {
+        o.upstream_db = Some(db.clone())
+    });
     let node = lab.running.node.clone();
     let placeholders = |s: &terway_statestore::State| -> Vec<String> {
         let mut v: Vec<String> = s
@@ -1378,7 +1400,7 @@ fn a_node_upstream_wired_is_taken_over_in_place() {
 
     // new pods get every free address and never an old pod's; then the pool is out
     let free = s.ips.values().filter(|r| r.state == IpState::Idle).count();
-    assert_eq!(free, addresses.len() - 2, "{:?}", s.ips);
+    assert_eq!(free, addresses.len() - 3, "{:?}", s.ips);
     let mut new_ips = Vec::new();
     for i in 0..=free {
         let ns = format!("trw{tag}n{i}");
@@ -1448,13 +1470,27 @@ fn a_node_upstream_wired_is_taken_over_in_place() {
         assert!(Instant::now() < deadline, "old-0's veth is still there");
         std::thread::sleep(Duration::from_millis(100));
     }
-    // old-1's sandbox goes without a DEL reaching terwayd: the agent releases it
+    // old-1's sandbox goes without a DEL reaching terwayd: the agent releases
+    // it; old-2's (no veth) is kept while its namespace is there, then released
     run(&["ip", "netns", "del", &namespaces.0[1]]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while placeholders(&node.ledger.snapshot()) != [old[2].clone()] {
+        assert!(
+            Instant::now() < deadline,
+            "old-1's address was not released after its sandbox went, or old-2's was: {:?}",
+            placeholders(&node.ledger.snapshot())
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // two agent passes (1 s apart) leave old-2 held
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(placeholders(&node.ledger.snapshot()), [old[2].clone()]);
+    run(&["ip", "netns", "del", &namespaces.0[2]]);
     let deadline = Instant::now() + Duration::from_secs(10);
     while !placeholders(&node.ledger.snapshot()).is_empty() {
         assert!(
             Instant::now() < deadline,
-            "old-1's address was not released after its sandbox went"
+            "old-2's address was not released after its sandbox went"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -1463,9 +1499,9 @@ fn a_node_upstream_wired_is_taken_over_in_place() {
         "{:?}",
         rules_of(&node_ns, &old[1])
     );
-    // after the cooldown both go to new pods
+    // after the cooldown all three go to new pods
     std::thread::sleep(Duration::from_millis(1200));
-    for i in 0..2 {
+    for i in 0..3 {
         let ns = format!("trw{tag}m{i}");
         run(&["ip", "netns", "add", &ns]);
         namespaces.0.push(ns.clone());
@@ -1479,7 +1515,7 @@ fn a_node_upstream_wired_is_taken_over_in_place() {
         assert!(ok, "ADD more-{i}: {result}");
     }
     assert!(node.ledger.check().is_empty(), "{:?}", node.ledger.check());
-    namespaces.0.remove(1); // gone already
+    namespaces.0.drain(1..3); // gone already
     drop(namespaces);
     lab.stop();
     assert_eq!(before, root_state(), "the root namespace changed");

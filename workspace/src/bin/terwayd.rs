@@ -50,6 +50,10 @@ enum Command {
         /// Reference plugins chained after terway in the conflist (portmap, bandwidth).
         #[arg(long, value_delimiter = ',')]
         chain: Vec<terway_config::conflist::ChainedPlugin>,
+        /// Upstream Terway's pod records, read at start to take over the pods
+        /// it wired (skipped when the file is absent).
+        #[arg(long, default_value = terway_node::daemon::upstream::RES_RELATION_DB)]
+        upstream_db: PathBuf,
     },
     /// The daemon on the embedded API emulator: pods arrive until the small
     /// vSwitch runs out, a vSwitch is added to the live config, and a summary follows.
@@ -179,6 +183,7 @@ fn main() -> ExitCode {
             install_cni_conf_dir,
             cni_plugin,
             chain,
+            upstream_db,
         } => block_on(async move {
             let datapath = if no_datapath {
                 None
@@ -208,6 +213,7 @@ fn main() -> ExitCode {
                 datapath,
                 cluster: cluster.options().await?,
                 install_cni,
+                upstream_db: Some(upstream_db),
                 ..Default::default()
             };
             terway_node::service::run(config, override_file, options).await

@@ -121,14 +121,20 @@ pub async fn check_all(node: &Node, dp: &Datapath) -> CheckReport {
     report
 }
 
-/// A pod wired before terwayd whose host veth is gone went with its
-/// sandbox without a DEL reaching terwayd: its address (and rules) go.
+/// A pod wired before terwayd whose host veth (and network namespace, when
+/// upstream's records named it) is gone went with its sandbox without a DEL
+/// reaching terwayd: its address (and rules) go. An ipvlan pod has no veth:
+/// its namespace alone tells.
 async fn release_if_gone(node: &Node, dp: &Datapath, placeholder: &terway_statestore::PodRecord) {
+    let sandbox_alive = !placeholder.netns.is_empty() && std::path::Path::new(&placeholder.netns).exists();
+    if sandbox_alive {
+        return;
+    }
     match dp.netlink().link_by_name(&placeholder.pod.name).await {
         Ok(Some(_)) => {}
         Ok(None) => match ipam::release(node, placeholder, None).await {
             Ok(r) => {
-                tracing::info!(veth = %placeholder.pod.name, ips = ?r.ips, "the host veth of a pod wired before terwayd is gone; its address is released")
+                tracing::info!(veth = %placeholder.pod.name, ips = ?r.ips, "a pod wired before terwayd is gone; its address is released")
             }
             Err(e) => {
                 tracing::warn!(veth = %placeholder.pod.name, error = %e, "could not release the address of a pod wired before terwayd")

@@ -9,7 +9,7 @@ pub mod masquerade;
 pub mod measurements;
 pub(crate) mod pod_network;
 pub mod reconciler;
-pub(crate) mod upstream;
+pub mod upstream;
 pub mod vswitch;
 
 use anyhow::Context;
@@ -175,6 +175,9 @@ pub struct NodeOptions {
     pub bridge: Option<Arc<dyn crate::bridge::ClusterBridge>>,
     /// Copies the plugin and writes the conflist once terwayd serves.
     pub install_cni: Option<InstallCni>,
+    /// Upstream Terway's pod records, read once at start to take its pods
+    /// over ([`upstream::RES_RELATION_DB`] on a node; `None`: not read).
+    pub upstream_db: Option<PathBuf>,
 }
 
 /// Where the CNI plugin and its conflist go once terwayd is ready, so
@@ -201,6 +204,7 @@ impl Default for NodeOptions {
             cluster: None,
             bridge: None,
             install_cni: None,
+            upstream_db: None,
         }
     }
 }
@@ -254,9 +258,9 @@ pub struct Node {
     pub policy: Arc<crate::policy::PolicyAgent>,
     /// Exclusive-ENI pods' host-path traffic masqueraded (with the datapath only).
     pub masquerade: Option<masquerade::Masquerade>,
-    /// Addresses pods wired before terwayd use, found on the host at start
-    /// and not yet in the ledger: held when the reconciler adopts them.
-    pub(crate) upstream_pods: Mutex<std::collections::BTreeMap<std::net::IpAddr, String>>,
+    /// Addresses pods wired before terwayd use, found at start and not yet
+    /// in the ledger: held when the reconciler adopts them.
+    pub(crate) upstream_pods: Mutex<std::collections::BTreeMap<std::net::IpAddr, upstream::Holder>>,
     pod_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 

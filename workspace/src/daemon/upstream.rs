@@ -1,21 +1,30 @@
 //! Taking over a node that upstream Terway wired: its pods keep running
 //! through the switch, and the addresses they hold must never go to a new
-//! pod. Upstream (like terway-rs) names a pod's host veth `cali` + a hash of
-//! the pod's namespace and name and routes the pod's address to it in the
-//! main table, so those host routes tell which addresses are in use.
+//! pod. Two sources say which addresses are in use, both read once at start:
 //!
-//! At start the host's routes are read once. An address the ledger already
-//! knows is held at once (before anything is served); the others are held
-//! when the reconciler adopts them from the cloud, in place of being added
-//! to the pool. A held address is recorded as bound to a placeholder pod,
-//! `_upstream/<veth>`; the DEL of the pod whose veth that is releases it
-//! (and removes the veth and the pod's rules), as the datapath agent does
-//! once the veth is gone with its pod.
+//! - upstream's own pod records, `/var/lib/cni/terway/ResRelation.db`
+//!   (bbolt, bucket `relation`, key `namespace/name`, JSON values): every
+//!   pod whose sandbox (network namespace) still exists, in any datapath
+//!   mode, with its container id and namespace path;
+//! - the host's routes: upstream (like terway-rs) names a veth pod's host
+//!   link `cali` + a hash of the pod's namespace and name and routes the
+//!   pod's address to it in the main table (a file lost or unreadable
+//!   leaves these).
+//!
+//! An address the ledger already knows is held at once (before anything is
+//! served); the others are held when the reconciler adopts them from the
+//! cloud, in place of being added to the pool. A held address is recorded as
+//! bound to a placeholder pod, `_upstream/<veth>` (the host veth name of the
+//! pod: namespace and name hashed); the DEL of that pod releases it (and
+//! removes the veth and the pod's rules), as the datapath agent does once
+//! the pod's veth and network namespace are gone.
 
 use super::Node;
 use crate::cni::protocol::PodRequest;
+use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::path::Path;
 use terway_datapath::names::host_veth_name;
 use terway_statestore::{BindRequest, Durability, IpState, PodNetworkSettings, PodRecord, PodRef};
 
@@ -23,16 +32,38 @@ use terway_statestore::{BindRequest, Durability, IpState, PodNetworkSettings, Po
 pub const UPSTREAM_NAMESPACE: &str = "_upstream";
 /// Upstream's host veth prefix (its `veth_prefix` default, ours too).
 pub const VETH_PREFIX: &str = "cali";
+/// Where upstream's daemon keeps its pod records.
+pub const RES_RELATION_DB: &str = "/var/lib/cni/terway/ResRelation.db";
 
-/// The placeholder pod for the pod behind host veth `veth`.
-pub(crate) fn holder(veth: &str) -> BindRequest {
-    BindRequest {
-        pod: PodRef::new(UPSTREAM_NAMESPACE, veth, ""),
-        container_id: String::new(),
-        netns: String::new(),
-        ifname: "eth0".into(),
-        settings: PodNetworkSettings::default(),
-        ipv6: false,
+/// A pod wired before terwayd, as far as the host or upstream's records tell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Holder {
+    /// The pod's host veth name (also the placeholder's name).
+    pub veth: String,
+    pub container_id: String,
+    /// Its network namespace path; empty when only a route told of it.
+    pub netns: String,
+}
+
+impl Holder {
+    fn of_route(veth: String) -> Self {
+        Self {
+            veth,
+            container_id: String::new(),
+            netns: String::new(),
+        }
+    }
+
+    /// The placeholder pod standing for it.
+    fn bind_request(&self) -> BindRequest {
+        BindRequest {
+            pod: PodRef::new(UPSTREAM_NAMESPACE, &self.veth, ""),
+            container_id: self.container_id.clone(),
+            netns: self.netns.clone(),
+            ifname: "eth0".into(),
+            settings: PodNetworkSettings::default(),
+            ipv6: false,
+        }
     }
 }
 
@@ -40,23 +71,121 @@ pub(crate) fn is_placeholder(record: &PodRecord) -> bool {
     record.pod.namespace == UPSTREAM_NAMESPACE
 }
 
-/// Reads which addresses pods on the host hold (with the datapath only),
-/// holds those the ledger knows unbound, and keeps the rest for
-/// [`hold_adopted`].
-pub(crate) async fn scan(node: &Node) {
-    let Some(dp) = &node.datapath else {
-        return;
-    };
-    let found = match dp.host_routes_via(VETH_PREFIX).await {
-        Ok(found) => found,
-        Err(e) => {
-            tracing::warn!(error = %e, "could not read the host's pod routes; addresses of pods wired before terwayd may be handed out again");
-            return;
+/// Upstream's `PodResources` (types/daemon/res.go), the fields read here.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct PodResources {
+    #[serde(default)]
+    resources: Option<Vec<ResourceItem>>,
+    pod_info: Option<PodInfo>,
+    net_ns: Option<String>,
+    #[serde(rename = "ContainerID")]
+    container_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct PodInfo {
+    name: String,
+    namespace: String,
+    #[serde(default)]
+    sandbox_exited: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct ResourceItem {
+    #[serde(rename = "type", default)]
+    kind: String,
+    #[serde(default)]
+    ipv4: String,
+    #[serde(default)]
+    ipv6: String,
+}
+
+/// What upstream's pod records say is in use, by address: pods whose
+/// sandbox `alive` says still exists and that share ENI addresses (`eniIp`).
+/// Returns also how many records were left out, and why, for the log.
+pub(crate) fn read_res_relation(
+    path: &Path,
+    alive: impl Fn(&Path) -> bool,
+) -> anyhow::Result<(BTreeMap<IpAddr, Holder>, Vec<String>)> {
+    let db = terway_statestore::bolt::BoltFile::open(path)?;
+    let mut in_use = BTreeMap::new();
+    let mut left_out = Vec::new();
+    for (key, value) in db.bucket(b"relation")?.unwrap_or_default() {
+        let key = String::from_utf8_lossy(&key).into_owned();
+        let record: PodResources = match serde_json::from_slice(&value) {
+            Ok(r) => r,
+            Err(e) => {
+                left_out.push(format!("{key}: unreadable record ({e})"));
+                continue;
+            }
+        };
+        let Some(pod) = record.pod_info else {
+            left_out.push(format!("{key}: no pod info"));
+            continue;
+        };
+        let netns = record.net_ns.unwrap_or_default();
+        if pod.sandbox_exited || netns.is_empty() || !alive(Path::new(&netns)) {
+            left_out.push(format!("{key}: sandbox gone"));
+            continue;
         }
-    };
+        let items = record.resources.unwrap_or_default();
+        if items.iter().any(|r| r.kind == "eni") {
+            // its ENI is inside the pod: the reconciler sees it attached, not its pod
+            left_out.push(format!("{key}: given a whole ENI (not taken over)"));
+            continue;
+        }
+        let holder = Holder {
+            veth: host_veth_name(&pod.namespace, &pod.name, "eth0"),
+            container_id: record.container_id.unwrap_or_default(),
+            netns,
+        };
+        for item in items.iter().filter(|r| r.kind == "eniIp") {
+            for text in [&item.ipv4, &item.ipv6].into_iter().filter(|t| !t.is_empty()) {
+                match text.parse::<IpAddr>() {
+                    Ok(ip) => {
+                        in_use.insert(ip, holder.clone());
+                    }
+                    Err(_) => left_out.push(format!("{key}: bad address {text:?}")),
+                }
+            }
+        }
+    }
+    Ok((in_use, left_out))
+}
+
+/// Reads which addresses pods wired before terwayd hold (upstream's records,
+/// then the host's routes), holds those the ledger knows unbound, and keeps
+/// the rest for [`hold_adopted`].
+pub(crate) async fn scan(node: &Node) {
+    let mut found: BTreeMap<IpAddr, Holder> = BTreeMap::new();
+    if let Some(path) = node.options.upstream_db.as_deref().filter(|p| p.exists()) {
+        match read_res_relation(path, Path::exists) {
+            Ok((in_use, left_out)) => {
+                tracing::info!(path = %path.display(), addresses = in_use.len(), left_out = ?left_out, "upstream Terway's pod records read");
+                found = in_use;
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "could not read upstream Terway's pod records; the host's routes alone say which addresses pods hold")
+            }
+        }
+    }
+    if let Some(dp) = &node.datapath {
+        match dp.host_routes_via(VETH_PREFIX).await {
+            Ok(routes) => {
+                for (ip, veth) in routes {
+                    found.entry(ip).or_insert_with(|| Holder::of_route(veth));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the host's pod routes; addresses of pods wired before terwayd may be handed out again")
+            }
+        }
+    }
     let s = node.ledger.snapshot();
     let ours: std::collections::HashSet<IpAddr> = s.pods.values().flat_map(|p| p.ips.iter().copied()).collect();
-    let in_use: BTreeMap<IpAddr, String> = found
+    let in_use: BTreeMap<IpAddr, Holder> = found
         .into_iter()
         // our own pods are in the ledger already
         .filter(|(ip, _)| !ours.contains(ip) && !matches!(s.ips.get(ip).map(|r| &r.state), Some(IpState::Bound(_))))
@@ -65,16 +194,19 @@ pub(crate) async fn scan(node: &Node) {
         return;
     }
     tracing::info!(
-        pods = in_use.len(),
-        "pods wired before terwayd found on the host; their addresses are kept for them"
+        addresses = in_use.len(),
+        "pods wired before terwayd found; their addresses are kept for them"
     );
     let mut by_eni: BTreeMap<String, Vec<(IpAddr, BindRequest)>> = BTreeMap::new();
     let mut later = BTreeMap::new();
-    for (ip, veth) in in_use {
+    for (ip, holder) in in_use {
         match s.ips.get(&ip) {
-            Some(r) => by_eni.entry(r.eni_id.clone()).or_default().push((ip, holder(&veth))),
+            Some(r) => by_eni
+                .entry(r.eni_id.clone())
+                .or_default()
+                .push((ip, holder.bind_request())),
             None => {
-                later.insert(ip, veth);
+                later.insert(ip, holder);
             }
         }
     }
@@ -107,7 +239,7 @@ pub(crate) fn hold_adopted(node: &Node, eni_id: &str, ips: &[IpAddr]) -> anyhow:
     }
     let holders: Vec<(IpAddr, BindRequest)> = ips
         .iter()
-        .filter_map(|ip| waiting.get(ip).map(|veth| (*ip, holder(veth))))
+        .filter_map(|ip| waiting.get(ip).map(|h| (*ip, h.bind_request())))
         .collect();
     if holders.is_empty() {
         return Ok(());
