@@ -503,6 +503,8 @@ async fn retire_eni_without_ipv6(
         .enis
         .values()
         .filter(|e| e.status == EniStatus::InUse && e.owner.is_none() && !e.exclusive && e.ipv6.is_none())
+        // with IPv6 addresses its vSwitch has IPv6: the metadata service lagged, and adopt() reads it again
+        .filter(|e| families(s, &e.id).1 == 0)
     {
         let idle = s
             .ips
@@ -1356,7 +1358,12 @@ async fn create_eni(node: &Node, secondaries: u32, exclusive: bool) -> anyhow::R
         node.ledger.complete_intent(attach.id, Durability::Flush)?;
         if let Some(eni) = in_use {
             adopt_eni(node, &eni).await?;
-            let ips: Vec<IpAddr> = eni.ipv4_addresses().into_iter().map(IpAddr::V4).collect();
+            let ips: Vec<IpAddr> = eni
+                .ipv4_addresses()
+                .into_iter()
+                .map(IpAddr::V4)
+                .chain(eni.ipv6_addresses().into_iter().map(IpAddr::V6))
+                .collect();
             node.ledger.adopt_ips(&eni_id, &ips, Durability::Flush)?;
             node.set_last_error(None);
             return Ok(true);
