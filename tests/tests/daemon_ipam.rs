@@ -1250,52 +1250,60 @@ async fn a_dual_stack_node_uses_only_vswitches_and_enis_with_ipv6() {
 /// Taking over from upstream Terway by its pod records (ResRelation.db, as
 /// its daemon writes them): an address a live pod holds there is never
 /// handed out, whatever the datapath (no host route is needed); records of
-/// pods whose sandbox is gone, or given a whole ENI, are left out; the DEL
-/// of the pod gives its address back.
+/// pods whose sandbox is gone are left out; the ENI of a pod given one whole
+/// is left alone (not adopted, no address of it handed out); the DEL of the
+/// pod gives its address back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_pod_records_keep_their_addresses_until_the_pods_go() {
     use terway_cloud::api::{AttachNetworkInterface, CreateNetworkInterface, DescribeNetworkInterfaces};
     use terway_cloud::emulator::{DEFAULT_INSTANCE_ID, DEFAULT_REGION, DEFAULT_SECURITY_GROUP};
     let em = Emulator::start(Scenario::default()).await.unwrap();
     let client = api_client(&em);
-    // the ENI upstream made and attached, four addresses besides its primary
-    let eni = client
-        .call(&CreateNetworkInterface {
-            region_id: DEFAULT_REGION.into(),
-            vswitch_id: "vsw-large0000000001".into(),
-            security_group_ids: vec![DEFAULT_SECURITY_GROUP.into()],
-            secondary_private_ip_address_count: Some(4),
-            tags: vec![("creator".into(), "terway".into())],
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .eni;
-    client
-        .call(&AttachNetworkInterface {
-            region_id: DEFAULT_REGION.into(),
-            instance_id: DEFAULT_INSTANCE_ID.into(),
-            network_interface_id: eni.network_interface_id.clone(),
-        })
-        .await
-        .unwrap();
-    let mut attached = None;
-    for _ in 0..100 {
-        let found = client
-            .describe_network_interfaces_all(DescribeNetworkInterfaces {
-                region_id: DEFAULT_REGION.into(),
-                network_interface_ids: vec![eni.network_interface_id.clone()],
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        if let Some(e) = found.into_iter().find(|e| e.status == "InUse") {
-            attached = Some(e);
-            break;
+    // an ENI upstream made and attached
+    let attached_eni = |secondaries: u32| {
+        let client = &client;
+        async move {
+            let id = client
+                .call(&CreateNetworkInterface {
+                    region_id: DEFAULT_REGION.into(),
+                    vswitch_id: "vsw-large0000000001".into(),
+                    security_group_ids: vec![DEFAULT_SECURITY_GROUP.into()],
+                    secondary_private_ip_address_count: (secondaries > 0).then_some(secondaries),
+                    tags: vec![("creator".into(), "terway".into())],
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .eni
+                .network_interface_id;
+            client
+                .call(&AttachNetworkInterface {
+                    region_id: DEFAULT_REGION.into(),
+                    instance_id: DEFAULT_INSTANCE_ID.into(),
+                    network_interface_id: id.clone(),
+                })
+                .await
+                .unwrap();
+            for _ in 0..100 {
+                let found = client
+                    .describe_network_interfaces_all(DescribeNetworkInterfaces {
+                        region_id: DEFAULT_REGION.into(),
+                        network_interface_ids: vec![id.clone()],
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap();
+                if let Some(e) = found.into_iter().find(|e| e.status == "InUse") {
+                    return e;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("{id} never attached")
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let eni = attached.expect("the ENI attached");
+    };
+    // the shared one, four addresses besides its primary, and one given whole to a pod
+    let eni = attached_eni(4).await;
+    let whole = attached_eni(0).await;
     let secondaries: Vec<String> = eni.ipv4_addresses()[1..].iter().map(ToString::to_string).collect();
     assert_eq!(secondaries.len(), 4);
 
@@ -1304,11 +1312,16 @@ async fn upstream_pod_records_keep_their_addresses_until_the_pods_go() {
     let dir = tempfile::tempdir().unwrap();
     let live_netns = dir.path().join("cni-live");
     std::fs::write(&live_netns, b"").unwrap(); // stands for the namespace's bind mount
-    let record = |name: &str, ip: &str, netns: &std::path::Path, exited: bool, kind: &str| {
+    let record = |name: &str, ip: &str, netns: &std::path::Path, exited: bool, whole_eni: bool| {
+        let (eni, network) = if whole_eni {
+            (&whole, "VPCENI")
+        } else {
+            (&eni, "ENIMultiIP")
+        };
         let value = serde_json::json!({
-            "Resources": [{"type": kind, "id": format!("{}.{ip}", eni.mac_address), "extra_eip_info": null,
+            "Resources": [{"type": "eniIp", "id": format!("{}.{ip}", eni.mac_address), "extra_eip_info": null,
                 "eni_id": eni.network_interface_id, "eni_mac": eni.mac_address, "ipv4": ip, "ipv6": ""}],
-            "PodInfo": {"Name": name, "Namespace": "default", "PodNetworkType": "ENIMultiIP",
+            "PodInfo": {"Name": name, "Namespace": "default", "PodNetworkType": network,
                 "PodIPs": {"IPv4": ip, "IPv6": null}, "SandboxExited": exited, "PodUID": format!("uid-{name}")},
             "NetNs": netns.display().to_string(),
             "ContainerID": format!("sandbox-{name}"),
@@ -1324,10 +1337,10 @@ async fn upstream_pod_records_keep_their_addresses_until_the_pods_go() {
         &db,
         b"relation",
         &[
-            record("web-0", &secondaries[0], &live_netns, false, "eniIp"),
-            record("gone-0", &secondaries[1], &dir.path().join("cni-gone"), false, "eniIp"),
-            record("exited-0", &secondaries[2], &live_netns, true, "eniIp"),
-            record("whole-0", &secondaries[3], &live_netns, false, "eni"),
+            record("web-0", &secondaries[0], &live_netns, false, false),
+            record("gone-0", &secondaries[1], &dir.path().join("cni-gone"), false, false),
+            record("exited-0", &secondaries[2], &live_netns, true, false),
+            record("whole-0", &whole.private_ip_address, &live_netns, false, true),
         ],
     )
     .unwrap();
@@ -1392,7 +1405,13 @@ async fn upstream_pod_records_keep_their_addresses_until_the_pods_go() {
             panic!("pod {i} not served")
         };
         assert_ne!(net.ipv4.split('/').next().unwrap(), secondaries[0]);
+        assert_ne!(net.ipv4.split('/').next().unwrap(), whole.private_ip_address);
     }
+    let s = running.node.ledger.snapshot();
+    assert!(
+        !s.enis.contains_key(&whole.network_interface_id),
+        "the ENI inside an upstream pod was adopted"
+    );
     // the pod goes: its DEL gives the address back
     let web = PodRequest::new("default", "web-0", "sandbox-web-0", &live_netns.display().to_string());
     assert_eq!(call(&socket, Request::Del(web)).await, Reply::Ok { network: None });

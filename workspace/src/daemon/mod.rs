@@ -261,6 +261,9 @@ pub struct Node {
     /// Addresses pods wired before terwayd use, found at start and not yet
     /// in the ledger: held when the reconciler adopts them.
     pub(crate) upstream_pods: Mutex<std::collections::BTreeMap<std::net::IpAddr, upstream::Holder>>,
+    /// ENIs upstream gave whole to pods still running (ENI id → pod): not
+    /// adopted, but their slots counted.
+    pub(crate) upstream_whole_enis: Mutex<std::collections::BTreeMap<String, String>>,
     pod_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -381,6 +384,7 @@ impl Node {
             policy,
             masquerade,
             upstream_pods: Mutex::default(),
+            upstream_whole_enis: Mutex::default(),
             pod_locks: Mutex::new(HashMap::new()),
         });
         // before anything is served: addresses pods on the host hold stay theirs

@@ -347,6 +347,19 @@ async fn pass(
             ips: 1,
             can_grow: false,
         }));
+        // ENIs upstream gave whole to pods still running take their slots
+        rooms.extend(
+            node.upstream_whole_enis
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .keys()
+                .filter(|id| !s.enis.contains_key(*id))
+                .map(|id| EniRoom {
+                    eni_id: id.clone(),
+                    ips: 1,
+                    can_grow: false,
+                }),
+        );
         (counts, rooms, unknown_enis)
     };
     let b = bounds(node);
@@ -1062,11 +1075,23 @@ async fn adopt(node: &Node, cloud: &[NetworkInterfaceSet]) -> anyhow::Result<usi
         .collect();
     let d = diff::diff(&snapshot, &view);
     let mut adopted = 0;
+    let whole_upstream = node
+        .upstream_whole_enis
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
     for id in &d.new_enis {
         let Some(e) = cloud.iter().find(|e| &e.network_interface_id == id) else {
             continue;
         };
-        adopt_eni(node, e).await?;
+        if whole_upstream.contains_key(id) {
+            continue; // inside an upstream pod (see upstream.rs)
+        }
+        // one ENI that cannot be set up (its link not on the host) keeps no other from the pool
+        if let Err(err) = adopt_eni(node, e).await {
+            tracing::warn!(eni = %id, error = %err, "ENI not adopted; tried again at the next cloud read");
+            node.set_last_error(Some(format!("ENI {id} not adopted: {err}")));
+        }
     }
     if node.dual_stack() {
         // recorded without IPv6 while the cloud shows it IPv6 addresses (the

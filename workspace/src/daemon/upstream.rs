@@ -90,6 +90,9 @@ struct PodInfo {
     namespace: String,
     #[serde(default)]
     sandbox_exited: bool,
+    /// `VPCENI`: the pod was given a whole ENI.
+    #[serde(default)]
+    pod_network_type: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -97,21 +100,31 @@ struct ResourceItem {
     #[serde(rename = "type", default)]
     kind: String,
     #[serde(default)]
+    eni_id: String,
+    #[serde(default)]
     ipv4: String,
     #[serde(default)]
     ipv6: String,
 }
 
-/// What upstream's pod records say is in use, by address: pods whose
-/// sandbox `alive` says still exists and that share ENI addresses (`eniIp`).
-/// Returns also how many records were left out, and why, for the log.
-pub(crate) fn read_res_relation(
-    path: &Path,
-    alive: impl Fn(&Path) -> bool,
-) -> anyhow::Result<(BTreeMap<IpAddr, Holder>, Vec<String>)> {
+/// What upstream's pod records say, of pods whose sandbox `alive` says
+/// still exists.
+#[derive(Debug, Default)]
+pub(crate) struct UpstreamRecords {
+    /// Addresses pods sharing ENIs hold.
+    pub in_use: BTreeMap<IpAddr, Holder>,
+    /// ENIs given whole to a pod (ENI id → pod): inside the pod, not on the
+    /// host, so left alone.
+    pub whole_enis: BTreeMap<String, String>,
+    /// Records not taken, and why (for the log).
+    pub left_out: Vec<String>,
+}
+
+/// Reads upstream's pod records (bucket `relation`).
+pub(crate) fn read_res_relation(path: &Path, alive: impl Fn(&Path) -> bool) -> anyhow::Result<UpstreamRecords> {
     let db = terway_statestore::bolt::BoltFile::open(path)?;
-    let mut in_use = BTreeMap::new();
-    let mut left_out = Vec::new();
+    let mut out = UpstreamRecords::default();
+    let (in_use, left_out) = (&mut out.in_use, &mut out.left_out);
     for (key, value) in db.bucket(b"relation")?.unwrap_or_default() {
         let key = String::from_utf8_lossy(&key).into_owned();
         let record: PodResources = match serde_json::from_slice(&value) {
@@ -131,9 +144,12 @@ pub(crate) fn read_res_relation(
             continue;
         }
         let items = record.resources.unwrap_or_default();
-        if items.iter().any(|r| r.kind == "eni") {
-            // its ENI is inside the pod: the reconciler sees it attached, not its pod
-            left_out.push(format!("{key}: given a whole ENI (not taken over)"));
+        // older upstreams record a whole ENI as type `eni`, newer ones by the pod's network type
+        if pod.pod_network_type == "VPCENI" || items.iter().any(|r| r.kind == "eni") {
+            for item in items.iter().filter(|r| !r.eni_id.is_empty()) {
+                out.whole_enis.insert(item.eni_id.clone(), key.clone());
+            }
+            left_out.push(format!("{key}: given a whole ENI (its ENI left alone)"));
             continue;
         }
         let holder = Holder {
@@ -152,7 +168,7 @@ pub(crate) fn read_res_relation(
             }
         }
     }
-    Ok((in_use, left_out))
+    Ok(out)
 }
 
 /// Reads which addresses pods wired before terwayd hold (upstream's records,
@@ -162,9 +178,13 @@ pub(crate) async fn scan(node: &Node) {
     let mut found: BTreeMap<IpAddr, Holder> = BTreeMap::new();
     if let Some(path) = node.options.upstream_db.as_deref().filter(|p| p.exists()) {
         match read_res_relation(path, Path::exists) {
-            Ok((in_use, left_out)) => {
-                tracing::info!(path = %path.display(), addresses = in_use.len(), left_out = ?left_out, "upstream Terway's pod records read");
-                found = in_use;
+            Ok(records) => {
+                tracing::info!(path = %path.display(), addresses = records.in_use.len(), whole_enis = ?records.whole_enis, left_out = ?records.left_out, "upstream Terway's pod records read");
+                found = records.in_use;
+                *node
+                    .upstream_whole_enis
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = records.whole_enis;
             }
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "could not read upstream Terway's pod records; the host's routes alone say which addresses pods hold")
