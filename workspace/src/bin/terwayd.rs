@@ -20,6 +20,8 @@ enum LogFormat {
     Json,
 }
 
+// parsed once at start: the size of the largest variant costs nothing
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the node service.
