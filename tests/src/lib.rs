@@ -262,3 +262,64 @@ pub fn write_token_file(path: &Path, keyring: &str, creds: &serde_json::Value) {
     });
     std::fs::write(path, file.to_string()).expect("writing the credential file");
 }
+
+/// A client of the emulator's API with its default keys: another party in the account.
+pub fn emulator_client(url: &str) -> terway_cloud::CloudClient {
+    use terway_cloud::emulator::{DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET, DEFAULT_REGION};
+    terway_cloud::install_crypto_provider();
+    terway_cloud::CloudClient::new(
+        terway_cloud::ClientOptions::for_region(DEFAULT_REGION, false).with_endpoint(url),
+        std::sync::Arc::new(terway_cloud::CredentialProvider::static_keys(
+            DEFAULT_ACCESS_KEY_ID,
+            terway_config::Secret::new(DEFAULT_ACCESS_KEY_SECRET),
+        )),
+    )
+    .expect("a client of the emulator")
+}
+
+/// An ENI as upstream Terway makes one (tagged `creator=terway`, on
+/// vsw-large, `secondaries` addresses besides its primary), attached to the
+/// emulator's instance; returned once the cloud shows it InUse.
+pub async fn upstream_eni(
+    client: &terway_cloud::CloudClient,
+    secondaries: u32,
+) -> terway_cloud::api::NetworkInterfaceSet {
+    use terway_cloud::api::{AttachNetworkInterface, CreateNetworkInterface, DescribeNetworkInterfaces};
+    use terway_cloud::emulator::{DEFAULT_INSTANCE_ID, DEFAULT_REGION, DEFAULT_SECURITY_GROUP};
+    let id = client
+        .call(&CreateNetworkInterface {
+            region_id: DEFAULT_REGION.into(),
+            vswitch_id: "vsw-large0000000001".into(),
+            security_group_ids: vec![DEFAULT_SECURITY_GROUP.into()],
+            secondary_private_ip_address_count: (secondaries > 0).then_some(secondaries),
+            tags: vec![("creator".into(), "terway".into())],
+            ..Default::default()
+        })
+        .await
+        .expect("CreateNetworkInterface")
+        .eni
+        .network_interface_id;
+    client
+        .call(&AttachNetworkInterface {
+            region_id: DEFAULT_REGION.into(),
+            instance_id: DEFAULT_INSTANCE_ID.into(),
+            network_interface_id: id.clone(),
+        })
+        .await
+        .expect("AttachNetworkInterface");
+    for _ in 0..200 {
+        let found = client
+            .describe_network_interfaces_all(DescribeNetworkInterfaces {
+                region_id: DEFAULT_REGION.into(),
+                network_interface_ids: vec![id.clone()],
+                ..Default::default()
+            })
+            .await
+            .expect("DescribeNetworkInterfaces");
+        if let Some(e) = found.into_iter().find(|e| e.status == "InUse") {
+            return e;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("{id} never attached")
+}

@@ -116,16 +116,7 @@ async fn call(socket: &Path, request: Request) -> Reply {
 
 /// A client of the emulator's API with its default keys: another party in the account.
 fn api_client(em: &Emulator) -> terway_cloud::CloudClient {
-    use terway_cloud::emulator::{DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET, DEFAULT_REGION};
-    terway_cloud::install_crypto_provider();
-    terway_cloud::CloudClient::new(
-        terway_cloud::ClientOptions::for_region(DEFAULT_REGION, false).with_endpoint(&em.url()),
-        Arc::new(terway_cloud::CredentialProvider::static_keys(
-            DEFAULT_ACCESS_KEY_ID,
-            terway_config::Secret::new(DEFAULT_ACCESS_KEY_SECRET),
-        )),
-    )
-    .unwrap()
+    terway_tests::emulator_client(&em.url())
 }
 
 /// Addresses the cloud shows on the instance's attached secondary ENIs.
@@ -1255,55 +1246,11 @@ async fn a_dual_stack_node_uses_only_vswitches_and_enis_with_ipv6() {
 /// pod gives its address back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_pod_records_keep_their_addresses_until_the_pods_go() {
-    use terway_cloud::api::{AttachNetworkInterface, CreateNetworkInterface, DescribeNetworkInterfaces};
-    use terway_cloud::emulator::{DEFAULT_INSTANCE_ID, DEFAULT_REGION, DEFAULT_SECURITY_GROUP};
     let em = Emulator::start(Scenario::default()).await.unwrap();
     let client = api_client(&em);
-    // an ENI upstream made and attached
-    let attached_eni = |secondaries: u32| {
-        let client = &client;
-        async move {
-            let id = client
-                .call(&CreateNetworkInterface {
-                    region_id: DEFAULT_REGION.into(),
-                    vswitch_id: "vsw-large0000000001".into(),
-                    security_group_ids: vec![DEFAULT_SECURITY_GROUP.into()],
-                    secondary_private_ip_address_count: (secondaries > 0).then_some(secondaries),
-                    tags: vec![("creator".into(), "terway".into())],
-                    ..Default::default()
-                })
-                .await
-                .unwrap()
-                .eni
-                .network_interface_id;
-            client
-                .call(&AttachNetworkInterface {
-                    region_id: DEFAULT_REGION.into(),
-                    instance_id: DEFAULT_INSTANCE_ID.into(),
-                    network_interface_id: id.clone(),
-                })
-                .await
-                .unwrap();
-            for _ in 0..100 {
-                let found = client
-                    .describe_network_interfaces_all(DescribeNetworkInterfaces {
-                        region_id: DEFAULT_REGION.into(),
-                        network_interface_ids: vec![id.clone()],
-                        ..Default::default()
-                    })
-                    .await
-                    .unwrap();
-                if let Some(e) = found.into_iter().find(|e| e.status == "InUse") {
-                    return e;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            panic!("{id} never attached")
-        }
-    };
-    // the shared one, four addresses besides its primary, and one given whole to a pod
-    let eni = attached_eni(4).await;
-    let whole = attached_eni(0).await;
+    // the shared ENI upstream made, four addresses besides its primary, and one given whole to a pod
+    let eni = terway_tests::upstream_eni(&client, 4).await;
+    let whole = terway_tests::upstream_eni(&client, 0).await;
     let secondaries: Vec<String> = eni.ipv4_addresses()[1..].iter().map(ToString::to_string).collect();
     assert_eq!(secondaries.len(), 4);
 

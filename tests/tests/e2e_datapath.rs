@@ -1213,59 +1213,14 @@ fn a_node_upstream_wired_is_taken_over_in_place() {
         println!("SKIPPED a_node_upstream_wired_is_taken_over_in_place: {why}");
         return;
     }
-    use terway_cloud::api::{AttachNetworkInterface, CreateNetworkInterface, DescribeNetworkInterfaces};
-    use terway_cloud::emulator::{
-        DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET, DEFAULT_INSTANCE_ID, DEFAULT_REGION, DEFAULT_SECURITY_GROUP,
-    };
     let before = root_state();
     let tag = format!("u{}", std::process::id() % 100_000);
     // one secondary ENI of 6 addresses: the one upstream made
     let (sim, rt, em) = simulated_cloud(&tag, "ecs.g6.large");
-    terway_cloud::install_crypto_provider();
-    let cloud = terway_cloud::CloudClient::new(
-        terway_cloud::ClientOptions::for_region(DEFAULT_REGION, false).with_endpoint(&em.url()),
-        Arc::new(terway_cloud::CredentialProvider::static_keys(
-            DEFAULT_ACCESS_KEY_ID,
-            terway_config::Secret::new(DEFAULT_ACCESS_KEY_SECRET),
-        )),
-    )
-    .unwrap();
+    let cloud = terway_tests::emulator_client(&em.url());
     let md = terway_cloud::MetadataClient::new(&em.url(), Duration::from_secs(2)).unwrap();
     let (eni, node_ip, gateway) = rt.block_on(async {
-        let made = cloud
-            .call(&CreateNetworkInterface {
-                region_id: DEFAULT_REGION.into(),
-                vswitch_id: "vsw-large0000000001".into(),
-                security_group_ids: vec![DEFAULT_SECURITY_GROUP.into()],
-                secondary_private_ip_address_count: Some(5),
-                tags: vec![("creator".into(), "terway".into())],
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        let id = made.eni.network_interface_id.clone();
-        cloud
-            .call(&AttachNetworkInterface {
-                region_id: DEFAULT_REGION.into(),
-                instance_id: DEFAULT_INSTANCE_ID.into(),
-                network_interface_id: id.clone(),
-            })
-            .await
-            .unwrap();
-        let eni = loop {
-            let all = cloud
-                .describe_network_interfaces_all(DescribeNetworkInterfaces {
-                    region_id: DEFAULT_REGION.into(),
-                    network_interface_ids: vec![id.clone()],
-                    ..Default::default()
-                })
-                .await
-                .unwrap();
-            if let Some(e) = all.into_iter().find(|e| e.status == "InUse") {
-                break e;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+        let eni = terway_tests::upstream_eni(&cloud, 5).await;
         let node_ip = md.get("private-ipv4").await.unwrap();
         let gateway = md.eni(&eni.mac_address).await.unwrap().gateway;
         (eni, node_ip, gateway)
@@ -1578,10 +1533,27 @@ fn dual_stack_pods_talk_over_ipv6() {
         pods.push((PathBuf::from(netns), v4, v6));
     }
     let (a, b) = (&pods[0], &pods[1]);
-    assert!(
-        tcp_reaches(a.0.clone(), lab.vpc_ns(), VPC_V6, 7960),
-        "dual-0 reaches the VPC over IPv6"
-    );
+    // the ENI came up just now: its IPv6 link-local address stays tentative
+    // (duplicate detection) for a second or more on a loaded machine, and
+    // until then no neighbour discovery reaches the gateway. A first probe
+    // that fails prints the ENI's IPv6 state and is tried once more.
+    let mut reaches_v6 = tcp_reaches(a.0.clone(), lab.vpc_ns(), VPC_V6, 7960);
+    if !reaches_v6 {
+        let node_ns = lab.sim.node_ns.clone();
+        for what in [
+            &["-6", "addr"][..],
+            &["-6", "neigh"],
+            &["-6", "route", "show", "table", "all"],
+        ] {
+            let out = Command::new("ip").args(["-n", &node_ns]).args(what).output().unwrap();
+            println!(
+                "ip {what:?} after a failed IPv6 probe:\n{}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        reaches_v6 = tcp_reaches(a.0.clone(), lab.vpc_ns(), VPC_V6, 7963);
+    }
+    assert!(reaches_v6, "dual-0 reaches the VPC over IPv6");
     assert!(
         tcp_reaches(b.0.clone(), lab.vpc_ns(), VPC_ADDR, 7961),
         "dual-1 reaches the VPC over IPv4"
