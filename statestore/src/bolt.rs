@@ -4,6 +4,7 @@
 //! the root, and one top-level bucket's B+tree is walked in key order.
 //! Native byte order, as bbolt writes it (little-endian on every ECS type).
 
+use std::collections::HashSet;
 use std::path::Path;
 
 const MAGIC: u32 = 0xED0C_DAED;
@@ -13,8 +14,6 @@ const ELEMENT: usize = 16;
 const BRANCH_PAGE: u16 = 0x01;
 const LEAF_PAGE: u16 = 0x02;
 const BUCKET_LEAF: u32 = 0x01;
-/// Deeper than any real tree: a corrupt file's cycle ends here.
-const MAX_DEPTH: usize = 64;
 
 /// A bucket's key/value pairs.
 pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
@@ -71,8 +70,11 @@ impl BoltFile {
     /// The key/value pairs of top-level bucket `name`, in key order (nested
     /// buckets left out); `None` if there is no such bucket.
     pub fn bucket(&self, name: &[u8]) -> Result<Option<Pairs>, BoltError> {
+        // a sound tree reaches each page once: a corrupt one that points at a
+        // page again is refused (its walk could otherwise repeat without end)
+        let mut seen = HashSet::from([self.root]);
         let mut top = Vec::new();
-        self.walk(self.page(self.root)?, 0, &mut top)?;
+        self.walk(self.page(self.root)?, &mut seen, &mut top)?;
         let Some(header) = top.into_iter().find(|e| e.bucket && e.key == name).map(|e| e.value) else {
             return Ok(None);
         };
@@ -83,9 +85,11 @@ impl BoltFile {
             let inline = header
                 .get(16..)
                 .ok_or_else(|| self.corrupt("inline bucket too short"))?;
-            self.walk(inline, 0, &mut entries)?;
+            self.walk(inline, &mut seen, &mut entries)?;
+        } else if seen.insert(root) {
+            self.walk(self.page(root)?, &mut seen, &mut entries)?;
         } else {
-            self.walk(self.page(root)?, 0, &mut entries)?;
+            return Err(self.corrupt(format!("page {root} is reached twice")));
         }
         Ok(Some(
             entries
@@ -122,23 +126,25 @@ impl BoltFile {
 
     /// Page `id` with its overflow pages.
     fn page(&self, id: u64) -> Result<&[u8], BoltError> {
-        let start = (id as usize)
-            .checked_mul(self.page_size)
-            .ok_or_else(|| self.corrupt(format!("page {id} out of range")))?;
+        // a corrupt file's numbers may be anything: no arithmetic may overflow
+        let beyond = || self.corrupt(format!("page {id} beyond the end of the file"));
+        let start = usize::try_from(id)
+            .ok()
+            .and_then(|id| id.checked_mul(self.page_size))
+            .ok_or_else(beyond)?;
         let header = self
             .data
-            .get(start..start + PAGE_HEADER)
-            .ok_or_else(|| self.corrupt(format!("page {id} beyond the end of the file")))?;
+            .get(start..start.saturating_add(PAGE_HEADER))
+            .filter(|h| h.len() == PAGE_HEADER)
+            .ok_or_else(beyond)?;
         let overflow = u32::from_le_bytes([header[12], header[13], header[14], header[15]]) as usize;
-        let end = start + (overflow + 1) * self.page_size;
-        self.data
-            .get(start..end.min(self.data.len()))
-            .ok_or_else(|| self.corrupt(format!("page {id} beyond the end of the file")))
+        let end = start.saturating_add(overflow.saturating_add(1).saturating_mul(self.page_size));
+        self.data.get(start..end.min(self.data.len())).ok_or_else(beyond)
     }
 
-    fn walk(&self, page: &[u8], depth: usize, out: &mut Vec<Element>) -> Result<(), BoltError> {
-        if depth > MAX_DEPTH || page.len() < PAGE_HEADER {
-            return Err(self.corrupt("tree too deep or page too short"));
+    fn walk(&self, page: &[u8], seen: &mut HashSet<u64>, out: &mut Vec<Element>) -> Result<(), BoltError> {
+        if page.len() < PAGE_HEADER {
+            return Err(self.corrupt("a page too short"));
         }
         let flags = u16::from_le_bytes([page[8], page[9]]);
         let count = u16::from_le_bytes([page[10], page[11]]) as usize;
@@ -146,15 +152,18 @@ impl BoltFile {
             let at = PAGE_HEADER + i * ELEMENT;
             if flags & BRANCH_PAGE != 0 {
                 let child = self.u64_at(page, at + 8)?;
-                self.walk(self.page(child)?, depth + 1, out)?;
+                if !seen.insert(child) {
+                    return Err(self.corrupt(format!("page {child} is reached twice")));
+                }
+                self.walk(self.page(child)?, seen, out)?;
             } else if flags & LEAF_PAGE != 0 {
                 let flags = self.u32_at(page, at)?;
                 let pos = self.u32_at(page, at + 4)? as usize;
                 let ksize = self.u32_at(page, at + 8)? as usize;
                 let vsize = self.u32_at(page, at + 12)? as usize;
-                let key_start = at + pos;
+                let key_start = at.saturating_add(pos);
                 let bytes = page
-                    .get(key_start..key_start + ksize + vsize)
+                    .get(key_start..key_start.saturating_add(ksize).saturating_add(vsize))
                     .ok_or_else(|| self.corrupt("a leaf element runs past its page"))?;
                 out.push(Element {
                     key: bytes[..ksize].to_vec(),

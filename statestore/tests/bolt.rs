@@ -76,3 +76,69 @@ fn a_file_that_is_not_bbolt_is_named_in_the_error() {
         Err(BoltError::Io { .. })
     ));
 }
+
+/// Bytes changed anywhere in a real file: the reader answers or refuses,
+/// never panics (terwayd reads the file before serving).
+#[test]
+fn damaged_files_are_refused_without_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ResRelation.db");
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (seed >> 33) as usize
+    };
+    for (name, rounds) in [("resrelation-small.db", 600), ("resrelation-large.db", 150)] {
+        let whole = std::fs::read(fixture(name)).unwrap();
+        // the first pages hold the metas and the trees: damage lands there most
+        let hot = whole.len().min(8 * 4096);
+        for _ in 0..rounds {
+            let mut bytes = whole.clone();
+            for _ in 0..1 + next() % 8 {
+                let at = if next() % 4 == 0 {
+                    next() % whole.len()
+                } else {
+                    next() % hot
+                };
+                bytes[at] = next() as u8;
+            }
+            std::fs::write(&path, &bytes).unwrap();
+            if let Ok(db) = BoltFile::open(&path) {
+                let _ = db.bucket(b"relation");
+            }
+        }
+    }
+}
+
+/// A branch page whose two children are one page: refused (each page of a
+/// sound tree is reached once; a corrupt tree could repeat without end).
+#[test]
+fn a_tree_that_reaches_a_page_twice_is_refused() {
+    let mut bytes = std::fs::read(fixture("resrelation-small.db")).unwrap();
+    let u64_at = |b: &[u8], i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap());
+    // the newer of the two meta pages names the root (meta: 16 bytes in; root at +16, txid at +48)
+    let meta = [0, 4096]
+        .into_iter()
+        .max_by_key(|m| u64_at(&bytes, m + 16 + 48))
+        .unwrap();
+    let root = u64_at(&bytes, meta + 32) as usize;
+    // the root's leaf copied to a free page; the root becomes a branch to it, twice
+    let (leaf, free) = (root * 4096, 7 * 4096);
+    assert!(bytes[free..free + 4096].iter().all(|b| *b == 0), "page 7 is free");
+    let copy = bytes[leaf..leaf + 4096].to_vec();
+    bytes[free..free + 4096].copy_from_slice(&copy);
+    bytes[leaf + 8..leaf + 10].copy_from_slice(&1u16.to_le_bytes()); // a branch page
+    bytes[leaf + 10..leaf + 12].copy_from_slice(&2u16.to_le_bytes()); // of two elements
+    for i in 0..2 {
+        let at = leaf + 16 + 16 * i;
+        bytes[at..at + 8].fill(0); // pos, ksize
+        bytes[at + 8..at + 16].copy_from_slice(&7u64.to_le_bytes());
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ResRelation.db");
+    std::fs::write(&path, &bytes).unwrap();
+    let err = BoltFile::open(&path).unwrap().bucket(b"relation").unwrap_err();
+    assert!(err.to_string().contains("reached twice"), "{err}");
+}
