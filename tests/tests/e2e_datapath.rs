@@ -1202,11 +1202,12 @@ fn rules_of(node_ns: &str, ip: &str) -> Vec<String> {
 }
 
 /// A node as upstream Terway leaves it — an ENI it made, set up with its
-/// table (1000 + link index), and two pods wired on two of its addresses —
-/// taken over by terwayd with an empty ledger: the two addresses are never
-/// handed out, the old pods' traffic keeps flowing, one pod's DEL (through
-/// the terway binary) and the other's vanished sandbox give their addresses
-/// back, and new pods get the free ones.
+/// table (1000 + link index), two veth pods wired on two of its addresses,
+/// a third pod without a host veth (as an ipvlan pod), and upstream's pod
+/// records naming all three — taken over by terwayd with an empty ledger:
+/// the three addresses are never handed out, the old pods' traffic keeps
+/// flowing, one pod's DEL (through the terway binary) and the others'
+/// vanished sandboxes give their addresses back, and new pods get the free ones.
 #[test]
 fn a_node_upstream_wired_is_taken_over_in_place() {
     if let Some(why) = skip_reason() {
